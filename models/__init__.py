@@ -1,0 +1,1 @@
+"""Pure detectors and line-loss arithmetic: plain values in and out; no Kafka, no metrics."""

@@ -1,0 +1,1 @@
+"""Synthetic cities with ground truth, for tests, demos and evaluation."""

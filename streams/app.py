@@ -1,0 +1,406 @@
+"""The Faust worker: thin I/O around the line-loss engine.
+
+Agents decode and validate records, send refusals to the dead-letter topic with a reason, hand
+points to :class:`streams.engine.LineLossEngine`, and write results and metrics. State lives in a
+changelogged Faust table, so a killed worker resumes where it stopped: offsets are committed only
+after the producer (changelog and outputs) is flushed, and re-processing a record is idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry, start_http_server
+
+from models.lineloss import LossResult
+from streams import contracts
+from streams.contracts import InvalidRecord, Reading
+from streams.engine import REROUTED, LineLossEngine, Outcome, Point
+from streams.metrics import Metrics
+from streams.settings import Settings
+from topology import MeterRecord, Role, Topology
+
+log = logging.getLogger("gridwatch")
+
+# How many recent windows' results are kept for the latest-window gauges.
+_WINDOWS_KEPT = 32
+
+
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka/kafka-python connection options from settings (security included)."""
+    kw: dict[str, Any] = {"bootstrap_servers": settings.bootstrap}
+    if settings.security_protocol != "PLAINTEXT":
+        kw["security_protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        kw["sasl_mechanism"] = settings.sasl_mechanism
+        kw["sasl_plain_username"] = settings.sasl_username
+        kw["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return kw
+
+
+class GridwatchWorker:
+    """Owns the Faust app, the engine and the metrics of one worker process."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        topology: Topology | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        settings.check()
+        self.settings = settings
+        self.topology = topology or Topology()
+        if topology is None:
+            # Areas (class, bounds) are configuration; meters come from the topology topic and,
+            # optionally, a CSV read at start.
+            if settings.areas_csv is not None:
+                self.topology.load_areas_csv(settings.areas_csv)
+            if settings.topology_csv is not None:
+                self.topology.load_meters_csv(settings.topology_csv)
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.topology_ready = asyncio.Event()
+        self._last_event_wall: dict[tuple[int, str], float] = {}
+        self._first_seen_wall: dict[int, float] = {}
+        self._window_results: dict[int, dict[str, LossResult]] = {}
+        self.app = self._build_app()
+        self.engine = LineLossEngine(
+            self.topology,
+            self.table,
+            interval_s=settings.interval_s,
+            window_s=settings.window_s,
+            allowed_lateness_s=settings.allowed_lateness_s,
+            close_delay_s=settings.close_delay_s,
+            min_completeness=settings.min_completeness,
+            sources=(settings.topic_readings, settings.topic_supply),
+        )
+
+    # ---- wiring ----------------------------------------------------------------------------
+
+    def _build_app(self) -> faust.App:
+        s = self.settings
+        app = faust.App(
+            s.app_id,
+            broker=f"kafka://{s.bootstrap}",
+            store="memory://",
+            key_serializer="raw",
+            value_serializer="raw",
+            topic_partitions=s.partitions,
+            topic_replication_factor=1,
+            web_host=s.web_host,
+            web_port=s.web_port,
+            datadir=str(s.data_dir),
+            broker_session_timeout=s.broker_session_timeout_s,
+            broker_heartbeat_interval=s.broker_heartbeat_interval_s,
+            broker_commit_interval=s.broker_commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            producer_acks=-1,
+        )
+        self.readings_topic = app.topic(s.topic_readings, partitions=s.partitions)
+        self.supply_topic = app.topic(s.topic_supply, partitions=s.partitions)
+        self.lineloss_topic = app.topic(s.topic_lineloss, partitions=s.partitions)
+        self.deadletter_topic = app.topic(s.topic_deadletter, partitions=s.partitions)
+        self.table = app.Table(
+            "area-windows",
+            default=None,
+            partitions=s.partitions,
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        )
+        source = app.topic(s.topic_readings, s.topic_supply)
+        app.agent(source, name="lineloss")(self._process)
+        app.task(self._follow_topology)
+        app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
+        app.on_partitions_revoked.connect(self._on_revoked)
+        app.task(self._serve_metrics)
+        return app
+
+    async def _serve_metrics(self) -> None:
+        start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry)
+        log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
+
+    async def _on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
+        self.engine.forget_partitions({tp.partition for tp in revoked})
+
+    # ---- topology --------------------------------------------------------------------------
+
+    async def _follow_topology(self) -> None:
+        """Read the whole compacted topology topic, then follow it live (every worker needs
+        every meter: readings of a moved meter may arrive under either area)."""
+        s = self.settings
+        consumer = AIOKafkaConsumer(
+            s.topic_topology,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            **kafka_client_kwargs(s),
+        )
+        await consumer.start()
+        try:
+            tps: list[TopicPartition] = []
+            for _ in range(100):  # without a group, aiokafka assigns every partition itself
+                tps = sorted(consumer.assignment())
+                if tps:
+                    break
+                await asyncio.sleep(0.1)
+            if not tps:
+                log.error("topology topic %s not found; no meter is known", s.topic_topology)
+                self.topology_ready.set()
+                return
+            await consumer.seek_to_beginning(*tps)
+            end = await consumer.end_offsets(tps)
+            while True:
+                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                for tp, records in batch.items():
+                    for rec in records:
+                        await self._apply_topology(tp.topic, tp.partition, rec.offset, rec.key, rec.value)
+                if not self.topology_ready.is_set():
+                    positions = {tp: await consumer.position(tp) for tp in tps}
+                    if all(positions[tp] >= end[tp] for tp in tps):
+                        self.metrics.topology_records.set(self.topology.meter_count())
+                        log.info("topology loaded: %d meters", self.topology.meter_count())
+                        self.topology_ready.set()
+                elif batch:
+                    self.metrics.topology_records.set(self.topology.meter_count())
+        finally:
+            await consumer.stop()
+
+    async def _apply_topology(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        if value is None:
+            return  # a tombstone: the archive keeps history, nothing to undo
+        try:
+            rec = contracts.decode_topology(value)
+            self.topology.apply(
+                MeterRecord(
+                    rec.meter_id,
+                    rec.area_id,
+                    Role(rec.role),
+                    rec.multiplier,
+                    rec.customer_class,
+                    rec.active,
+                    rec.effective_from.astimezone(UTC),
+                )
+            )
+        except (InvalidRecord, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, InvalidRecord) else "topology"
+            await self._dead_letter(reason, str(exc), topic, partition, offset, key, value)
+
+    # ---- readings --------------------------------------------------------------------------
+
+    async def _process(self, stream: faust.StreamT) -> None:
+        await self.topology_ready.wait()
+        async for event in stream.events():
+            msg = event.message
+            started = time.perf_counter()
+            try:
+                await self._handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+            except Exception as exc:  # the worker never dies on one record
+                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                await self._dead_letter(
+                    "internal_error", repr(exc), msg.topic, msg.partition, msg.offset, msg.key, msg.value
+                )
+            self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _handle(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        s = self.settings
+        role = Role.SUPPLY if topic == s.topic_supply else Role.CUSTOMER
+        self._last_event_wall[(partition, topic)] = time.monotonic()
+        self._first_seen_wall.setdefault(partition, time.monotonic())
+        try:
+            msg = contracts.decode_readings(value)
+        except InvalidRecord as exc:
+            self.metrics.messages.labels(kind="invalid").inc()
+            await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
+            return
+        key_area = key.decode("utf-8", "replace") if key else None
+        if key_area is not None and key_area != msg.area_id:
+            detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
+            await self._refuse("key_mismatch", detail, role, topic, partition, offset, key, value)
+            return
+        try:
+            contracts.check_time(msg.ts, datetime.now(UTC), max_past=s.max_past, max_future=s.max_future)
+        except InvalidRecord as exc:
+            await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
+            return
+        ts = _snap(msg.ts, s)
+        if ts is None:
+            detail = f"ts {msg.ts.isoformat()} is not within {s.clock_tolerance_s}s of an interval end"
+            await self._refuse("off_grid", detail, role, topic, partition, offset, key, value)
+            return
+        if isinstance(msg, Reading):
+            self.metrics.messages.labels(kind="reading").inc()
+            points = [Point(msg.meter_id, msg.register_kwh, msg.energy_kwh, tuple(msg.flags))]
+        else:
+            self.metrics.messages.labels(kind="batch").inc()
+            points = [Point(v.meter_id, v.register_kwh, v.energy_kwh, tuple(v.flags)) for v in msg.values]
+            # A refused item is dead-lettered alone (its own bytes, the batch's position).
+            for refused in msg.refused:
+                await self._refuse(
+                    refused.error.reason,
+                    refused.error.detail,
+                    role,
+                    topic,
+                    partition,
+                    offset,
+                    key,
+                    refused.raw,
+                    item=refused.item,
+                    meter_id=refused.meter_id,
+                )
+        out = self.engine.ingest(partition, msg.area_id, ts, points, role, source=topic)
+        single = value if isinstance(msg, Reading) else None
+        await self._publish(out, role, msg.area_id, ts, topic, partition, offset, key, single)
+
+    async def _publish(
+        self,
+        out: Outcome,
+        role: Role,
+        area_id: str,
+        ts: int,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        single: bytes | None,
+    ) -> None:
+        readings = self.metrics.readings
+        readings.labels(outcome="accepted", role=role.value).inc(out.accepted)
+        readings.labels(outcome="duplicate", role=role.value).inc(out.duplicates)
+        readings.labels(outcome="replaced", role=role.value).inc(out.replaced)
+        for refusal in out.refused:
+            point = refusal.point
+            body = single if single is not None else _reading_bytes(point, area_id, ts)
+            await self._refuse(
+                refusal.reason,
+                refusal.detail,
+                role,
+                topic,
+                partition,
+                offset,
+                key,
+                body,
+                meter_id=point.meter_id,
+            )
+        target_topic = self.supply_topic if role is Role.SUPPLY else self.readings_topic
+        for fwd in out.forwards:
+            readings.labels(outcome="rerouted", role=role.value).inc(len(fwd.points))
+            for p in fwd.points:
+                body = _reading_bytes(p, fwd.area_id, fwd.ts, extra_flag=REROUTED)
+                await target_topic.send(key=fwd.area_id.encode(), value=body)
+        await self._emit(out.results)
+
+    async def _emit(self, results: Iterable[LossResult]) -> None:
+        touched: set[int] = set()
+        for result in results:
+            record = {**result.to_dict(), "revision": self.engine.revision(result)}
+            await self.lineloss_topic.send(key=result.key().encode(), value=contracts.encode(record))
+            self.metrics.windows_closed.labels(state=result.state.value).inc()
+            self._window_results.setdefault(result.window_start, {})[result.area_id] = result
+            touched.add(result.window_start)
+        if touched:
+            for old in sorted(self._window_results)[:-_WINDOWS_KEPT]:
+                del self._window_results[old]
+            latest = max(self._window_results)
+            self.metrics.observe_window(latest, self._window_results[latest].values())
+        self.metrics.open_windows.set(self.engine.open_windows())
+        if self.engine.watermark:
+            lag = time.time() - min(self.engine.watermark.values())
+            self.metrics.watermark_lag.set(max(0.0, lag))
+
+    async def _close_idle(self) -> None:
+        now = time.monotonic()
+        for partition, first in self._first_seen_wall.items():
+            all_idle = True
+            for source in self.engine.sources:
+                # a source never heard from is idle once the partition has waited long enough
+                last = self._last_event_wall.get((partition, source), first)
+                if now - last >= self.settings.idle_close_s:
+                    self.engine.mark_idle(partition, source)
+                else:
+                    all_idle = False
+            if all_idle and self.engine.knows_partition(partition):
+                await self._emit(self.engine.flush_idle(partition))
+
+    async def _refuse(
+        self,
+        reason: str,
+        detail: str,
+        role: Role,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        *,
+        item: int | None = None,
+        meter_id: str | None = None,
+    ) -> None:
+        outcome = "late" if reason == "late" else "rejected"
+        self.metrics.readings.labels(outcome=outcome, role=role.value).inc()
+        await self._dead_letter(reason, detail, topic, partition, offset, key, value, item, meter_id)
+
+    async def _dead_letter(
+        self,
+        reason: str,
+        detail: str,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        item: int | None = None,
+        meter_id: str | None = None,
+    ) -> None:
+        self.metrics.rejected.labels(reason=reason).inc()
+        body = contracts.dead_letter(
+            reason=reason,
+            detail=detail,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=key,
+            value=value,
+            item=item,
+            meter_id=meter_id,
+        )
+        await self.deadletter_topic.send(key=key, value=body)
+
+
+def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
+    """One point as a self-contained single reading."""
+    flags = [*p.flags, extra_flag] if extra_flag else list(p.flags)
+    return contracts.encode(
+        Reading(
+            meter_id=p.meter_id,
+            register_kwh=p.register_kwh,
+            energy_kwh=p.energy_kwh,
+            flags=flags,
+            area_id=area_id,
+            ts=datetime.fromtimestamp(ts, UTC),
+        )
+    )
+
+
+def _snap(ts: datetime, s: Settings) -> int | None:
+    from models.windows import snap
+
+    return snap(ts.timestamp(), interval_s=s.interval_s, tolerance_s=s.clock_tolerance_s)
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Run one worker in the foreground until interrupted."""
+    worker = GridwatchWorker(settings)
+    faust.Worker(worker.app, loglevel=loglevel).execute_from_commandline()

@@ -1,0 +1,296 @@
+"""Message contracts of gridwatch's topics, as msgspec structs.
+
+The structs are the single source of truth: decoding validates against them, and the JSON
+Schemas in docs/contracts/ are generated from them (``gridwatch schemas``). Every contract
+carries ``v`` so a consumer can tell versions apart.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+SCHEMA_VERSION = 1
+
+MeterId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+AreaId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+# Upper limits are generous physical bounds: they reject inf and absurd numbers, not load.
+RegisterKwh = Annotated[float, Meta(ge=0, le=1e10, description="cumulative register, kWh")]
+EnergyKwh = Annotated[float, Meta(ge=0, le=1e7, description="energy of this interval, kWh")]
+Instant = Annotated[datetime, Meta(tz=True, description="interval end, RFC 3339 with offset")]
+
+
+class InvalidRecord(ValueError):
+    """A record that breaks its contract; ``reason`` is a short stable code for counting."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class MeterValue(Struct, forbid_unknown_fields=True, omit_defaults=True):
+    """What one meter reported for one interval (register and/or interval energy)."""
+
+    meter_id: MeterId
+    register_kwh: RegisterKwh | None = None
+    energy_kwh: EnergyKwh | None = None
+    voltage_v: Annotated[float, Meta(ge=0, le=1e6)] | None = None
+    current_a: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
+    flags: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=16)] = []
+
+
+class Reading(MeterValue, tag="reading", tag_field="kind", forbid_unknown_fields=True):
+    """A single meter reading, keyed by area id."""
+
+    v: Literal[1] = 1
+    area_id: AreaId = ""
+    ts: Instant = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Batch(Struct, tag="batch", tag_field="kind", forbid_unknown_fields=True):
+    """A concentrator batch: one area, one interval end, many meters. Keyed by area id."""
+
+    area_id: AreaId
+    ts: Instant
+    readings: Annotated[list[MeterValue], Meta(min_length=1, max_length=5000)]
+    v: Literal[1] = 1
+
+
+ReadingMessage = Reading | Batch
+
+
+class _LenientBatch(Struct, tag="batch", tag_field="kind", forbid_unknown_fields=True):
+    # Items stay raw so one bad item is refused alone, not with its good neighbours.
+    area_id: AreaId
+    ts: Instant
+    readings: Annotated[list[msgspec.Raw], Meta(min_length=1, max_length=5000)]
+    v: Literal[1] = 1
+
+
+class RefusedItem(Struct):
+    item: int
+    error: InvalidRecord
+    raw: bytes
+    meter_id: str | None = None
+
+
+class DecodedBatch(Struct):
+    """A batch after decoding: the usable values and the items refused with their reason."""
+
+    area_id: str
+    ts: datetime
+    values: list[MeterValue]
+    refused: list[RefusedItem]
+
+
+class TopologyRecord(Struct, forbid_unknown_fields=True):
+    """One archive version of a meter, on the compacted topology topic keyed by meter id."""
+
+    meter_id: MeterId
+    area_id: AreaId
+    role: Literal["customer", "supply"]
+    multiplier: Annotated[float, Meta(gt=0, lt=1e6)]
+    customer_class: Annotated[str, Meta(max_length=32)]
+    active: bool
+    effective_from: Instant
+    v: Literal[1] = 1
+
+
+class LineLossRecord(Struct):
+    """One area-window result; a later record for the same key corrects an earlier one."""
+
+    v: Literal[1]
+    area_id: AreaId
+    area_class: str
+    window_start: str
+    window_end: str
+    window_s: int
+    state: Literal["qualified", "high_loss", "negative_loss", "incomplete", "no_supply"]
+    supply_kwh: float
+    sales_kwh: float
+    loss_kwh: float
+    loss_rate: float | None
+    completeness: Annotated[float, Meta(ge=0)]
+    customers_expected: int
+    customers_reported: int
+    supplies_expected: int
+    supplies_reported: int
+    lower: float
+    upper: float
+    rollbacks: int
+    revision: int
+
+
+class SourcePosition(Struct):
+    topic: str
+    partition: int
+    offset: int
+
+
+class DeadLetter(Struct, omit_defaults=True):
+    """A record gridwatch could not use, with why, and the original bytes (base64)."""
+
+    reason: str
+    detail: str
+    source: SourcePosition
+    value_b64: str
+    key_b64: str | None = None
+    item: int | None = None  # index inside a concentrator batch, when one reading was refused
+    meter_id: str | None = None
+    at: str = ""
+    v: Literal[1] = 1
+
+
+CONTRACTS: dict[str, Any] = {
+    "reading": ReadingMessage,
+    "topology": TopologyRecord,
+    "lineloss": LineLossRecord,
+    "deadletter": DeadLetter,
+}
+
+_reading_decoder = msgspec.json.Decoder(Reading | _LenientBatch)
+_value_decoder = msgspec.json.Decoder(MeterValue)
+_topology_decoder = msgspec.json.Decoder(TopologyRecord)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_readings(raw: bytes | None) -> Reading | DecodedBatch:
+    """Decode a reading or a batch; raises InvalidRecord with reason and a JSON path.
+
+    >>> decode_readings(b'{"kind":"reading","area_id":"A","meter_id":"m","ts":"2026-01-01T00:15:00Z",'
+    ...                 b'"register_kwh":12.5}').register_kwh
+    12.5
+    >>> try:
+    ...     decode_readings(b'{"kind":"reading","area_id":"A","meter_id":"m","energy_kwh":1}')
+    ... except InvalidRecord as exc:
+    ...     print(exc.reason, "|", exc.detail)
+    schema | Object missing required field `ts`
+    >>> b = decode_readings(b'{"kind":"batch","area_id":"A","ts":"2026-01-01T00:15:00Z",'
+    ...                     b'"readings":[{"meter_id":"m","energy_kwh":-1},{"meter_id":"n",'
+    ...                     b'"energy_kwh":0.5}]}')
+    >>> [v.meter_id for v in b.values], [(r.item, r.error.detail) for r in b.refused]
+    (['n'], [(0, 'Expected `float` >= 0.0 - at `$.energy_kwh`')])
+    """
+    if not raw:
+        raise InvalidRecord("empty", "record has no value")
+    try:
+        msg = _reading_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRecord("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRecord("json", str(exc)) from None
+    if isinstance(msg, Reading):
+        if not msg.area_id:
+            raise InvalidRecord("schema", "Object missing required field `area_id`")
+        if msg.ts.year == 1970:
+            raise InvalidRecord("schema", "Object missing required field `ts`")
+        _check_value(msg)
+        return msg
+    values: list[MeterValue] = []
+    refused: list[RefusedItem] = []
+    seen: set[str] = set()
+    for i, item in enumerate(msg.readings):
+        try:
+            value = _value_decoder.decode(item)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            refused.append(RefusedItem(i, InvalidRecord("schema", str(exc)), bytes(item)))
+            continue
+        if value.meter_id in seen:
+            # One meter twice in one interval's batch: the first value counts, the repeat is
+            # refused so that it is visible rather than silently replacing the first.
+            err = InvalidRecord("batch_repeat", f"meter {value.meter_id!r} repeated in batch")
+            refused.append(RefusedItem(i, err, bytes(item), value.meter_id))
+            continue
+        seen.add(value.meter_id)
+        problem = check_value(value)
+        if problem is not None:
+            refused.append(RefusedItem(i, problem, bytes(item), value.meter_id))
+            continue
+        values.append(value)
+    return DecodedBatch(msg.area_id, msg.ts, values, refused)
+
+
+def _check_value(value: MeterValue) -> None:
+    if value.register_kwh is None and value.energy_kwh is None:
+        raise InvalidRecord("no_energy", "reading has neither register_kwh nor energy_kwh")
+
+
+def check_value(value: MeterValue) -> InvalidRecord | None:
+    """The per-meter check a batch item gets (a batch refuses items, not the whole batch)."""
+    try:
+        _check_value(value)
+    except InvalidRecord as exc:
+        return exc
+    return None
+
+
+def check_time(ts: datetime, now: datetime, *, max_past: timedelta, max_future: timedelta) -> None:
+    """Refuse timestamps absurdly far from now (a concentrator buffers ~31 days, clocks drift)."""
+    if ts < now - max_past:
+        raise InvalidRecord("too_old", f"ts {ts.isoformat()} is more than {max_past} before now")
+    if ts > now + max_future:
+        raise InvalidRecord("future", f"ts {ts.isoformat()} is more than {max_future} after now")
+
+
+def decode_topology(raw: bytes | None) -> TopologyRecord:
+    if not raw:
+        raise InvalidRecord("empty", "record has no value")
+    try:
+        return _topology_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise InvalidRecord("schema", str(exc)) from None
+    except msgspec.DecodeError as exc:
+        raise InvalidRecord("json", str(exc)) from None
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def dead_letter(
+    *,
+    reason: str,
+    detail: str,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes | None,
+    item: int | None = None,
+    meter_id: str | None = None,
+    now: datetime | None = None,
+) -> bytes:
+    """Encode a dead-letter record that keeps the original bytes and where they came from."""
+    at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    return encode(
+        DeadLetter(
+            reason=reason,
+            detail=detail[:2000],
+            source=SourcePosition(topic, partition, offset),
+            value_b64=base64.b64encode(value or b"").decode(),
+            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            item=item,
+            meter_id=meter_id,
+            at=at,
+        )
+    )
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """JSON Schema (2020-12) of every contract, as committed in docs/contracts/."""
+    out = {}
+    for name, typ in CONTRACTS.items():
+        schema = msgspec.json.schema(typ)
+        schema = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$id": f"https://gridwatch.dev/contracts/{name}.v{SCHEMA_VERSION}.schema.json",
+            "title": f"gridwatch {name} v{SCHEMA_VERSION}",
+            **schema,
+        }
+        out[f"{name}.v{SCHEMA_VERSION}.schema.json"] = schema
+    return out

@@ -1,0 +1,127 @@
+"""Plain Kafka I/O for the CLI and tests (kafka-python): create topics, produce, read back."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
+
+from streams.topics import TopicSpec
+
+
+class KafkaUnavailable(RuntimeError):
+    """The broker cannot be reached: say where we tried."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int
+
+
+def _connect(factory: Any, bootstrap: str, **kw: Any) -> Any:
+    try:
+        return factory(bootstrap_servers=bootstrap, **kw)
+    except KafkaTimeoutError:
+        raise KafkaUnavailable(f"no Kafka broker reachable at {bootstrap}") from None
+
+
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec], **kw: Any) -> list[str]:
+    """Create missing topics; returns the names created (existing ones are left alone)."""
+    admin = _connect(KafkaAdminClient, bootstrap, **kw)
+    created = []
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(sp.name, sp.partitions, 1, topic_configs=sp.config)
+            for sp in specs
+            if sp.name not in existing
+        ]
+        for topic in new:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()
+    return created
+
+
+def producer(bootstrap: str, **kw: Any) -> KafkaProducer:
+    return _connect(
+        KafkaProducer,
+        bootstrap,
+        acks="all",
+        linger_ms=20,
+        batch_size=512 * 1024,
+        max_request_size=8 * 1024 * 1024,
+        **kw,
+    )
+
+
+def produce(
+    bootstrap: str,
+    records: Iterable[tuple[str, bytes | None, bytes | None]],
+    **kw: Any,
+) -> int:
+    """Send (topic, key, value) records in order and wait for all of them; returns count."""
+    prod = producer(bootstrap, **kw)
+    n = 0
+    try:
+        for topic, key, value in records:
+            prod.send(topic, key=key, value=value)
+            n += 1
+        prod.flush()
+    finally:
+        prod.close()
+    return n
+
+
+def read_topic(
+    bootstrap: str, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0, **kw: Any
+) -> list[Record]:
+    """Everything in ``topic`` from the beginning to its current end (no consumer group)."""
+    return list(iter_topic(bootstrap, topic, idle_s=idle_s, timeout_s=timeout_s, **kw))
+
+
+def iter_topic(
+    bootstrap: str, topic: str, *, idle_s: float = 2.0, timeout_s: float = 60.0, **kw: Any
+) -> Iterator[Record]:
+    consumer = _connect(KafkaConsumer, bootstrap, enable_auto_commit=False, group_id=None, **kw)
+    try:
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            raise KafkaError(f"topic {topic!r} does not exist at {bootstrap}")
+        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        deadline = time.monotonic() + timeout_s
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reading {topic!r} did not reach its end in {timeout_s}s")
+            for tp, recs in consumer.poll(timeout_ms=int(idle_s * 1000), max_records=50_000).items():
+                for r in recs:
+                    yield Record(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
+    finally:
+        consumer.close()
+
+
+def end_offsets(bootstrap: str, topic: str, **kw: Any) -> dict[int, int]:
+    consumer = _connect(KafkaConsumer, bootstrap, enable_auto_commit=False, group_id=None, **kw)
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in parts]
+        return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
+    finally:
+        consumer.close()

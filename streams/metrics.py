@@ -1,0 +1,128 @@
+"""Every Prometheus metric gridwatch exports, built against a registry passed in.
+
+Labels are of bounded cardinality only (state, reason, area class, role); never a meter id.
+Pass rate is exported as numerator and denominator too, so that several workers are summed
+(never averaged) by recording rules.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from models.lineloss import LossResult, LossState, pass_rate
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.readings = Counter(
+            "gridwatch_readings_total",
+            "Meter readings by outcome (accepted, duplicate, replaced, rejected, late, rerouted)",
+            ["outcome", "role"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "gridwatch_readings_rejected_total",
+            "Readings sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.messages = Counter(
+            "gridwatch_messages_total", "Kafka records consumed", ["kind"], registry=registry
+        )
+        self.windows_closed = Counter(
+            "gridwatch_area_windows_emitted_total",
+            "Area-window line-loss records emitted (first results and corrections), by state",
+            ["state"],
+            registry=registry,
+        )
+        self.pass_ratio = Gauge(
+            "gridwatch_pass_ratio",
+            "Qualified / judged areas in the latest closed window (this worker's areas)",
+            registry=registry,
+        )
+        self.pass_ratio_by_class = Gauge(
+            "gridwatch_pass_ratio_by_class",
+            "Pass ratio of the latest closed window per area class",
+            ["area_class"],
+            registry=registry,
+        )
+        self.areas_qualified = Gauge(
+            "gridwatch_areas_qualified",
+            "Qualified areas in the latest closed window (pass-rate numerator)",
+            registry=registry,
+        )
+        self.areas_judged = Gauge(
+            "gridwatch_areas_judged",
+            "Judged areas (qualified + high + negative loss) in the latest closed window",
+            registry=registry,
+        )
+        self.areas_by_state = Gauge(
+            "gridwatch_areas",
+            "Areas by line-loss state in the latest closed window",
+            ["state"],
+            registry=registry,
+        )
+        self.completeness = Gauge(
+            "gridwatch_collection_completeness_ratio",
+            "Customer meters that reported the whole latest closed window / expected",
+            registry=registry,
+        )
+        self.window_start = Gauge(
+            "gridwatch_latest_window_start_seconds",
+            "Start (epoch seconds) of the latest closed window behind the pass-ratio gauges",
+            registry=registry,
+        )
+        self.supply_energy = Gauge(
+            "gridwatch_window_supply_energy_kwh",
+            "Energy supplied into judged areas in the latest closed window, kWh",
+            registry=registry,
+        )
+        self.billed_energy = Gauge(
+            "gridwatch_window_billed_energy_kwh",
+            "Energy billed in judged areas in the latest closed window, kWh",
+            registry=registry,
+        )
+        self.watermark_lag = Gauge(
+            "gridwatch_event_time_lag_seconds",
+            "Wall clock minus the newest event time seen, worst partition",
+            registry=registry,
+        )
+        self.open_windows = Gauge(
+            "gridwatch_open_area_windows", "Area-windows held in state", registry=registry
+        )
+        self.latency = Histogram(
+            "gridwatch_processing_seconds",
+            "Time to process one consumed record",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
+            registry=registry,
+        )
+        self.topology_records = Gauge(
+            "gridwatch_topology_meters", "Meters known to the grid model", registry=registry
+        )
+
+    def observe_window(self, window_start: int, results: Iterable[LossResult]) -> None:
+        """Set the latest-window gauges from all results of one closed window."""
+        results = list(results)
+        pr = pass_rate(window_start, results)
+        self.window_start.set(window_start)
+        self.areas_qualified.set(pr.qualified)
+        self.areas_judged.set(pr.judged)
+        if pr.pass_rate is not None:
+            self.pass_ratio.set(pr.pass_rate)
+        if pr.collection_ratio is not None:
+            self.completeness.set(pr.collection_ratio)
+        for state, n in pr.by_state.items():
+            self.areas_by_state.labels(state=state).set(n)
+        for cls in sorted({r.area_class for r in results}):
+            cls_pr = pass_rate(window_start, [r for r in results if r.area_class == cls])
+            if cls_pr.pass_rate is not None:
+                self.pass_ratio_by_class.labels(area_class=cls).set(cls_pr.pass_rate)
+        judged = [r for r in results if r.state in _JUDGED]
+        self.supply_energy.set(sum(r.supply_kwh for r in judged))
+        self.billed_energy.set(sum(r.sales_kwh for r in judged))
+
+
+_JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}

@@ -1,0 +1,259 @@
+"""The grid model: which meters feed which transformer area, their multipliers and roles, and
+the line-loss bounds each area is judged against.
+
+A meter's mapping is a history: every record has an ``effective_from`` and the record in force at
+an instant is the latest one not after it, so a meter moved between areas counts in its new area
+from the effective time on, while late readings from before still count in the old one.
+
+>>> topo = Topology()
+>>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
+>>> topo.apply(MeterRecord("m1", "A", Role.CUSTOMER, 1.0, "residential", True, t0))
+>>> topo.apply(MeterRecord("m1", "B", Role.CUSTOMER, 1.0, "residential", True, t0 + HOUR))
+>>> topo.meter_at("m1", t0).area_id, topo.meter_at("m1", t0 + HOUR).area_id
+('A', 'B')
+>>> sorted(topo.customer_meters("A", t0)), sorted(topo.customer_meters("A", t0 + HOUR))
+(['m1'], [])
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+
+HOUR = timedelta(hours=1)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class Role(StrEnum):
+    """What a meter measures for its area: energy delivered into it, or energy billed."""
+
+    CUSTOMER = "customer"
+    SUPPLY = "supply"
+
+
+@dataclass(frozen=True, slots=True)
+class MeterRecord:
+    """One version of a meter's archive entry, in force from ``effective_from``."""
+
+    meter_id: str
+    area_id: str
+    role: Role
+    multiplier: float
+    customer_class: str
+    active: bool
+    effective_from: datetime
+
+    def __post_init__(self) -> None:
+        if not self.meter_id or not self.area_id:
+            raise ValueError("meter_id and area_id must be non-empty")
+        if not (self.multiplier > 0 and self.multiplier < 1e6):
+            raise ValueError(f"multiplier must be in (0, 1e6), got {self.multiplier!r}")
+        if self.effective_from.tzinfo is None:
+            raise ValueError("effective_from must be timezone-aware")
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "v": 1,
+            "meter_id": self.meter_id,
+            "area_id": self.area_id,
+            "role": self.role.value,
+            "multiplier": self.multiplier,
+            "customer_class": self.customer_class,
+            "active": self.active,
+            "effective_from": self.effective_from.isoformat().replace("+00:00", "Z"),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> MeterRecord:
+        """Build from a topology-topic record or a CSV row; raises ValueError when malformed."""
+        try:
+            return cls(
+                meter_id=str(d["meter_id"]),
+                area_id=str(d["area_id"]),
+                role=Role(str(d.get("role") or "customer")),
+                multiplier=float(str(d.get("multiplier") or 1.0)),
+                customer_class=str(d.get("customer_class") or "residential"),
+                active=_parse_bool(d.get("active", True)),
+                effective_from=parse_time(str(d.get("effective_from") or "1970-01-01T00:00:00Z")),
+            )
+        except KeyError as exc:
+            raise ValueError(f"missing field {exc.args[0]!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Bounds:
+    """Qualified band of an area's loss rate: ``lower <= loss_rate <= upper``.
+
+    >>> Bounds(0.0, 0.1).contains(0.05), Bounds(0.0, 0.1).contains(-0.02)
+    (True, False)
+    """
+
+    lower: float
+    upper: float
+
+    def __post_init__(self) -> None:
+        if not self.lower < self.upper:
+            raise ValueError(f"lower bound {self.lower} must be below upper bound {self.upper}")
+
+    def contains(self, loss_rate: float) -> bool:
+        return self.lower <= loss_rate <= self.upper
+
+
+# Common practice (DOMAIN.md): small negative tolerance for clock misalignment, tighter upper
+# bound in dense urban areas than on long rural feeders. Overridable per class and per area.
+DEFAULT_CLASS_BOUNDS: dict[str, Bounds] = {
+    "urban": Bounds(-0.01, 0.07),
+    "rural": Bounds(-0.01, 0.10),
+}
+FALLBACK_BOUNDS = Bounds(-0.01, 0.10)
+
+
+@dataclass(slots=True)
+class Area:
+    area_id: str
+    area_class: str = "urban"
+    bounds: Bounds | None = None  # per-area override of the class bounds
+
+
+@dataclass
+class Topology:
+    """Meter-to-area mapping over time, and the bounds each area is judged against."""
+
+    class_bounds: dict[str, Bounds] = field(default_factory=lambda: dict(DEFAULT_CLASS_BOUNDS))
+    areas: dict[str, Area] = field(default_factory=dict)
+    # meter_id -> records sorted by effective_from (parallel list of epoch seconds for bisect)
+    _history: dict[str, list[MeterRecord]] = field(default_factory=dict)
+    _starts: dict[str, list[float]] = field(default_factory=dict)
+    # area_id -> meter ids that were ever mapped to it (candidates; filtered by time on lookup)
+    _area_meters: dict[str, set[str]] = field(default_factory=dict)
+
+    def apply(self, record: MeterRecord) -> None:
+        """Add or replace (same meter and effective_from) one archive record."""
+        history = self._history.setdefault(record.meter_id, [])
+        starts = self._starts.setdefault(record.meter_id, [])
+        ts = record.effective_from.timestamp()
+        i = bisect.bisect_left(starts, ts)
+        if i < len(starts) and starts[i] == ts:
+            history[i] = record
+        else:
+            history.insert(i, record)
+            starts.insert(i, ts)
+        self._area_meters.setdefault(record.area_id, set()).add(record.meter_id)
+        self.areas.setdefault(record.area_id, Area(record.area_id))
+
+    def meter_at(self, meter_id: str, at: datetime) -> MeterRecord | None:
+        """The archive record in force for ``meter_id`` at ``at``, or None if unknown then."""
+        starts = self._starts.get(meter_id)
+        if not starts:
+            return None
+        i = bisect.bisect_right(starts, at.timestamp()) - 1
+        return self._history[meter_id][i] if i >= 0 else None
+
+    def knows(self, meter_id: str) -> bool:
+        return meter_id in self._history
+
+    def _meters(self, area_id: str, at: datetime, role: Role) -> Iterator[MeterRecord]:
+        for meter_id in self._area_meters.get(area_id, ()):
+            rec = self.meter_at(meter_id, at)
+            if rec is not None and rec.area_id == area_id and rec.role is role and rec.active:
+                yield rec
+
+    def customer_meters(self, area_id: str, at: datetime) -> dict[str, MeterRecord]:
+        """Active customer meters mapped to ``area_id`` at ``at``."""
+        return {r.meter_id: r for r in self._meters(area_id, at, Role.CUSTOMER)}
+
+    def supply_meters(self, area_id: str, at: datetime) -> dict[str, MeterRecord]:
+        """Active supply (check) meters of ``area_id`` at ``at``."""
+        return {r.meter_id: r for r in self._meters(area_id, at, Role.SUPPLY)}
+
+    def area_class(self, area_id: str) -> str:
+        area = self.areas.get(area_id)
+        return area.area_class if area else "urban"
+
+    def bounds_for(self, area_id: str) -> Bounds:
+        """Per-area override if set, else the bounds of the area's class.
+
+        >>> t = Topology()
+        >>> t.set_area(Area("A", "rural"))
+        >>> t.bounds_for("A")
+        Bounds(lower=-0.01, upper=0.1)
+        >>> t.set_area(Area("A", "rural", Bounds(0.0, 0.04)))
+        >>> t.bounds_for("A")
+        Bounds(lower=0.0, upper=0.04)
+        """
+        area = self.areas.get(area_id)
+        if area is not None and area.bounds is not None:
+            return area.bounds
+        cls = area.area_class if area else "urban"
+        return self.class_bounds.get(cls, FALLBACK_BOUNDS)
+
+    def set_area(self, area: Area) -> None:
+        self.areas[area.area_id] = area
+
+    def meter_count(self) -> int:
+        return len(self._history)
+
+    # ---- loading ---------------------------------------------------------------------------
+
+    def load_meters_csv(self, path: Path) -> int:
+        """Apply every row of a meters CSV (columns as MeterRecord); returns rows applied."""
+        n = 0
+        for row in _read_csv(path):
+            self.apply(MeterRecord.from_dict(row))
+            n += 1
+        return n
+
+    def load_areas_csv(self, path: Path) -> int:
+        """Areas CSV: ``area_id,area_class[,loss_lower,loss_upper]`` (empty bounds: class's)."""
+        n = 0
+        for row in _read_csv(path):
+            lo, hi = row.get("loss_lower") or "", row.get("loss_upper") or ""
+            bounds = Bounds(float(lo), float(hi)) if lo and hi else None
+            self.set_area(Area(row["area_id"], row.get("area_class") or "urban", bounds))
+            n += 1
+        return n
+
+    @classmethod
+    def from_csv(cls, meters: Path, areas: Path | None = None) -> Topology:
+        topo = cls()
+        if areas is not None and areas.exists():
+            topo.load_areas_csv(areas)
+        topo.load_meters_csv(meters)
+        return topo
+
+    def records(self) -> Iterable[MeterRecord]:
+        for history in self._history.values():
+            yield from history
+
+
+def parse_time(value: str) -> datetime:
+    """Parse an ISO-8601 instant; a naive value is rejected rather than guessed.
+
+    >>> parse_time("2026-01-01T00:15:00Z")
+    datetime.datetime(2026, 1, 1, 0, 15, tzinfo=datetime.timezone.utc)
+    """
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        raise ValueError(f"timestamp {value!r} has no timezone")
+    return dt.astimezone(UTC)
+
+
+def _parse_bool(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).strip().lower()
+    if s in {"1", "true", "yes", "y", "t", ""}:
+        return True
+    if s in {"0", "false", "no", "n", "f"}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def _read_csv(path: Path) -> Iterator[dict[str, str]]:
+    with path.open(newline="", encoding="utf-8") as f:
+        yield from csv.DictReader(f)
