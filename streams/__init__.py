@@ -1,0 +1,1 @@
+"""gridwatch stream processing: Faust workers, the local Kafka broker and their settings."""

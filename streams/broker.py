@@ -1,0 +1,615 @@
+"""A real single-node Apache Kafka broker (KRaft, combined broker+controller) on 127.0.0.1.
+
+Why this exists: the detector's tests and `make run` need a genuine broker (group rebalances,
+offsets, restarts), and the only sources reachable here are Maven Central and the machine's
+Java 17 - no Docker, no release tarball. So the broker is assembled from Maven jars
+(`broker/pom.xml` for 3.x, `broker/pom-4.xml` for 4.x, which logs through log4j2) and launched
+straight from the JVM with a config written here.
+
+Library use: `LocalKafka.start(tmpdir)` (tests), `create_topics(bootstrap, specs)`.
+CLI use: `python -m streams.broker start|stop|status` keeps one detached broker per state dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import base64
+import inspect
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from kafka import KafkaAdminClient
+from kafka.errors import TopicAlreadyExistsError
+
+DEFAULT_VERSION = "3.9.2"
+# Logged by KafkaRaftServer once broker and controller are both serving (3.9 and 4.x alike).
+READY_LINE = "Kafka Server started"
+# Mirrors KAFKA_HEAP_OPTS of the stock scripts, sized for a 2-core / small-RAM box.
+HEAP_OPTS = ("-Xms256m", "-Xmx1g")
+REPO = Path(__file__).resolve().parent.parent
+_VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class BrokerError(RuntimeError):
+    """The broker could not be fetched, formatted or started; the message carries the log tail."""
+
+
+def cache_root() -> Path:
+    """Jars are shared by every checkout/test run: `${GRIDWATCH_CACHE:-~/.cache/gridwatch}`."""
+    env = os.environ.get("GRIDWATCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gridwatch"
+
+
+def _major(version: str) -> int:
+    if not _VERSION_RE.match(version):
+        raise BrokerError(f"Kafka version must look like 3.9.2, got {version!r}")
+    return int(version.split(".")[0])
+
+
+def _pom_for(version: str) -> Path:
+    """3.x logs through reload4j, 4.x through log4j2: each needs its own slf4j binding."""
+    pom = REPO / "broker" / ("pom-4.xml" if _major(version) >= 4 else "pom.xml")
+    if not pom.is_file():
+        raise BrokerError(f"{pom} is missing: run from a gridwatch checkout (pip install -e .)")
+    return pom
+
+
+def _tool(name: str) -> str:
+    """Find java (JAVA_HOME first, like Kafka's scripts) or mvn, or say how to get them."""
+    if name == "java" and os.environ.get("JAVA_HOME"):
+        candidate = Path(os.environ["JAVA_HOME"]) / "bin" / "java"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise BrokerError(
+            f"`{name}` not found on PATH: the local Kafka broker needs Java 17 and Maven "
+            "(run `bash scripts/setup.sh`, or apt-get install openjdk-17-jre-headless maven)"
+        )
+    return found
+
+
+def fetch_jars(version: str) -> Path:
+    """Return the directory holding Kafka `version`'s runtime jars, fetching them once via Maven.
+
+    The download lands in a temporary sibling and is renamed into place, so a half-finished
+    fetch is never mistaken for a complete one and concurrent fetches do not collide.
+    """
+    libs = cache_root() / f"kafka-{version}" / "libs"
+    if (libs / f"kafka_2.13-{version}.jar").is_file():
+        return libs
+    pom = _pom_for(version)
+    mvn = _tool("mvn")
+    _tool("java")
+    libs.parent.mkdir(parents=True, exist_ok=True)
+    tmp = libs.parent / f"libs.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    cmd = [
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(pom),
+        f"-Dkafka.version={version}",
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={tmp}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if proc.returncode != 0 or not (tmp / f"kafka_2.13-{version}.jar").is_file():
+        shutil.rmtree(tmp, ignore_errors=True)
+        out = (proc.stdout + proc.stderr).strip().splitlines()[-30:]
+        raise BrokerError(f"fetching Kafka {version} jars failed: {' '.join(cmd)}\n" + "\n".join(out))
+    try:
+        tmp.rename(libs)
+    except OSError:  # another process finished first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not libs.is_dir():
+            raise
+    return libs
+
+
+def _free_port(exclude: int = 0) -> int:
+    """Ask the kernel for an unused loopback port (tests run in parallel sessions)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port: int = s.getsockname()[1]
+        if port != exclude:
+            return port
+
+
+def _cluster_id() -> str:
+    """Kafka's Uuid text form; like Uuid.randomUuid, avoid a leading '-' (read as a CLI flag)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """The broker runs in its own session, so its process group id is its pid."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no file)"
+
+
+@dataclass
+class LocalKafka:
+    """One broker process over one work dir (config, `data/`, `server.log`, `stdout.log`).
+
+    The data dir survives `stop()`/`kill()`, so `restart()` brings back the same topics,
+    offsets and ports - what broker-restart tests need.
+    """
+
+    workdir: Path
+    port: int
+    controller_port: int
+    version: str = DEFAULT_VERSION
+    timeout: float = 90.0
+    detached: bool = False
+    overrides: Mapping[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    start_seconds: float = 0.0
+
+    @classmethod
+    def start(
+        cls,
+        workdir: str | os.PathLike[str],
+        port: int = 0,
+        controller_port: int = 0,
+        version: str = DEFAULT_VERSION,
+        timeout: float = 90.0,
+        detached: bool = False,
+        overrides: Mapping[str, str] | None = None,
+    ) -> LocalKafka:
+        """Start a broker and return once it serves. Ports of 0 are picked free.
+
+        `detached=True` lets the broker outlive this Python process (the CLI); otherwise an
+        atexit hook kills it so an aborted test run leaves no JVM behind. `overrides` adds or
+        replaces server.properties entries (e.g. a shorter broker.session.timeout.ms).
+        """
+        wd = Path(workdir).resolve()
+        wd.mkdir(parents=True, exist_ok=True)
+        port = port or _free_port()
+        controller_port = controller_port or _free_port(exclude=port)
+        broker = cls(wd, port, controller_port, version, timeout, detached, dict(overrides or {}))
+        broker._launch()
+        if not detached:
+            atexit.register(broker._kill_quietly)
+        return broker
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "server.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    def _write_config(self) -> list[str]:
+        """Write server.properties + the logging config; return the JVM logging flag."""
+        wd = self.workdir
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names": "CONTROLLER",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(wd / "data"),
+            "num.partitions": "4",
+            "auto.create.topics.enable": "false",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "group.initial.rebalance.delay.ms": "0",
+            "log.cleaner.dedupe.buffer.size": "33554432",
+            **self.overrides,
+        }
+        (wd / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        log = self.log_file
+        if _major(self.version) >= 4:
+            cfg = wd / "log4j2.properties"
+            cfg.write_text(
+                "status = warn\n"
+                "appender.f.type = File\n"
+                "appender.f.name = F\n"
+                f"appender.f.fileName = {log}\n"
+                "appender.f.layout.type = PatternLayout\n"
+                "appender.f.layout.pattern = [%d] %p %m (%c)%n\n"
+                "rootLogger.level = INFO\n"
+                "rootLogger.appenderRef.f.ref = F\n"
+            )
+            return [f"-Dlog4j2.configurationFile={cfg}"]
+        cfg = wd / "log4j.properties"
+        cfg.write_text(
+            "log4j.rootLogger=INFO, F\n"
+            "log4j.appender.F=org.apache.log4j.FileAppender\n"
+            f"log4j.appender.F.File={log}\n"
+            "log4j.appender.F.layout=org.apache.log4j.PatternLayout\n"
+            "log4j.appender.F.layout.ConversionPattern=[%d] %p %m (%c)%n\n"
+        )
+        return [f"-Dlog4j.configuration=file:{cfg}"]
+
+    def _launch(self) -> None:
+        libs = fetch_jars(self.version)
+        java = _tool("java")
+        wd = self.workdir
+        log_flag = self._write_config()
+        classpath = ["-cp", f"{libs}/*"]
+        props = str(wd / "server.properties")
+        if not (wd / "data" / "meta.properties").exists():
+            fmt = subprocess.run(
+                [
+                    java,
+                    *log_flag,
+                    *classpath,
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    _cluster_id(),
+                    "-c",
+                    props,
+                ],
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+            )
+            if fmt.returncode != 0:
+                raise BrokerError(
+                    f"formatting {wd / 'data'} failed:\n{fmt.stdout}{fmt.stderr}\n{_tail(self.log_file)}"
+                )
+        # Only lines written after this offset count: the log is appended across restarts.
+        offset = self.log_file.stat().st_size if self.log_file.exists() else 0
+        heap = os.environ.get("KAFKA_HEAP_OPTS", " ".join(HEAP_OPTS)).split()
+        cmd = [
+            java,
+            *heap,
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-Djava.awt.headless=true",
+            f"-Dkafka.logs.dir={wd}",
+            *log_flag,
+            *classpath,
+            "kafka.Kafka",
+            props,
+        ]
+        began = time.monotonic()
+        with open(wd / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(
+                cmd,
+                cwd=wd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = began + self.timeout
+        while True:
+            if self._ready_since(offset):
+                self.start_seconds = time.monotonic() - began
+                return
+            rc = self.process.poll()
+            if rc is not None:
+                self.process = None
+                raise BrokerError(f"Kafka {self.version} exited with {rc} while starting{self._logs(offset)}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise BrokerError(
+                    f"Kafka {self.version} not ready after {self.timeout:.0f}s{self._logs(offset)}"
+                )
+            time.sleep(0.1)
+
+    def _ready_since(self, offset: int) -> bool:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                return READY_LINE.encode() in f.read()
+        except FileNotFoundError:
+            return False
+
+    def _logs(self, offset: int) -> str:
+        """The run's ERROR/FATAL lines first: the tail alone is mostly shutdown noise."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                run = f.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:
+            run = []
+        errors = [line for line in run if " ERROR " in line or " FATAL " in line][:10]
+        stdout = self.workdir / "stdout.log"
+        return (
+            f"\n--- errors in {self.log_file} ---\n"
+            + "\n".join(errors)
+            + f"\n--- {self.log_file} (tail) ---\n"
+            + "\n".join(run[-20:])
+            + f"\n--- {stdout} (tail) ---\n{_tail(stdout, 20)}"
+        )
+
+    def stop(self, timeout: float = 30) -> None:
+        """Graceful shutdown (SIGTERM: controlled shutdown, clean logs), SIGKILL if it hangs."""
+        proc = self.process
+        if proc is None:
+            return
+        if proc.poll() is None:
+            _signal_group(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                _signal_group(proc.pid, signal.SIGKILL)
+                proc.wait()
+        self.process = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would: for tests of recovery after an unclean broker death."""
+        proc = self.process
+        if proc is None:
+            return
+        _signal_group(proc.pid, signal.SIGKILL)
+        proc.wait()
+        self.process = None
+
+    def _kill_quietly(self) -> None:
+        if self.running:
+            self.kill()
+
+    def restart(self, timeout: float = 30) -> LocalKafka:
+        """Start again on the same ports and data dir (stopping first if still up)."""
+        self.stop(timeout)
+        self._launch()
+        return self
+
+    def __enter__(self) -> LocalKafka:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# --- a detached broker per state dir, for `make broker-start` / `make run` ---------------------
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    """What a state dir says about its detached broker."""
+
+    state_dir: Path
+    running: bool
+    pid: int | None = None
+    bootstrap: str | None = None
+    version: str | None = None
+
+    def __str__(self) -> str:
+        if self.running:
+            return f"kafka {self.version} running at {self.bootstrap} (pid {self.pid})"
+        return f"no broker running for {self.state_dir}"
+
+
+def default_state_dir() -> Path:
+    return Path.cwd() / ".gridwatch" / "broker"
+
+
+def _is_kafka(pid: int) -> bool:
+    """Alive and really a Kafka JVM (a stale pidfile's pid may have been reused)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)  # reap it if it is our own exited child
+    except ChildProcessError:
+        pass
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"kafka.Kafka" in cmdline
+
+
+def status(state_dir: Path | None = None) -> BrokerStatus:
+    """Report the broker recorded in `state_dir` (default `.gridwatch/broker` in the cwd)."""
+    sd = (state_dir or default_state_dir()).resolve()
+    try:
+        info = json.loads((sd / "broker.json").read_text())
+        pid = int((sd / "broker.pid").read_text().strip())
+    except (OSError, ValueError):
+        return BrokerStatus(sd, False)
+    if not _is_kafka(pid):
+        return BrokerStatus(sd, False)
+    return BrokerStatus(sd, True, pid, str(info["bootstrap"]), str(info["version"]))
+
+
+def start_background(
+    state_dir: Path | None = None,
+    port: int = 9092,
+    version: str = DEFAULT_VERSION,
+    timeout: float = 90.0,
+) -> BrokerStatus:
+    """Start a detached broker recording `broker.pid`, `bootstrap` and `broker.json` in state_dir.
+
+    If one is already running there, say so and return it rather than start a second.
+    The controller port is kept across starts so the data dir's quorum stays the same.
+    """
+    sd = (state_dir or default_state_dir()).resolve()
+    current = status(sd)
+    if current.running:
+        print(f"already running: {current}", file=sys.stderr)
+        return current
+    controller_port = 0
+    try:
+        controller_port = int(json.loads((sd / "broker.json").read_text())["controller_port"])
+    except (OSError, ValueError, KeyError):
+        pass
+    broker = LocalKafka.start(
+        sd,
+        port=port,
+        controller_port=controller_port,
+        version=version,
+        timeout=timeout,
+        detached=True,
+    )
+    assert broker.pid is not None
+    (sd / "broker.pid").write_text(f"{broker.pid}\n")
+    (sd / "bootstrap").write_text(f"{broker.bootstrap}\n")
+    info = {
+        "pid": broker.pid,
+        "bootstrap": broker.bootstrap,
+        "port": broker.port,
+        "controller_port": broker.controller_port,
+        "version": version,
+    }
+    (sd / "broker.json").write_text(json.dumps(info, indent=2) + "\n")
+    return BrokerStatus(sd, True, broker.pid, broker.bootstrap, version)
+
+
+def stop_background(state_dir: Path | None = None, timeout: float = 30) -> bool:
+    """Stop the detached broker of state_dir (SIGTERM, then SIGKILL); False if none was running."""
+    st = status(state_dir)
+    sd = st.state_dir
+    if st.running and st.pid is not None:
+        _signal_group(st.pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _is_kafka(st.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        if _is_kafka(st.pid):
+            _signal_group(st.pid, signal.SIGKILL)
+            while _is_kafka(st.pid):
+                time.sleep(0.1)
+    (sd / "broker.pid").unlink(missing_ok=True)
+    return st.running
+
+
+# --- topics -------------------------------------------------------------------------------------
+
+
+TopicSpec = tuple[str, int, Mapping[str, str]]
+
+
+def create_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    replication_factor: int = 1,
+    timeout: float = 30.0,
+) -> None:
+    """Create (name, partitions, config) topics, ignoring ones that exist; wait for leaders.
+
+    Needed because the broker runs with auto.create.topics.enable=false. One request per topic
+    so an existing topic does not hide errors of the others. Works with kafka-python 2.x
+    (NewTopic) and 3.x (dict form, which deprecates NewTopic).
+    """
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap,
+        client_id="gridwatch-admin",
+        request_timeout_ms=int(timeout * 1000),
+    )
+    try:
+        dict_api = "wait_for_metadata" in inspect.signature(admin.create_topics).parameters
+        names = []
+        for name, partitions, config in specs:
+            names.append(name)
+            cfg = {k: str(v) for k, v in config.items()}
+            try:
+                if dict_api:
+                    admin.create_topics(
+                        {
+                            name: {
+                                "num_partitions": partitions,
+                                "replication_factor": replication_factor,
+                                "configs": cfg,
+                            }
+                        }
+                    )
+                else:
+                    from kafka.admin import NewTopic
+
+                    admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=cfg)])
+            except TopicAlreadyExistsError:
+                pass
+        _wait_for_leaders(admin, names, timeout)
+    finally:
+        admin.close()
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float) -> None:
+    """Creation returns before metadata propagates; producing then would briefly fail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.describe_topics(names) if names else []
+        ok = all(
+            t.get("error_code") == 0
+            and t.get("partitions")
+            and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
+            for t in topics
+        )
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise BrokerError(f"topics {names} have no leader after {timeout:.0f}s: {topics}")
+        time.sleep(0.2)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streams.broker start|stop|status` - used by `make broker-start/-stop`."""
+    ap = argparse.ArgumentParser(prog="python -m streams.broker", description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("command", choices=["start", "stop", "status"])
+    ap.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="default: .gridwatch/broker in the current directory",
+    )
+    ap.add_argument("--port", type=int, default=9092)
+    ap.add_argument("--version", default=os.environ.get("GRIDWATCH_KAFKA_VERSION", DEFAULT_VERSION))
+    ap.add_argument("--timeout", type=float, default=90.0)
+    args = ap.parse_args(argv)
+    try:
+        if args.command == "start":
+            print(start_background(args.state_dir, args.port, args.version, args.timeout))
+        elif args.command == "stop":
+            was = stop_background(args.state_dir)
+            print("stopped" if was else "no broker was running")
+        else:
+            st = status(args.state_dir)
+            print(st)
+            return 0 if st.running else 1
+    except BrokerError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Shared fixtures: one real Kafka broker (KRaft, Maven jars, Java 17) per test session.
+
+Real rather than mocked because the detector's behaviour under rebalances, offset commits and
+broker restarts is exactly what a fake would get wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from streams.broker import DEFAULT_VERSION, LocalKafka
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "kafka: needs the real broker")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tag every test that uses the broker, so `-m "not kafka"` runs the rest without Java."""
+    for item in items:
+        if "kafka_broker" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.kafka)
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
+    """Started once on free ports; stopped at session end even if tests failed.
+
+    Version from GRIDWATCH_KAFKA_VERSION (default 3.9.2; 4.x works too).
+    """
+    version = os.environ.get("GRIDWATCH_KAFKA_VERSION", DEFAULT_VERSION)
+    broker = LocalKafka.start(tmp_path_factory.mktemp("kafka"), version=version)
+    try:
+        yield broker
+    finally:
+        broker.stop()
