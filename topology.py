@@ -71,12 +71,16 @@ class MeterRecord:
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> MeterRecord:
         """Build from a topology-topic record or a CSV row; raises ValueError when malformed."""
+        for name in ("meter_id", "area_id"):
+            if d.get(name) in (None, ""):
+                raise ValueError(f"missing field {name!r}")
+        multiplier = d.get("multiplier")
         try:
             return cls(
                 meter_id=str(d["meter_id"]),
                 area_id=str(d["area_id"]),
                 role=Role(str(d.get("role") or "customer")),
-                multiplier=float(str(d.get("multiplier") or 1.0)),
+                multiplier=1.0 if multiplier in (None, "") else float(str(multiplier)),
                 customer_class=str(d.get("customer_class") or "residential"),
                 active=_parse_bool(d.get("active", True)),
                 effective_from=parse_time(str(d.get("effective_from") or "1970-01-01T00:00:00Z")),
@@ -212,6 +216,8 @@ class Topology:
         """Areas CSV: ``area_id,area_class[,loss_lower,loss_upper]`` (empty bounds: class's)."""
         n = 0
         for row in _read_csv(path):
+            if not row.get("area_id"):
+                raise ValueError(f"{path}: row {n + 2} has no area_id")
             lo, hi = row.get("loss_lower") or "", row.get("loss_upper") or ""
             bounds = Bounds(float(lo), float(hi)) if lo and hi else None
             self.set_area(Area(row["area_id"], row.get("area_class") or "urban", bounds))

@@ -44,12 +44,12 @@ class MeterValue(Struct, forbid_unknown_fields=True, omit_defaults=True):
     flags: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=16)] = []
 
 
-class Reading(MeterValue, tag="reading", tag_field="kind", forbid_unknown_fields=True):
+class Reading(MeterValue, tag="reading", tag_field="kind", forbid_unknown_fields=True, kw_only=True):
     """A single meter reading, keyed by area id."""
 
+    area_id: AreaId
+    ts: Instant
     v: Literal[1] = 1
-    area_id: AreaId = ""
-    ts: Instant = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 class Batch(Struct, tag="batch", tag_field="kind", forbid_unknown_fields=True):
@@ -185,10 +185,6 @@ def decode_readings(raw: bytes | None) -> Reading | DecodedBatch:
     except msgspec.DecodeError as exc:
         raise InvalidRecord("json", str(exc)) from None
     if isinstance(msg, Reading):
-        if not msg.area_id:
-            raise InvalidRecord("schema", "Object missing required field `area_id`")
-        if msg.ts.year == 1970:
-            raise InvalidRecord("schema", "Object missing required field `ts`")
         _check_value(msg)
         return msg
     values: list[MeterValue] = []

@@ -117,7 +117,9 @@ class LineLossEngine:
             _, start = split_key(key)
             index.setdefault(start, set()).add(key)
         self._open[partition] = index
-        self._source_wm[partition] = dict(self.store.get(f"{_WM_PREFIX}{partition}") or {})
+        saved = self.store.get(f"{_WM_PREFIX}{partition}") or {}
+        self._source_wm[partition] = dict(saved.get("sources", {}))
+        self.watermark[partition] = int(saved.get("watermark", 0))
         self._update_watermark(partition)
         return sum(len(keys) for keys in index.values())
 
@@ -126,7 +128,9 @@ class LineLossEngine:
         # first must not release windows before the other has delivered anything.
         seen = self._source_wm.get(partition) or {}
         active = [seen.get(src, 0) for src in self.sources if (partition, src) not in self._idle_sources]
-        self.watermark[partition] = min(active) if active else max(seen.values(), default=0)
+        candidate = min(active) if active else max(seen.values(), default=0)
+        # Never backwards: a source returning from idle must not reopen released windows.
+        self.watermark[partition] = max(self.watermark.get(partition, 0), candidate)
 
     def mark_idle(self, partition: int, source: str) -> None:
         """A source that went quiet stops holding the partition's watermark back."""
@@ -168,7 +172,7 @@ class LineLossEngine:
         out = Outcome()
         watermark = self.watermark.get(partition, 0)
         changes: dict[str, dict[str, list[float | None]]] = {}
-        forwards: dict[str, list[Point]] = {}
+        forwards: dict[str, dict[str, Point]] = {}  # target area -> meter -> point
         for point in points:
             starts = (
                 windows_touched(ts, interval_s=self.interval_s, window_s=self.window_s)
@@ -196,7 +200,7 @@ class LineLossEngine:
                 if target.area_id != area_id:
                     # Forward once: a forwarded reading only feeds its own area's windows.
                     if REROUTED not in point.flags:
-                        forwards.setdefault(target.area_id, []).append(point)
+                        forwards.setdefault(target.area_id, {})[point.meter_id] = point
                     continue
                 key = window_key(area_id, start)
                 meter_points = changes.setdefault(key, {})
@@ -211,7 +215,7 @@ class LineLossEngine:
         seen_kinds = self._write(partition, ts, changes)
         out.duplicates, out.replaced = seen_kinds
         for target_area, fwd_points in forwards.items():
-            out.forwards.append(Forward(target_area, ts, fwd_points))
+            out.forwards.append(Forward(target_area, ts, list(fwd_points.values())))
         if changes:
             self._advance_source(partition, source, ts)
         out.results = self._advance(partition, touched=set(changes))
@@ -246,8 +250,11 @@ class LineLossEngine:
             sources[source] = ts
             # Persisted (one small write per interval and source) so a restart resumes with the
             # same watermark instead of one guessed from the newest point stored.
-            self.store[f"{_WM_PREFIX}{partition}"] = dict(sources)
             self._update_watermark(partition)
+            self.store[f"{_WM_PREFIX}{partition}"] = {
+                "sources": dict(sources),
+                "watermark": self.watermark[partition],
+            }
 
     # ---- closing ---------------------------------------------------------------------------
 

@@ -1,0 +1,274 @@
+"""Unit tests for topology.py: archive history, bounds, CSV loading and record round trips."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from topology import (
+    DEFAULT_CLASS_BOUNDS,
+    FALLBACK_BOUNDS,
+    Area,
+    Bounds,
+    MeterRecord,
+    Role,
+    Topology,
+    parse_time,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MOVE = datetime(2026, 1, 1, 6, 0, tzinfo=UTC)
+METER_HEADER = "meter_id,area_id,role,multiplier,customer_class,active,effective_from\n"
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.fixture
+def meters_csv(tmp_path: Path) -> Path:
+    return write(
+        tmp_path,
+        "meters.csv",
+        METER_HEADER
+        + "SA,A,supply,80,supply,true,1970-01-01T00:00:00Z\n"
+        + "a1,A,customer,1,residential,true,1970-01-01T00:00:00Z\n"
+        + "a2,A,customer,1.0,residential,false,1970-01-01T00:00:00Z\n"  # inactive
+        + "mv,A,customer,1,residential,true,1970-01-01T00:00:00Z\n"
+        + "mv,B,customer,1,residential,true,2026-01-01T06:00:00Z\n"  # moved A -> B at 06:00
+        + "SB,B,supply,40,supply,1,2025-06-01T00:00:00+08:00\n"
+        + "b1,B,,,,,\n",  # every optional column empty: defaults
+    )
+
+
+@pytest.fixture
+def areas_csv(tmp_path: Path) -> Path:
+    return write(
+        tmp_path,
+        "areas.csv",
+        "area_id,area_class,loss_lower,loss_upper\nA,urban,,\nB,rural,0.0,0.04\nC,rural,,\nD,industrial,,\n",
+    )
+
+
+def test_from_csv_roles_multipliers_defaults(meters_csv: Path, areas_csv: Path) -> None:
+    topo = Topology.from_csv(meters_csv, areas_csv)
+    assert topo.meter_count() == 6  # distinct meters; mv has two versions
+    assert len(list(topo.records())) == 7
+    at = datetime(2026, 1, 2, tzinfo=UTC)
+    sa = topo.meter_at("SA", at)
+    assert sa is not None and sa.role is Role.SUPPLY and sa.multiplier == 80.0
+    sb = topo.meter_at("SB", at)
+    # +08:00 offset normalised to UTC
+    assert sb is not None and sb.effective_from == datetime(2025, 5, 31, 16, 0, tzinfo=UTC)
+    b1 = topo.meter_at("b1", at)
+    assert b1 == MeterRecord("b1", "B", Role.CUSTOMER, 1.0, "residential", True, EPOCH)
+    assert set(topo.supply_meters("A", at)) == {"SA"}
+    assert set(topo.supply_meters("B", at)) == {"SB"}
+
+
+def test_from_csv_without_areas_file(meters_csv: Path, tmp_path: Path) -> None:
+    topo = Topology.from_csv(meters_csv, tmp_path / "missing.csv")
+    assert topo.bounds_for("A") == DEFAULT_CLASS_BOUNDS["urban"]
+    assert topo.area_class("B") == "urban"
+
+
+def test_load_returns_row_count(meters_csv: Path, areas_csv: Path) -> None:
+    topo = Topology()
+    assert topo.load_areas_csv(areas_csv) == 4
+    assert topo.load_meters_csv(meters_csv) == 7
+
+
+def test_inactive_meter_excluded(meters_csv: Path) -> None:
+    topo = Topology.from_csv(meters_csv)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    assert "a2" not in topo.customer_meters("A", at)
+    assert "a1" in topo.customer_meters("A", at)
+    # Still known to the archive (readings from it are not "unknown").
+    assert topo.knows("a2")
+
+
+def test_meter_moved_counts_in_new_area_from_effective_time(meters_csv: Path) -> None:
+    topo = Topology.from_csv(meters_csv)
+    before = MOVE - timedelta(seconds=1)
+    assert set(topo.customer_meters("A", before)) == {"a1", "mv"}
+    assert set(topo.customer_meters("B", before)) == {"b1"}
+    # At the effective instant itself the new record is in force.
+    assert set(topo.customer_meters("A", MOVE)) == {"a1"}
+    assert set(topo.customer_meters("B", MOVE)) == {"b1", "mv"}
+    # Late readings from before still resolve to the old area.
+    rec = topo.meter_at("mv", MOVE - timedelta(days=3))
+    assert rec is not None and rec.area_id == "A"
+
+
+def test_meter_unknown_before_first_record() -> None:
+    topo = Topology()
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", True, MOVE))
+    assert topo.meter_at("m", MOVE - timedelta(seconds=1)) is None
+    assert topo.meter_at("nope", MOVE) is None
+    assert topo.customer_meters("A", MOVE - timedelta(hours=1)) == {}
+
+
+def test_apply_same_effective_time_replaces() -> None:
+    topo = Topology()
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH))
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 20.0, "commercial", True, EPOCH))
+    assert len(list(topo.records())) == 1
+    rec = topo.meter_at("m", MOVE)
+    assert rec is not None and rec.multiplier == 20.0
+
+
+def test_apply_out_of_order_history() -> None:
+    # Records arriving newest-first still resolve by effective time.
+    topo = Topology()
+    topo.apply(MeterRecord("m", "B", Role.CUSTOMER, 1.0, "residential", True, MOVE))
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH))
+    assert topo.meter_at("m", MOVE - timedelta(seconds=1)).area_id == "A"  # type: ignore[union-attr]
+    assert topo.meter_at("m", MOVE).area_id == "B"  # type: ignore[union-attr]
+
+
+def test_meter_deactivated_later() -> None:
+    topo = Topology()
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH))
+    topo.apply(MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", False, MOVE))
+    assert "m" in topo.customer_meters("A", MOVE - timedelta(seconds=1))
+    assert "m" not in topo.customer_meters("A", MOVE)
+
+
+def test_bounds_per_class_and_area_override(meters_csv: Path, areas_csv: Path) -> None:
+    topo = Topology.from_csv(meters_csv, areas_csv)
+    assert topo.bounds_for("A") == Bounds(-0.01, 0.07)  # urban class
+    assert topo.bounds_for("B") == Bounds(0.0, 0.04)  # per-area override
+    assert topo.area_class("B") == "rural"
+    assert topo.bounds_for("C") == Bounds(-0.01, 0.10)  # rural class
+    assert topo.bounds_for("D") == FALLBACK_BOUNDS  # class without bounds
+    assert topo.bounds_for("never-seen") == DEFAULT_CLASS_BOUNDS["urban"]
+
+
+def test_class_bounds_configurable() -> None:
+    topo = Topology(class_bounds={"urban": Bounds(0.0, 0.05)})
+    topo.set_area(Area("A", "urban"))
+    assert topo.bounds_for("A") == Bounds(0.0, 0.05)
+    # Default class bounds are copied per instance, not shared.
+    assert Topology().bounds_for("A") == DEFAULT_CLASS_BOUNDS["urban"]
+
+
+def test_areas_loaded_after_meters_override_class(meters_csv: Path, areas_csv: Path) -> None:
+    topo = Topology()
+    topo.load_meters_csv(meters_csv)
+    topo.load_areas_csv(areas_csv)
+    assert topo.bounds_for("B") == Bounds(0.0, 0.04)
+
+
+def test_bounds_validation() -> None:
+    assert Bounds(-0.01, 0.07).contains(-0.01) and Bounds(-0.01, 0.07).contains(0.07)
+    assert not Bounds(-0.01, 0.07).contains(0.0700001)
+    with pytest.raises(ValueError, match="must be below"):
+        Bounds(0.1, 0.1)
+    with pytest.raises(ValueError, match="must be below"):
+        Bounds(0.2, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ("m1,A,customer,0,residential,true,1970-01-01T00:00:00Z", "multiplier"),
+        ("m1,A,customer,-5,residential,true,1970-01-01T00:00:00Z", "multiplier"),
+        ("m1,A,customer,1e7,residential,true,1970-01-01T00:00:00Z", "multiplier"),
+        ("m1,A,customer,nan,residential,true,1970-01-01T00:00:00Z", "multiplier"),
+        ("m1,A,customer,abc,residential,true,1970-01-01T00:00:00Z", "abc"),
+        ("m1,A,boss,1,residential,true,1970-01-01T00:00:00Z", "boss"),
+        ("m1,A,customer,1,residential,maybe,1970-01-01T00:00:00Z", "maybe"),
+        ("m1,A,customer,1,residential,true,2026-01-01T00:00:00", "timezone"),
+        ("m1,A,customer,1,residential,true,yesterday", "yesterday"),
+        (",A,customer,1,residential,true,1970-01-01T00:00:00Z", "missing field 'meter_id'"),
+        ("m1,,customer,1,residential,true,1970-01-01T00:00:00Z", "missing field 'area_id'"),
+    ],
+)
+def test_bad_meter_row_raises(tmp_path: Path, row: str, match: str) -> None:
+    path = write(tmp_path, "bad.csv", METER_HEADER + row + "\n")
+    with pytest.raises(ValueError, match=match):
+        Topology().load_meters_csv(path)
+
+
+def test_missing_column_raises_value_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.csv", "meter_id,role\nm1,customer\n")
+    with pytest.raises(ValueError, match="missing field 'area_id'"):
+        Topology().load_meters_csv(path)
+
+
+def test_truncated_meter_row_raises(tmp_path: Path) -> None:
+    # Only meter_id and area_id are required columns. csv.DictReader fills a missing trailing cell
+    # with None, and from_dict's str(None) makes it the area "None" instead of refusing the row.
+    path = write(tmp_path, "bad.csv", "meter_id,area_id\na1,A\nm1\n")
+    with pytest.raises(ValueError):
+        Topology().load_meters_csv(path)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        ("A,urban,0.1,0.05", "must be below"),
+        ("A,urban,low,0.05", "low"),
+    ],
+)
+def test_bad_area_row_raises(tmp_path: Path, row: str, match: str) -> None:
+    path = write(tmp_path, "areas.csv", "area_id,area_class,loss_lower,loss_upper\n" + row + "\n")
+    with pytest.raises(ValueError, match=match):
+        Topology().load_areas_csv(path)
+
+
+def test_area_row_without_id_raises(tmp_path: Path) -> None:
+    path = write(tmp_path, "areas.csv", "area_id,area_class,loss_lower,loss_upper\n,urban,0.0,0.05\n")
+    with pytest.raises(ValueError):
+        Topology().load_areas_csv(path)
+
+
+@pytest.mark.parametrize(
+    "rec",
+    [
+        MeterRecord("m-1", "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH),
+        MeterRecord("S.9:x", "B_2", Role.SUPPLY, 80.0, "supply", False, MOVE),
+        MeterRecord(
+            "c",
+            "C",
+            Role.CUSTOMER,
+            0.5,
+            "commercial",
+            True,
+            datetime(2026, 3, 1, 12, 0, 7, 250000, tzinfo=UTC),
+        ),
+    ],
+)
+def test_record_dict_round_trip(rec: MeterRecord) -> None:
+    d = rec.to_dict()
+    assert d["v"] == 1
+    assert isinstance(d["effective_from"], str) and d["effective_from"].endswith("Z")
+    assert d["role"] == rec.role.value
+    assert MeterRecord.from_dict(d) == rec
+
+
+def test_record_from_csv_strings_round_trip() -> None:
+    rec = MeterRecord("m", "A", Role.SUPPLY, 40.0, "supply", False, MOVE)
+    as_csv = {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in rec.to_dict().items()}
+    assert MeterRecord.from_dict(as_csv) == rec
+
+
+def test_record_from_dict_zero_multiplier_raises() -> None:
+    with pytest.raises(ValueError, match="multiplier"):
+        MeterRecord.from_dict({"meter_id": "m", "area_id": "A", "multiplier": 0})
+
+
+def test_record_requires_timezone() -> None:
+    with pytest.raises(ValueError, match="timezone-aware"):
+        MeterRecord("m", "A", Role.CUSTOMER, 1.0, "residential", True, datetime(2026, 1, 1))
+
+
+def test_parse_time() -> None:
+    assert parse_time("2026-01-01T08:00:00+08:00") == datetime(2026, 1, 1, tzinfo=UTC)
+    assert parse_time("2026-01-01T00:00:00Z").tzinfo is UTC
+    with pytest.raises(ValueError, match="no timezone"):
+        parse_time("2026-01-01T00:00:00")
