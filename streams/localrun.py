@@ -1,0 +1,191 @@
+"""The local stack: a worker as a child process, and the main job that runs the demo end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+
+from streams.settings import REPO
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class WorkerProcess:
+    """``gridwatch worker`` in a child process, configured through GRIDWATCH_* variables."""
+
+    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.metrics_port = int(self.env.get("GRIDWATCH_METRICS_PORT", "9308"))
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+            cwd=REPO,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hook runs, as in a crash or an OOM kill."""
+        if self.proc is not None and self.alive():
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or not self.alive():
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def metrics_text(self, timeout: float = 2.0) -> str:
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return str(resp.read().decode())
+
+    def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """One sample's value from the worker's endpoint, or None if absent/unreachable."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        try:
+            text = self.metrics_text()
+        except OSError:
+            return None
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and (labels is None or dict(labels).items() <= sample.labels.items()):
+                    return float(sample.value)
+        return None
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+
+def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
+    """Broker, topics, topology, a worker, the demo stream, and a live summary until done."""
+    import orjson
+    from rich.console import Console
+    from rich.live import Live
+    from rich.table import Table
+
+    from streams import broker
+    from streams.cli import sample_records, topology_key
+    from streams.kafkaio import create_topics, producer
+    from streams.settings import Settings
+    from streams.topics import topic_specs
+    from topology import MeterRecord, _read_csv
+
+    console = Console()
+    state = REPO / ".gridwatch"
+    bootstrap = str(broker.start_background(state / "broker", port=port).bootstrap)
+    console.print(f"[bold]broker[/] {bootstrap}")
+    app_id = f"gridwatch-demo-{int(time.time())}"
+    env = {
+        "GRIDWATCH_BOOTSTRAP": bootstrap,
+        "GRIDWATCH_APP_ID": app_id,
+        "GRIDWATCH_AREAS_CSV": str(sample_dir / "areas.csv"),
+        "GRIDWATCH_IDLE_CLOSE_S": "3",
+        "GRIDWATCH_DATA_DIR": str(state / "worker"),
+        "GRIDWATCH_TOPIC_READINGS": f"{app_id}.readings",
+        "GRIDWATCH_TOPIC_SUPPLY": f"{app_id}.supply-readings",
+        "GRIDWATCH_TOPIC_LINELOSS": f"{app_id}.lineloss",
+        "GRIDWATCH_TOPIC_DEADLETTER": f"{app_id}.deadletter",
+        "GRIDWATCH_TOPIC_TOPOLOGY": f"{app_id}.topology",
+    }
+    os.environ.update(env)
+    s = Settings()
+    create_topics(s.bootstrap, topic_specs(s))
+    prod = producer(s.bootstrap)
+    for row in _read_csv(sample_dir / "meters.csv"):
+        rec = MeterRecord.from_dict(row)
+        prod.send(s.topic_topology, key=topology_key(rec), value=orjson.dumps(rec.to_dict()))
+    prod.flush()
+    worker = WorkerProcess(env, state / "worker.log").start()
+    console.print(f"[bold]worker[/] pid {worker.proc.pid if worker.proc else '?'}, "
+                  f"metrics http://127.0.0.1:{s.metrics_port}/metrics, log {worker.log_path}")
+    records = list(sample_records(s, sample_dir / "readings.jsonl.gz", rebase_to=datetime.now(UTC)))
+    sent = 0
+    first_ts = records[0][1] if records else 0
+    started = time.monotonic()
+
+    def summary() -> Table:
+        t = Table(title=f"gridwatch demo: {sent}/{len(records)} records sent")
+        t.add_column("metric")
+        t.add_column("value", justify="right")
+        ratio = worker.metric("gridwatch_pass_ratio")
+        t.add_row("pass rate, latest window", f"{ratio:.1%}" if ratio is not None else "-")
+        emitted = sum(
+            worker.metric("gridwatch_area_windows_emitted_total", {"state": st}) or 0
+            for st in ("qualified", "high_loss", "negative_loss", "incomplete", "no_supply")
+        )
+        t.add_row("area-window results emitted", f"{emitted:.0f}")
+        for st in ("qualified", "high_loss", "negative_loss", "incomplete", "no_supply"):
+            v = worker.metric("gridwatch_areas", {"state": st})
+            t.add_row(f"  areas {st}", f"{v:.0f}" if v is not None else "-")
+        comp = worker.metric("gridwatch_collection_completeness_ratio")
+        t.add_row("collection completeness", f"{comp:.1%}" if comp is not None else "-")
+        acc = worker.metric("gridwatch_readings_total", {"outcome": "accepted"})
+        t.add_row("readings accepted", f"{acc:.0f}" if acc is not None else "-")
+        rej = worker.metric("gridwatch_readings_total", {"outcome": "rejected"})
+        t.add_row("readings dead-lettered", f"{rej:.0f}" if rej is not None else "0")
+        return t
+
+    try:
+        with Live(summary(), console=console, refresh_per_second=2) as live:
+            for topic, ts, key, value in records:
+                if speed > 0:
+                    due = started + (ts - first_ts) / speed
+                    while (delay := due - time.monotonic()) > 0:
+                        time.sleep(min(delay, 0.5))
+                        live.update(summary())
+                prod.send(topic, key=key, value=value)
+                sent += 1
+                if sent % 200 == 0:
+                    live.update(summary())
+            prod.flush()
+            # Wait for the worker to drain and close the last windows (idle close).
+            last, stable = -1.0, 0
+            while stable < 4 and worker.alive():
+                time.sleep(1.5)
+                live.update(summary())
+                now = worker.metric("gridwatch_area_windows_emitted_total", {"state": "qualified"}) or 0
+                stable = stable + 1 if now == last and now > 0 else 0
+                last = now
+        if not worker.alive():
+            console.print("[red]worker exited[/]\n" + worker.log_tail())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        prod.close()
+        if not keep:
+            worker.stop()
+            broker.stop_background(state / "broker")
+            console.print("stopped worker and broker (use --keep to leave them running)")
