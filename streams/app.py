@@ -71,7 +71,9 @@ class GridwatchWorker:
         self.metrics = Metrics(self.registry)
         self.topology_ready = asyncio.Event()
         self._last_event_wall: dict[tuple[int, str], float] = {}
-        self._first_seen_wall: dict[int, float] = {}
+        self._last_offset: dict[tuple[int, str], int] = {}
+        self._started = time.monotonic()
+        self._gaps_seen: dict[Any, int] = {}
         self._window_results: dict[int, dict[str, LossResult]] = {}
         self.app = self._build_app()
         self.engine = LineLossEngine(
@@ -120,6 +122,7 @@ class GridwatchWorker:
         app.agent(source, name="lineloss")(self._process)
         app.task(self._follow_topology)
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
+        app.timer(interval=5.0)(self._heal_offset_gaps)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.task(self._serve_metrics)
         return app
@@ -218,7 +221,7 @@ class GridwatchWorker:
         s = self.settings
         role = Role.SUPPLY if topic == s.topic_supply else Role.CUSTOMER
         self._last_event_wall[(partition, topic)] = time.monotonic()
-        self._first_seen_wall.setdefault(partition, time.monotonic())
+        self._last_offset[(partition, topic)] = offset
         try:
             msg = contracts.decode_readings(value)
         except InvalidRecord as exc:
@@ -321,18 +324,69 @@ class GridwatchWorker:
             self.metrics.watermark_lag.set(max(0.0, lag))
 
     async def _close_idle(self) -> None:
+        """Let caught-up, quiet sources stop holding watermarks back, and close the ended
+        windows of partitions where every source is quiet.
+
+        Quiet on the wall clock is not enough: a topic with a backlog the consumer has not
+        fetched yet is silent too, and treating it as idle would let the other topic's
+        watermark run ahead and refuse its readings as late. A source is idle only when it
+        has also read everything up to the partition's high watermark.
+        """
         now = time.monotonic()
-        for partition, first in self._first_seen_wall.items():
-            all_idle = True
-            for source in self.engine.sources:
-                # a source never heard from is idle once the partition has waited long enough
-                last = self._last_event_wall.get((partition, source), first)
-                if now - last >= self.settings.idle_close_s:
-                    self.engine.mark_idle(partition, source)
-                else:
-                    all_idle = False
+        idle_s = self.settings.idle_close_s
+        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.engine.sources]
+        quiet = [
+            tp
+            for tp in assigned
+            if now - self._last_event_wall.get((tp.partition, tp.topic), self._started) >= idle_s
+        ]
+        if not quiet:
+            return
+        highwaters = await self.app.consumer.highwaters(*quiet)
+        committed = getattr(self.app.consumer, "_committed_offset", {})
+        idle: set[tuple[int, str]] = set()
+        for tp in quiet:
+            last = self._last_offset.get((tp.partition, tp.topic))
+            position = max(last + 1 if last is not None else 0, committed.get(tp) or 0)
+            highwater = highwaters.get(tp)
+            if highwater is not None and position >= highwater:
+                idle.add((tp.partition, tp.topic))
+                self.engine.mark_idle(tp.partition, tp.topic)
+        for partition in sorted({tp.partition for tp in assigned}):
+            all_idle = all((partition, src) in idle for src in self.engine.sources)
             if all_idle and self.engine.knows_partition(partition):
                 await self._emit(self.engine.flush_idle(partition))
+
+    async def _heal_offset_gaps(self) -> None:
+        """Work around faust-streaming#596: after a recovery, records fetched before the
+        stream queues were cleared are never processed, leaving a hole at the head of the
+        acked offsets, and Faust then never commits that partition again. When a hole stays
+        at the same committed offset for two checks, re-read from the committed offset;
+        re-processing is idempotent here, and Faust ignores offsets already acked."""
+        consumer = self.app.consumer
+        acked_by_tp = getattr(consumer, "_acked", {})
+        committed_by_tp = getattr(consumer, "_committed_offset", {})
+        seen: dict[Any, int] = {}
+        for tp in consumer.assignment():
+            if tp.topic not in self.engine.sources:
+                continue
+            acked = acked_by_tp.get(tp)
+            committed = committed_by_tp.get(tp)
+            if not acked or committed is None or min(acked) - committed <= 1:
+                continue
+            seen[tp] = committed
+            if self._gaps_seen.get(tp) == committed:
+                log.warning(
+                    "offsets %d..%d of %s[%d] were never processed: re-reading",
+                    committed,
+                    min(acked) - 1,
+                    tp.topic,
+                    tp.partition,
+                )
+                self.metrics.offset_gaps.inc()
+                await consumer.seek(tp, committed)
+                del seen[tp]
+        self._gaps_seen = seen
 
     async def _refuse(
         self,

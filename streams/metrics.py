@@ -99,6 +99,11 @@ class Metrics:
             buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0),
             registry=registry,
         )
+        self.offset_gaps = Counter(
+            "gridwatch_offset_gaps_healed_total",
+            "Times unprocessed records at a partition's head were re-read (faust-streaming#596)",
+            registry=registry,
+        )
         self.topology_records = Gauge(
             "gridwatch_topology_meters", "Meters known to the grid model", registry=registry
         )
