@@ -32,6 +32,9 @@ else
 fi
 if ! command -v mvn >/dev/null 2>&1; then apt_pkgs+=(maven); else say "maven present"; fi
 if ! command -v make >/dev/null 2>&1; then apt_pkgs+=(make); fi
+# promtool and amtool check prometheus/ and alertmanager/ in tests/ops
+if ! command -v promtool >/dev/null 2>&1; then apt_pkgs+=(prometheus); else say "promtool present"; fi
+if ! command -v amtool >/dev/null 2>&1; then apt_pkgs+=(prometheus-alertmanager); else say "amtool present"; fi
 if ((${#apt_pkgs[@]})); then
   say "apt-get install ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -1,0 +1,29 @@
+# The gridwatch worker image (docker-compose.yml builds it for the worker and simulator services).
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+# Every dependency ships a manylinux wheel for 3.11: no compiler in the image.
+COPY pyproject.toml README.md topology.py ./
+COPY models ./models
+COPY streams ./streams
+COPY simulator ./simulator
+RUN pip install .
+
+# The sample city: areas.csv (area classes and bounds) for the worker, meters.csv for the simulator.
+COPY data/sample ./data/sample
+
+RUN useradd --create-home --uid 10001 gridwatch && mkdir -p /app/.gridwatch && chown -R gridwatch /app/.gridwatch
+USER gridwatch
+
+# Inside a container the endpoints must listen beyond loopback (defaults bind 127.0.0.1).
+ENV GRIDWATCH_METRICS_HOST=0.0.0.0 \
+    GRIDWATCH_WEB_HOST=0.0.0.0 \
+    GRIDWATCH_DATA_DIR=/app/.gridwatch/worker
+EXPOSE 9308 6066
+
+CMD ["gridwatch", "worker"]

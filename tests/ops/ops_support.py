@@ -1,0 +1,63 @@
+"""Helpers for tests/ops: paths, YAML, compose interpolation, metric and PromQL names."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from ruamel.yaml import YAML
+
+from streams.metrics import Metrics
+
+REPO = Path(__file__).resolve().parents[2]
+DATASOURCE_UID = "gridwatch-prometheus"
+# Series Prometheus itself adds to every scrape target; the only non-gridwatch name allowed.
+PROMETHEUS_BUILTINS = frozenset({"up"})
+
+
+def load_yaml(path: Path) -> Any:
+    return YAML(typ="safe", pure=True).load(path.read_text())
+
+
+def interpolate_compose(text: str) -> str:
+    """Compose's own interpolation with an empty environment: ${VAR:-default} -> default,
+    ${VAR} -> "" and $$ -> $ (what `docker compose config` does with no variable set)."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        return m.group("default") or ""
+
+    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}", sub, text)
+
+
+def metric_families() -> dict[str, str]:
+    """{family name: type} of every metric streams.metrics.Metrics registers."""
+    registry = CollectorRegistry()
+    Metrics(registry)
+    return {family.name: family.type for family in registry.collect()}
+
+
+_STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
+_MATCHERS = re.compile(r"\{[^}]*\}")
+_RANGES = re.compile(r"\[[^\]]*\]")
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
+_VARIABLES = re.compile(r"\$\{?\w+\}?")
+# An identifier not preceded by a digit, dot or name character (so 1e-9 is no name) and not
+# followed by "(" (a function); possessive so that "sum(" cannot match as "su".
+_NAME = re.compile(r"(?<![\w.:])([A-Za-z_:][\w:]*+)(?!\s*\()")
+_KEYWORDS = frozenset({"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+                       "group_left", "group_right", "inf", "nan", "atan2"})
+
+
+def promql_names(expr: str) -> set[str]:
+    """The metric names an expression selects (strings, matchers, ranges, grouping labels,
+    Grafana variables, functions and keywords removed)."""
+    text = _STRINGS.sub(" ", expr)
+    text = _MATCHERS.sub(" ", text)
+    text = _RANGES.sub(" ", text)
+    text = _GROUPING.sub(" ", text)
+    text = _VARIABLES.sub(" ", text)
+    return {n for n in _NAME.findall(text) if n.lower() not in _KEYWORDS}

@@ -1,0 +1,222 @@
+"""docker-compose.yml against the Compose Specification schema, plus what the stack relies on."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+from ops_support import REPO, interpolate_compose, load_yaml
+
+from streams.broker import DEFAULT_VERSION
+from streams.settings import Settings
+from streams.topics import topic_specs
+
+
+def compose_schema() -> dict[str, Any]:
+    """compose-spec.json as vendored by check-jsonschema (Apache-2.0, from compose-spec/compose-spec).
+
+    Located without importing check_jsonschema: its CLI module needs a newer click than
+    faust-streaming allows, and only the data file is wanted here."""
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None and spec.origin, "check-jsonschema is not installed (dev extra)"
+    path = Path(spec.origin).parent / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(path.read_text())
+    assert isinstance(schema, dict)
+    return schema
+
+
+def schema_errors(doc: dict[str, Any]) -> list[str]:
+    schema = compose_schema()
+    # The vendored file says draft-07 under an https URL that jsonschema does not map to it.
+    cls = jsonschema.Draft7Validator if "draft-07" in schema.get("$schema", "") else None
+    validator = (cls or jsonschema.validators.validator_for(schema))(schema)
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+def test_compose_file_matches_the_compose_specification(compose: dict[str, Any]) -> None:
+    assert schema_errors(compose) == []
+
+
+def test_the_schema_refuses_what_compose_refuses(compose: dict[str, Any]) -> None:
+    broken = json.loads(json.dumps(compose))
+    broken["services"]["worker"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    broken["services"]["grafana"]["helthcheck"] = broken["services"]["grafana"].pop("healthcheck")
+    errors = schema_errors(broken)
+    assert any("depends_on" in e for e in errors), errors
+    assert any("helthcheck" in e for e in errors), errors
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return {d: "service_started" for d in deps}
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def test_every_dependency_exists_and_its_condition_can_be_met(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name, service in services.items():
+        for target, condition in depends_on(service).items():
+            assert target in services, f"{name} depends on unknown service {target}"
+            if condition == "service_healthy":
+                assert "healthcheck" in services[target], f"{name} waits for {target}'s health"
+            if condition == "service_completed_successfully":
+                assert services[target].get("restart", "no") == "no", f"{target} must be a one-shot"
+
+
+@pytest.mark.parametrize("name", ["kafka", "worker", "prometheus", "alertmanager", "grafana"])
+def test_long_running_services_have_healthchecks(compose: dict[str, Any], name: str) -> None:
+    check = compose["services"][name]["healthcheck"]
+    assert check["test"] and not check.get("disable", False)
+
+
+def test_worker_is_built_here_and_can_be_scaled(compose: dict[str, Any]) -> None:
+    worker = compose["services"]["worker"]
+    assert "build" in worker
+    assert "container_name" not in worker
+    assert "ports" not in worker, "a host port would collide as soon as the worker is scaled"
+    assert worker["command"] == ["gridwatch", "worker"]
+    env = worker["environment"]
+    assert env["GRIDWATCH_BOOTSTRAP"] == "kafka:9092"
+    assert env["GRIDWATCH_METRICS_HOST"] == "0.0.0.0"
+    assert depends_on(worker)["topic-init"] == "service_completed_successfully"
+
+
+def test_host_ports_do_not_collide(compose: dict[str, Any]) -> None:
+    published = [p.rsplit(":", 1)[0] for s in compose["services"].values() for p in s.get("ports", [])]
+    assert len(published) == len(set(published)), published
+
+
+def test_simulator_only_runs_with_the_sim_profile(compose: dict[str, Any]) -> None:
+    simulator = compose["services"]["simulator"]
+    assert simulator["profiles"] == ["sim"]
+    assert "topology load data/sample/meters.csv" in " ".join(simulator["command"])
+    assert all("profiles" not in s for n, s in compose["services"].items() if n != "simulator")
+
+
+def test_kafka_runs_the_version_the_local_broker_runs(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["kafka"]["image"] == f"apache/kafka:{DEFAULT_VERSION}"
+    assert services["topic-init"]["image"] == services["kafka"]["image"]
+    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+
+
+def created_topics(compose: dict[str, Any]) -> dict[str, tuple[int, dict[str, str]]]:
+    script = compose["services"]["topic-init"]["command"][0]
+    lines = script.splitlines()
+    prefix = re.fullmatch(r'topics="(.*)"', lines[0])
+    assert prefix and "--create --if-not-exists" in prefix.group(1)
+    topics = {}
+    for line in lines[1:]:
+        args = shlex.split(line)
+        assert args[0] == "$topics", line
+        opts: dict[str, list[str]] = {}
+        for flag, value in zip(args[1::2], args[2::2], strict=True):
+            opts.setdefault(flag, []).append(value)
+        config = dict(c.split("=", 1) for c in opts.get("--config", []))
+        topics[opts["--topic"][0]] = (int(opts["--partitions"][0]), config)
+    return topics
+
+
+def test_topic_init_creates_the_topics_of_streams_topics(compose: dict[str, Any]) -> None:
+    expected = {t.name: (t.partitions, t.config) for t in topic_specs(Settings.model_construct())}
+    assert created_topics(compose) == expected
+
+
+def test_worker_and_topics_agree_on_partitions(compose: dict[str, Any]) -> None:
+    env = compose["services"]["worker"]["environment"]
+    assert {p for p, _ in created_topics(compose).values()} == {int(env["GRIDWATCH_PARTITIONS"])}
+
+
+def volume(service: dict[str, Any], target: str) -> str:
+    for v in service.get("volumes", []):
+        source, dest = v.split(":")[:2]
+        if dest == target:
+            return str(source)
+    raise AssertionError(f"nothing mounted at {target}: {service.get('volumes')}")
+
+
+def test_grafana_mounts_provisioning_and_dashboards(compose: dict[str, Any]) -> None:
+    grafana = compose["services"]["grafana"]
+    assert volume(grafana, "/etc/grafana/provisioning") == "./grafana/provisioning"
+    provider = load_yaml(REPO / "grafana" / "provisioning" / "dashboards" / "gridwatch.yml")["providers"][0]
+    assert volume(grafana, provider["options"]["path"]) == "./grafana/dashboards"
+    home = grafana["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert (REPO / "grafana" / "dashboards" / Path(home).relative_to(provider["options"]["path"])).is_file()
+
+
+def strings(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [s for k, v in node.items() for s in strings(k) + strings(v)]
+    if isinstance(node, list):
+        return [s for v in node for s in strings(v)]
+    return [node] if isinstance(node, str) else []
+
+
+def test_grafana_gets_every_variable_its_provisioning_uses(compose: dict[str, Any]) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    used = set()
+    for path in sorted((REPO / "grafana" / "provisioning").rglob("*.yml")):
+        for value in strings(load_yaml(path)):
+            used.update(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", value))
+    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_DUTY_WEBHOOK_URL"}
+    for name in used:
+        assert env.get(name), f"provisioning uses ${name}, not set for grafana in docker-compose.yml"
+
+
+def flag(service: dict[str, Any], name: str) -> str:
+    values = [a.split("=", 1)[1] for a in service["command"] if a.startswith(f"--{name}=")]
+    assert len(values) == 1, service["command"]
+    return values[0]
+
+
+def test_prometheus_and_alertmanager_read_the_compose_configs(compose: dict[str, Any]) -> None:
+    for name, directory in (("prometheus", "/etc/prometheus"), ("alertmanager", "/etc/alertmanager")):
+        service = compose["services"][name]
+        config = Path(flag(service, "config.file"))
+        assert config.parent == Path(directory)
+        assert (REPO / volume(service, directory) / config.name).is_file()
+
+
+def test_prometheus_finds_every_worker_replica(compose: dict[str, Any]) -> None:
+    prom = load_yaml(REPO / "prometheus" / "prometheus.compose.yml")
+    (job,) = prom["scrape_configs"]
+    (sd,) = job["dns_sd_configs"]
+    worker_port = int(compose["services"]["worker"]["environment"]["GRIDWATCH_METRICS_PORT"])
+    assert (job["job_name"], sd["type"], sd["port"]) == ("gridwatch", "A", worker_port)
+    assert sd["names"] == ["worker"]
+    (am,) = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert am.split(":")[0] in compose["services"]
+
+
+def test_local_prometheus_scrapes_the_default_worker_endpoint() -> None:
+    prom = load_yaml(REPO / "prometheus" / "prometheus.yml")
+    (job,) = prom["scrape_configs"]
+    s = Settings.model_construct()
+    assert job["job_name"] == "gridwatch"
+    assert job["static_configs"][0]["targets"] == [f"{s.metrics_host}:{s.metrics_port}"]
+
+
+def test_dockerfile_installs_the_package_and_runs_a_worker() -> None:
+    lines = [ln.strip() for ln in (REPO / "Dockerfile").read_text().splitlines() if ln.strip()]
+    instructions = [ln for ln in lines if not ln.startswith("#")]
+    assert instructions[0] == "FROM python:3.11-slim"
+    assert "RUN pip install ." in instructions
+    assert instructions[-1] == 'CMD ["gridwatch", "worker"]'
+    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
+    ignored = {ln for ln in dockerignore if ln and not ln.startswith("#")}
+    for ln in instructions:
+        if ln.startswith("COPY"):
+            for source in ln.split()[1:-1]:
+                assert (REPO / source).exists(), source
+                assert source.split("/")[0] not in ignored, f"{source} is in .dockerignore"
+
+
+def test_interpolation_follows_compose_rules() -> None:
+    assert interpolate_compose("a ${X:-4} $${y} ${Z}") == "a 4 ${y} "

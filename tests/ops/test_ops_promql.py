@@ -1,0 +1,122 @@
+"""Every PromQL expression (rules, dashboard, Grafana alerts) parses and uses real metric names."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from ops_support import DATASOURCE_UID, PROMETHEUS_BUILTINS, promql_names
+from ruamel.yaml import YAML
+
+
+def rule_exprs(rules_doc: dict[str, Any]) -> dict[str, str]:
+    return {r.get("record") or r["alert"]: r["expr"] for g in rules_doc["groups"] for r in g["rules"]}
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> dict[str, str]:
+    out = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            out[f"{panel['title']} / {target['refId']}"] = target["expr"]
+    return out
+
+
+def grafana_alert_exprs(alerting: dict[str, Any]) -> dict[str, str]:
+    return {
+        f"{rule['title']} / {d['refId']}": d["model"]["expr"]
+        for group in alerting["groups"]
+        for rule in group["rules"]
+        for d in rule["data"]
+        if d["datasourceUid"] == DATASOURCE_UID
+    }
+
+
+def test_name_extraction_sees_through_promql_syntax() -> None:
+    expr = (
+        'sum by (le) (rate(gridwatch_processing_seconds_bucket{job="a", le=~"0.1|inf"}[$__rate_interval]))'
+        ' / on () group_left () gridwatch:areas_judged:sum and up == bool 1e-9'
+        ' or label_replace(vector(0), "dst", "$1", "src", "(.*)") unless inventedname offset 5m'
+    )
+    assert promql_names(expr) == {
+        "gridwatch_processing_seconds_bucket",
+        "gridwatch:areas_judged:sum",
+        "up",
+        "inventedname",
+    }
+
+
+@pytest.mark.parametrize("source", ["rules", "dashboard", "grafana alerts"])
+def test_expressions_use_only_exported_or_recorded_names(
+    source: str,
+    rules_doc: dict[str, Any],
+    dashboard: dict[str, Any],
+    grafana_alerting: dict[str, Any],
+    exported_names: frozenset[str],
+    recorded_names: frozenset[str],
+) -> None:
+    exprs = {
+        "rules": rule_exprs(rules_doc),
+        "dashboard": dashboard_exprs(dashboard),
+        "grafana alerts": grafana_alert_exprs(grafana_alerting),
+    }[source]
+    known = exported_names | recorded_names | PROMETHEUS_BUILTINS
+    assert exprs
+    unknown = {where: sorted(promql_names(e) - known) for where, e in exprs.items()}
+    assert {w: n for w, n in unknown.items() if n} == {}
+    assert all(promql_names(e) for e in exprs.values()), "an expression selecting nothing"
+
+
+def test_recording_rules_follow_the_naming_convention(recorded_names: frozenset[str]) -> None:
+    for name in recorded_names:
+        assert re.fullmatch(r"gridwatch:[a-z0-9_]+(:[a-z0-9_]+)?", name), name
+
+
+def test_pass_ratio_is_a_ratio_of_sums(rules_doc: dict[str, Any]) -> None:
+    exprs = rule_exprs(rules_doc)
+    assert exprs["gridwatch:areas_qualified:sum"].startswith("sum(gridwatch_areas_qualified ")
+    assert exprs["gridwatch:areas_judged:sum"].startswith("sum(gridwatch_areas_judged ")
+    assert exprs["gridwatch:pass_ratio"] == "gridwatch:areas_qualified:sum / (gridwatch:areas_judged:sum > 0)"
+    for name, expr in exprs.items():
+        assert "avg" not in expr, f"{name} averages"
+
+
+def test_dashboard_and_grafana_expressions_parse(
+    tmp_path: Path, promtool: str, dashboard: dict[str, Any], grafana_alerting: dict[str, Any]
+) -> None:
+    """Wrapped as recording rules so promtool's parser checks them ($__ variables replaced)."""
+    exprs = list(dashboard_exprs(dashboard).values()) + list(grafana_alert_exprs(grafana_alerting).values())
+    rules = [
+        {"record": f"check:expr_{i}", "expr": re.sub(r"\$__\w+", "5m", e)} for i, e in enumerate(exprs)
+    ]
+    path = tmp_path / "exprs.rules.yml"
+    YAML(typ="safe", pure=True).dump({"groups": [{"name": "check", "rules": rules}]}, path)
+    done = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"{len(rules)} rules found" in done.stdout
+
+
+def prometheus_alerts(rules_doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["annotations"]["runbook"]: r for g in rules_doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_grafana_and_prometheus_alert_on_the_same_thresholds(
+    rules_doc: dict[str, Any], grafana_alerting: dict[str, Any]
+) -> None:
+    prom = prometheus_alerts(rules_doc)
+    ops = {"lt": "<", "gt": ">"}
+    checked = 0
+    for group in grafana_alerting["groups"]:
+        for rule in group["rules"]:
+            twin = prom[rule["annotations"]["runbook"]]
+            assert (rule["for"], rule["labels"]["severity"]) == (twin["for"], twin["labels"]["severity"])
+            data = {d["refId"]: d["model"] for d in rule["data"]}
+            evaluator = data[rule["condition"]]["conditions"][0]["evaluator"]
+            query = data["A"]["expr"]
+            if query.startswith("gridwatch:") and " " not in query:
+                (threshold,) = evaluator["params"]
+                assert twin["expr"] == f"{query} {ops[evaluator['type']]} {threshold}", rule["title"]
+                checked += 1
+    assert checked >= 3
