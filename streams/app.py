@@ -68,7 +68,7 @@ class GridwatchWorker:
             if settings.topology_csv is not None:
                 self.topology.load_meters_csv(settings.topology_csv)
         self.registry = registry or CollectorRegistry()
-        self.metrics = Metrics(self.registry)
+        self.metrics = Metrics(self.registry, top_k=settings.top_k_areas)
         self.topology_ready = asyncio.Event()
         self._last_event_wall: dict[tuple[int, str], float] = {}
         self._last_offset: dict[tuple[int, str], int] = {}

@@ -15,8 +15,9 @@ from models.lineloss import LossResult, LossState, pass_rate
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, *, top_k: int = 20) -> None:
         self.registry = registry
+        self.top_k = top_k
         self.readings = Counter(
             "gridwatch_readings_total",
             "Meter readings by outcome (accepted, duplicate, replaced, rejected, late, rerouted)",
@@ -63,6 +64,35 @@ class Metrics:
             "gridwatch_areas",
             "Areas by line-loss state in the latest closed window",
             ["state"],
+            registry=registry,
+        )
+        self.areas_qualified_by_class = Gauge(
+            "gridwatch_areas_qualified_by_class",
+            "Qualified areas in the latest closed window, per area class (numerator)",
+            ["area_class"],
+            registry=registry,
+        )
+        self.areas_judged_by_class = Gauge(
+            "gridwatch_areas_judged_by_class",
+            "Judged areas in the latest closed window, per area class (denominator)",
+            ["area_class"],
+            registry=registry,
+        )
+        self.meters_expected = Gauge(
+            "gridwatch_customer_meters_expected",
+            "Active customer meters of this worker's areas in the latest closed window",
+            registry=registry,
+        )
+        self.meters_reported = Gauge(
+            "gridwatch_customer_meters_reported",
+            "Customer meters that reported the whole latest closed window",
+            registry=registry,
+        )
+        self.worst_areas = Gauge(
+            "gridwatch_worst_area_loss_ratio",
+            "Loss rate of the top-k judged areas by loss rate in the latest closed window "
+            "(bounded: k series per worker)",
+            ["area_id", "area_class", "state"],
             registry=registry,
         )
         self.completeness = Gauge(
@@ -121,13 +151,24 @@ class Metrics:
             self.completeness.set(pr.collection_ratio)
         for state, n in pr.by_state.items():
             self.areas_by_state.labels(state=state).set(n)
+        self.meters_expected.set(pr.customers_expected)
+        self.meters_reported.set(pr.customers_reported)
         for cls in sorted({r.area_class for r in results}):
             cls_pr = pass_rate(window_start, [r for r in results if r.area_class == cls])
+            self.areas_qualified_by_class.labels(area_class=cls).set(cls_pr.qualified)
+            self.areas_judged_by_class.labels(area_class=cls).set(cls_pr.judged)
             if cls_pr.pass_rate is not None:
                 self.pass_ratio_by_class.labels(area_class=cls).set(cls_pr.pass_rate)
         judged = [r for r in results if r.state in _JUDGED]
         self.supply_energy.set(sum(r.supply_kwh for r in judged))
         self.billed_energy.set(sum(r.sales_kwh for r in judged))
+        # Replace, not accumulate: the label set stays at k series whatever the area count.
+        self.worst_areas.clear()
+        worst = sorted(judged, key=lambda r: (-(r.loss_rate or 0.0), r.area_id))[: self.top_k]
+        for r in worst:
+            self.worst_areas.labels(area_id=r.area_id, area_class=r.area_class, state=r.state.value).set(
+                r.loss_rate or 0.0
+            )
 
 
 _JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}

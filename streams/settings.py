@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     # Endpoints bind to loopback unless set
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9308
+    top_k_areas: int = Field(20, ge=0, le=200, description="worst areas exported per worker")
     web_host: str = "127.0.0.1"
     web_port: int = 6066
     data_dir: Path = Path(".gridwatch/worker")
