@@ -17,6 +17,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.lineloss import LossResult
@@ -73,7 +74,8 @@ class GridwatchWorker:
         self._last_event_wall: dict[tuple[int, str], float] = {}
         self._last_offset: dict[tuple[int, str], int] = {}
         self._started = time.monotonic()
-        self._gaps_seen: dict[Any, int] = {}
+        self._next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to process
+        self._skipped = SkippedRecords(settings)
         self._window_results: dict[int, dict[str, LossResult]] = {}
         self.app = self._build_app()
         self.engine = LineLossEngine(
@@ -122,7 +124,6 @@ class GridwatchWorker:
         app.agent(source, name="lineloss")(self._process)
         app.task(self._follow_topology)
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
-        app.timer(interval=5.0)(self._heal_offset_gaps)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.task(self._serve_metrics)
         return app
@@ -133,6 +134,8 @@ class GridwatchWorker:
 
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         self.engine.forget_partitions({tp.partition for tp in revoked})
+        for tp in revoked:
+            self._next_offset.pop((tp.topic, tp.partition), None)
 
     # ---- topology --------------------------------------------------------------------------
 
@@ -205,15 +208,49 @@ class GridwatchWorker:
         await self.topology_ready.wait()
         async for event in stream.events():
             msg = event.message
-            started = time.perf_counter()
-            try:
-                await self._handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-            except Exception as exc:  # the worker never dies on one record
-                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                await self._dead_letter(
-                    "internal_error", repr(exc), msg.topic, msg.partition, msg.offset, msg.key, msg.value
-                )
-            self.metrics.latency.observe(time.perf_counter() - started)
+            await self._fill_skipped(msg.topic, msg.partition, msg.offset)
+            await self._handle_safely(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+
+    async def _handle_safely(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            await self._handle(topic, partition, offset, key, value)
+        except Exception as exc:  # the worker never dies on one record
+            log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
+            await self._dead_letter("internal_error", repr(exc), topic, partition, offset, key, value)
+        self.metrics.latency.observe(time.perf_counter() - started)
+
+    async def _fill_skipped(self, topic: str, partition: int, offset: int) -> None:
+        """Process, in order, records the stream skipped before ``offset``.
+
+        faust-streaming (0.15, #596) drops records fetched while flow is suspended during a
+        rebalance or recovery, yet advances its read offset past them and may count the jump
+        as a compaction gap (acked). Offsets of our topics are contiguous, so a jump here means
+        records were skipped: read them straight from the broker and process them before this
+        one, keeping event-time order; then tell Faust the range is done so commits go on.
+        """
+        tp_key = (topic, partition)
+        expected = self._next_offset.get(tp_key)
+        if expected is None:
+            committed = getattr(self.app.consumer, "_committed_offset", {}).get(TP(topic, partition))
+            expected = committed if committed is not None else offset
+        if offset > expected:
+            records = await self._skipped.read(topic, partition, expected, offset)
+            log.warning(
+                "%s[%d]: offsets %d..%d were skipped by the stream; processed %d of them from the broker",
+                topic,
+                partition,
+                expected,
+                offset - 1,
+                len(records),
+            )
+            self.metrics.offset_gaps.inc()
+            for rec in records:
+                await self._handle_safely(topic, partition, rec.offset, rec.key, rec.value)
+            await self.app.consumer._add_gap(TP(topic, partition), expected, offset - 1)
+        self._next_offset[tp_key] = max(offset + 1, self._next_offset.get(tp_key, 0))
 
     async def _handle(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
@@ -357,37 +394,6 @@ class GridwatchWorker:
             if all_idle and self.engine.knows_partition(partition):
                 await self._emit(self.engine.flush_idle(partition))
 
-    async def _heal_offset_gaps(self) -> None:
-        """Work around faust-streaming#596: after a recovery, records fetched before the
-        stream queues were cleared are never processed, leaving a hole at the head of the
-        acked offsets, and Faust then never commits that partition again. When a hole stays
-        at the same committed offset for two checks, re-read from the committed offset;
-        re-processing is idempotent here, and Faust ignores offsets already acked."""
-        consumer = self.app.consumer
-        acked_by_tp = getattr(consumer, "_acked", {})
-        committed_by_tp = getattr(consumer, "_committed_offset", {})
-        seen: dict[Any, int] = {}
-        for tp in consumer.assignment():
-            if tp.topic not in self.engine.sources:
-                continue
-            acked = acked_by_tp.get(tp)
-            committed = committed_by_tp.get(tp)
-            if not acked or committed is None or min(acked) - committed <= 1:
-                continue
-            seen[tp] = committed
-            if self._gaps_seen.get(tp) == committed:
-                log.warning(
-                    "offsets %d..%d of %s[%d] were never processed: re-reading",
-                    committed,
-                    min(acked) - 1,
-                    tp.topic,
-                    tp.partition,
-                )
-                self.metrics.offset_gaps.inc()
-                await consumer.seek(tp, committed)
-                del seen[tp]
-        self._gaps_seen = seen
-
     async def _refuse(
         self,
         reason: str,
@@ -431,6 +437,35 @@ class GridwatchWorker:
             meter_id=meter_id,
         )
         await self.deadletter_topic.send(key=key, value=body)
+
+
+class SkippedRecords:
+    """A group-less consumer that reads offset ranges the Faust stream skipped."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """Records with start <= offset < end (fewer if the log has a gap)."""
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(
+                group_id=None, enable_auto_commit=False, **kafka_client_kwargs(self.settings)
+            )
+            await self._consumer.start()
+        tp = TopicPartition(topic, partition)
+        self._consumer.assign([tp])
+        self._consumer.seek(tp, start)
+        out: list[Any] = []
+        empty_polls = 0
+        while empty_polls < 5:
+            batch = await self._consumer.getmany(tp, timeout_ms=1000, max_records=5000)
+            records = batch.get(tp, [])
+            empty_polls = 0 if records else empty_polls + 1
+            out.extend(r for r in records if start <= r.offset < end)
+            if records and records[-1].offset >= end - 1:
+                break
+        return out
 
 
 def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:

@@ -33,7 +33,14 @@ class WorkerProcess:
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+            [
+                sys.executable,
+                "-m",
+                "streams.cli",
+                "worker",
+                "--loglevel",
+                self.env.get("GRIDWATCH_LOGLEVEL", "warning"),
+            ],
             cwd=REPO,
             env=self.env,
             stdout=log,
@@ -129,8 +136,10 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
         prod.send(s.topic_topology, key=topology_key(rec), value=orjson.dumps(rec.to_dict()))
     prod.flush()
     worker = WorkerProcess(env, state / "worker.log").start()
-    console.print(f"[bold]worker[/] pid {worker.proc.pid if worker.proc else '?'}, "
-                  f"metrics http://127.0.0.1:{s.metrics_port}/metrics, log {worker.log_path}")
+    console.print(
+        f"[bold]worker[/] pid {worker.proc.pid if worker.proc else '?'}, "
+        f"metrics http://127.0.0.1:{s.metrics_port}/metrics, log {worker.log_path}"
+    )
     records = list(sample_records(s, sample_dir / "readings.jsonl.gz", rebase_to=datetime.now(UTC)))
     sent = 0
     first_ts = records[0][1] if records else 0

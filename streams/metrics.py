@@ -131,7 +131,7 @@ class Metrics:
         )
         self.offset_gaps = Counter(
             "gridwatch_offset_gaps_healed_total",
-            "Times unprocessed records at a partition's head were re-read (faust-streaming#596)",
+            "Ranges of records the Faust stream skipped that were read back and processed",
             registry=registry,
         )
         self.topology_records = Gauge(
