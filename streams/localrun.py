@@ -77,17 +77,28 @@ class WorkerProcess:
 
     def metric(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
         """One sample's value from the worker's endpoint, or None if absent/unreachable."""
+        values = self.metric_values(name, labels)
+        return values[0] if values else None
+
+    def metric_sum(self, name: str, labels: Mapping[str, str] | None = None) -> float | None:
+        """Sum over every sample of ``name`` whose labels include ``labels``."""
+        values = self.metric_values(name, labels)
+        return sum(values) if values else None
+
+    def metric_values(self, name: str, labels: Mapping[str, str] | None = None) -> list[float]:
         from prometheus_client.parser import text_string_to_metric_families
 
         try:
             text = self.metrics_text()
         except OSError:
-            return None
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and (labels is None or dict(labels).items() <= sample.labels.items()):
-                    return float(sample.value)
-        return None
+            return []
+        wanted = dict(labels or {}).items()
+        return [
+            float(sample.value)
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name and wanted <= sample.labels.items()
+        ]
 
     def log_tail(self, n: int = 40) -> str:
         try:
@@ -151,19 +162,16 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
         t.add_column("value", justify="right")
         ratio = worker.metric("gridwatch_pass_ratio")
         t.add_row("pass rate, latest window", f"{ratio:.1%}" if ratio is not None else "-")
-        emitted = sum(
-            worker.metric("gridwatch_area_windows_emitted_total", {"state": st}) or 0
-            for st in ("qualified", "high_loss", "negative_loss", "incomplete", "no_supply")
-        )
+        emitted = worker.metric_sum("gridwatch_area_windows_emitted_total") or 0
         t.add_row("area-window results emitted", f"{emitted:.0f}")
         for st in ("qualified", "high_loss", "negative_loss", "incomplete", "no_supply"):
             v = worker.metric("gridwatch_areas", {"state": st})
             t.add_row(f"  areas {st}", f"{v:.0f}" if v is not None else "-")
         comp = worker.metric("gridwatch_collection_completeness_ratio")
         t.add_row("collection completeness", f"{comp:.1%}" if comp is not None else "-")
-        acc = worker.metric("gridwatch_readings_total", {"outcome": "accepted"})
+        acc = worker.metric_sum("gridwatch_readings_total", {"outcome": "accepted"})
         t.add_row("readings accepted", f"{acc:.0f}" if acc is not None else "-")
-        rej = worker.metric("gridwatch_readings_total", {"outcome": "rejected"})
+        rej = worker.metric_sum("gridwatch_readings_rejected_total")
         t.add_row("readings dead-lettered", f"{rej:.0f}" if rej is not None else "0")
         return t
 
@@ -185,7 +193,7 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
             while stable < 4 and worker.alive():
                 time.sleep(1.5)
                 live.update(summary())
-                now = worker.metric("gridwatch_area_windows_emitted_total", {"state": "qualified"}) or 0
+                now = worker.metric_sum("gridwatch_area_windows_emitted_total") or 0
                 stable = stable + 1 if now == last and now > 0 else 0
                 last = now
         if not worker.alive():
