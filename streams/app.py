@@ -102,6 +102,7 @@ class GridwatchWorker:
             topic_partitions=s.partitions,
             topic_replication_factor=1,
             web_host=s.web_host,
+            web_bind=s.web_host,  # Faust binds web_bind (default 0.0.0.0), not web_host
             web_port=s.web_port,
             datadir=str(s.data_dir),
             broker_session_timeout=s.broker_session_timeout_s,

@@ -166,7 +166,6 @@ def _records(s: Settings, sc: Scenario) -> list[tuple[str, bytes, bytes]]:
 def consumer_lag(s: Settings, topics: list[str]) -> int | None:
     """Records of ``topics`` not yet committed by the worker's consumer group (None: no commit)."""
     from kafka import KafkaAdminClient
-
     from kafka.errors import KafkaError
 
     admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
@@ -253,6 +252,17 @@ def _assert_equal_to_batch(final: dict, expected: dict) -> None:
     assert not mismatches, f"{len(mismatches)} area-windows differ, e.g. {mismatches[:3]}"
 
 
+def listening_addresses(port: int) -> set[str]:
+    """IPv4 addresses listening on ``port`` (from /proc/net/tcp; state 0A is LISTEN)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        addr_hex, port_hex = local.split(":")
+        if state == "0A" and int(port_hex, 16) == port:
+            found.add(".".join(str(int(addr_hex[i : i + 2], 16)) for i in (6, 4, 2, 0)))
+    return found
+
+
 def _pass_rates(results: dict) -> dict[int, tuple[int, int]]:
     by_window: dict[int, list[str]] = defaultdict(list)
     for (_, start), v in results.items():
@@ -273,6 +283,9 @@ def test_worker_matches_batch_recomputation(kafka_broker, scenario: Scenario, tm
     try:
         final = _wait_complete(s, scenario, worker)
         elapsed = time.monotonic() - started
+        # the web server and the metrics endpoint listen on loopback only by default
+        assert listening_addresses(int(env["GRIDWATCH_WEB_PORT"])) == {"127.0.0.1"}
+        assert listening_addresses(int(env["GRIDWATCH_METRICS_PORT"])) == {"127.0.0.1"}
         accepted = sum(
             worker.metric("gridwatch_readings_total", {"outcome": "accepted", "role": r}) or 0
             for r in ("customer", "supply")
