@@ -6,7 +6,7 @@ Java 17 - no Docker, no release tarball. So the broker is assembled from Maven j
 (`broker/pom.xml` for 3.x, `broker/pom-4.xml` for 4.x, which logs through log4j2) and launched
 straight from the JVM with a config written here.
 
-Library use: `LocalKafka.start(tmpdir)` (tests), `create_topics(bootstrap, specs)`.
+Library use: `LocalKafka.start(tmpdir)` (tests); topics are created with streams.kafkaio.create_topics.
 CLI use: `python -m streams.broker start|stop|status` keeps one detached broker per state dir.
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import atexit
 import base64
-import inspect
 import json
 import os
 import re
@@ -26,13 +25,10 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-
-from kafka import KafkaAdminClient
-from kafka.errors import TopicAlreadyExistsError
 
 DEFAULT_VERSION = "3.9.2"
 # Logged by KafkaRaftServer once broker and controller are both serving (3.9 and 4.x alike).
@@ -510,75 +506,6 @@ def stop_background(state_dir: Path | None = None, timeout: float = 30) -> bool:
                 time.sleep(0.1)
     (sd / "broker.pid").unlink(missing_ok=True)
     return st.running
-
-
-# --- topics -------------------------------------------------------------------------------------
-
-
-TopicSpec = tuple[str, int, Mapping[str, str]]
-
-
-def create_topics(
-    bootstrap: str,
-    specs: Iterable[TopicSpec],
-    replication_factor: int = 1,
-    timeout: float = 30.0,
-) -> None:
-    """Create (name, partitions, config) topics, ignoring ones that exist; wait for leaders.
-
-    Needed because the broker runs with auto.create.topics.enable=false. One request per topic
-    so an existing topic does not hide errors of the others. Works with kafka-python 2.x
-    (NewTopic) and 3.x (dict form, which deprecates NewTopic).
-    """
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap,
-        client_id="gridwatch-admin",
-        request_timeout_ms=int(timeout * 1000),
-    )
-    try:
-        dict_api = "wait_for_metadata" in inspect.signature(admin.create_topics).parameters
-        names = []
-        for name, partitions, config in specs:
-            names.append(name)
-            cfg = {k: str(v) for k, v in config.items()}
-            try:
-                if dict_api:
-                    admin.create_topics(
-                        {
-                            name: {
-                                "num_partitions": partitions,
-                                "replication_factor": replication_factor,
-                                "configs": cfg,
-                            }
-                        }
-                    )
-                else:
-                    from kafka.admin import NewTopic
-
-                    admin.create_topics([NewTopic(name, partitions, replication_factor, topic_configs=cfg)])
-            except TopicAlreadyExistsError:
-                pass
-        _wait_for_leaders(admin, names, timeout)
-    finally:
-        admin.close()
-
-
-def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float) -> None:
-    """Creation returns before metadata propagates; producing then would briefly fail."""
-    deadline = time.monotonic() + timeout
-    while True:
-        topics = admin.describe_topics(names) if names else []
-        ok = all(
-            t.get("error_code") == 0
-            and t.get("partitions")
-            and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
-            for t in topics
-        )
-        if ok:
-            return
-        if time.monotonic() > deadline:
-            raise BrokerError(f"topics {names} have no leader after {timeout:.0f}s: {topics}")
-        time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
 from streams.topics import TopicSpec
@@ -35,26 +34,46 @@ def _connect(factory: Any, bootstrap: str, **kw: Any) -> Any:
         raise KafkaUnavailable(f"no Kafka broker reachable at {bootstrap}") from None
 
 
-def create_topics(bootstrap: str, specs: Iterable[TopicSpec], **kw: Any) -> list[str]:
-    """Create missing topics; returns the names created (existing ones are left alone)."""
-    admin = _connect(KafkaAdminClient, bootstrap, **kw)
+def create_topics(bootstrap: str, specs: Iterable[TopicSpec], timeout: float = 30.0, **kw: Any) -> list[str]:
+    """Create missing topics and wait until every partition has a leader; returns the names
+    created (existing ones are left alone).
+
+    The local broker runs with auto.create.topics.enable=false, and creation returns before
+    metadata propagates, so producing at once would briefly fail. One request per topic, so an
+    existing topic does not hide errors of the others.
+    """
+    admin = _connect(KafkaAdminClient, bootstrap, request_timeout_ms=int(timeout * 1000), **kw)
+    specs = list(specs)
     created = []
     try:
-        existing = set(admin.list_topics())
-        new = [
-            NewTopic(sp.name, sp.partitions, 1, topic_configs=sp.config)
-            for sp in specs
-            if sp.name not in existing
-        ]
-        for topic in new:
+        for sp in specs:
+            body = {"num_partitions": sp.partitions, "replication_factor": 1, "configs": dict(sp.config)}
             try:
-                admin.create_topics([topic])
-                created.append(topic.name)
+                admin.create_topics({sp.name: body})
+                created.append(sp.name)
             except TopicAlreadyExistsError:
                 pass
+        _wait_for_leaders(admin, [sp.name for sp in specs], timeout)
     finally:
         admin.close()
     return created
+
+
+def _wait_for_leaders(admin: KafkaAdminClient, names: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = admin.describe_topics(names) if names else []
+        ok = all(
+            t.get("error_code") == 0
+            and t.get("partitions")
+            and all(p.get("leader_id", p.get("leader", -1)) >= 0 for p in t["partitions"])
+            for t in topics
+        )
+        if ok:
+            return
+        if time.monotonic() > deadline:
+            raise KafkaError(f"topics {names} have no leader after {timeout:.0f}s: {topics}")
+        time.sleep(0.2)
 
 
 def producer(bootstrap: str, **kw: Any) -> KafkaProducer:

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams.broker import DEFAULT_VERSION, LocalKafka, create_topics
+from streams.broker import DEFAULT_VERSION, LocalKafka
+from streams.kafkaio import create_topics
+from streams.topics import TopicSpec
 
 pytestmark = pytest.mark.kafka
 
@@ -38,8 +40,8 @@ def _consume(
 
 def test_keyed_round_trip(kafka_broker: LocalKafka) -> None:
     topic = f"roundtrip-{uuid.uuid4().hex[:8]}"
-    create_topics(kafka_broker.bootstrap, [(topic, 4, {"retention.ms": "3600000"})])
-    create_topics(kafka_broker.bootstrap, [(topic, 4, {})])  # already exists: ignored
+    create_topics(kafka_broker.bootstrap, [TopicSpec(topic, 4, {"retention.ms": "3600000"})])
+    create_topics(kafka_broker.bootstrap, [TopicSpec(topic, 4)])  # already exists: ignored
     sent = {f"meter-{i % 10}-{i}".encode(): f"reading-{i}".encode() for i in range(100)}
     producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, acks="all")
     for key, value in sent.items():
@@ -61,7 +63,7 @@ def test_message_survives_kill_and_restart(tmp_path: Path) -> None:
     version = os.environ.get("GRIDWATCH_KAFKA_VERSION", DEFAULT_VERSION)
     with LocalKafka.start(tmp_path / "kafka", version=version, overrides=fast_fencing) as broker:
         ports = (broker.port, broker.controller_port)
-        create_topics(broker.bootstrap, [("durable", 1, {})])
+        create_topics(broker.bootstrap, [TopicSpec("durable", 1)])
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
         producer.send("durable", key=b"k", value=b"before-crash").get(timeout=30)
         producer.close()
