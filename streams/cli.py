@@ -143,6 +143,154 @@ def sample_records(
         yield topic, ts, r["key"].encode(), orjson.dumps(value)
 
 
+SIM_TARGETS = ("jsonl", "jsonl.gz", "parquet", "kafka")
+
+
+@app.command()
+def simulate(
+    to: str = typer.Option("jsonl", help=f"where readings go: {' | '.join(SIM_TARGETS)}"),
+    out: Path = typer.Option(Path(".gridwatch/sim"), help="directory for archive, labels (and readings)"),
+    seed: int = 7,
+    areas: int = typer.Option(20, help="transformer areas (ignored when --meters is set)"),
+    meters: int | None = typer.Option(None, help="total customer meters; areas follow"),
+    days: float = 1.0,
+    interval: int = typer.Option(900, help="metering interval, seconds"),
+    start: str | None = typer.Option(
+        None, help="first read, ISO 8601 (default 2026-01-01T00:00Z; with --to kafka, so the data ends now)"
+    ),
+    single: bool = typer.Option(False, "--single", help="single readings instead of concentrator batches"),
+    anomaly: list[str] = typer.Option(
+        [], help="TYPE=N, repeatable (default: one of each type per 1000 meters)"
+    ),
+    theft_share: float | None = typer.Option(None, help="share of energy a theft_h1 takes (default drawn)"),
+    clean: bool = typer.Option(
+        False, "--clean", help="no anomalies (except --anomaly ones), no transport faults"
+    ),
+    speed: float = typer.Option(0.0, help="x real time by arrival; 0 = as fast as possible"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    bootstrap: Bootstrap = None,
+) -> None:
+    """A synthetic city with labelled anomalies: to files (JSONL, Parquet) or to the topics."""
+    from simulator.anomalies import AnomalySpec
+    from simulator.city import aligned_start
+    from simulator.faults import TransportSpec
+    from simulator.files import JsonlSink, ParquetSink
+    from simulator.publish import KafkaSink
+    from simulator.run import Sink
+    from simulator.run import simulate as run_simulation
+    from simulator.synth import SimSpec
+    from streams.kafkaio import KafkaUnavailable
+    from streams.replay import quiet_kafka_logs
+    from topology import parse_time
+
+    if to not in SIM_TARGETS:
+        raise typer.BadParameter(f"--to must be one of {', '.join(SIM_TARGETS)}")
+    counts: dict[str, int] = {}
+    for item in anomaly:
+        name, _, n = item.partition("=")
+        if not n.isdigit():
+            raise typer.BadParameter(f"--anomaly {item!r}: expected TYPE=N")
+        counts[name] = int(n)
+    try:
+        if start is not None:
+            first = parse_time(start)
+        elif to == "kafka":  # the worker refuses readings older than 35 days
+            first = aligned_start(datetime.now(UTC), days, interval)
+            first = datetime.fromtimestamp(int(first.timestamp()) // interval * interval, UTC)
+        else:
+            first = datetime(2026, 1, 1, tzinfo=UTC)
+        spec = SimSpec(
+            seed=seed,
+            areas=areas,
+            meters=meters,
+            days=days,
+            interval_s=interval,
+            start=first,
+            batches=not single,
+            anomalies=(
+                AnomalySpec.only(counts, theft_share=theft_share)
+                if clean
+                else AnomalySpec(counts=counts, theft_share=theft_share)
+            ),
+            transport=TransportSpec.none() if clean else TransportSpec(),
+        )
+        sink: Sink
+        if to == "kafka":
+            quiet_kafka_logs()
+            sink = KafkaSink(_settings(bootstrap))
+        elif to == "parquet":
+            sink = ParquetSink(out / "readings.parquet")
+        else:
+            sink = JsonlSink(out / f"readings.{to}")
+    except (ValueError, RuntimeError) as exc:
+        raise typer.BadParameter(str(exc)) from None
+    try:
+        summary = run_simulation(spec, out, sink, speed=speed, progress=progress)
+    except (KafkaUnavailable, RuntimeError) as exc:
+        typer.echo(f"gridwatch simulate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"{summary.readings:,} readings in {summary.messages:,} records ({summary.areas} areas, "
+        f"{summary.meters:,} meters) to {to}; {summary.labels:,} labels in {out / 'labels.jsonl'}; "
+        f"{summary.seconds:.1f}s, {summary.readings_per_s:,.0f} readings/s"
+    )
+
+
+@app.command()
+def record(
+    topics: list[str] = typer.Argument(..., help="topics to dump, from the beginning to their current end"),
+    out: Path = typer.Option(..., "--out", "-o", help="recording file (.jsonl, or .jsonl.gz to compress)"),
+    bootstrap: Bootstrap = None,
+    timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
+) -> None:
+    """Dump topics to a file: key, value, timestamp, partition, offset, headers (docs/simulator.md)."""
+    from streams.replay import ReplayError, quiet_kafka_logs
+    from streams.replay import record as record_topics
+
+    quiet_kafka_logs()
+    s = _settings(bootstrap)
+    try:
+        counts = record_topics(s.bootstrap, topics, out, timeout_s=timeout)
+    except ReplayError as exc:
+        typer.echo(f"gridwatch record: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(
+        f"recorded {sum(counts.values()):,} records ({', '.join(f'{t}: {n:,}' for t, n in counts.items())}) "
+        f"to {out}"
+    )
+
+
+@app.command()
+def replay(
+    file: Path = typer.Argument(..., help="a file written by gridwatch record"),
+    rename: list[str] = typer.Option([], help="OLD=NEW: replay topic OLD into NEW (repeatable)"),
+    speed: float = typer.Option(0.0, help="x the recorded pace (by timestamps); 0 = as fast as possible"),
+    bootstrap: Bootstrap = None,
+    timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
+) -> None:
+    """Write a recording back to Kafka: same keys, values, timestamps, partitions."""
+    from streams.replay import ReplayError, quiet_kafka_logs
+    from streams.replay import replay as replay_file
+
+    quiet_kafka_logs()
+    mapping = {}
+    for item in rename:
+        old, sep, new = item.partition("=")
+        if not (sep and old and new):
+            typer.echo(f"gridwatch replay: --rename {item!r}: expected OLD=NEW", err=True)
+            raise typer.Exit(2)
+        mapping[old] = new
+    s = _settings(bootstrap)
+    try:
+        result = replay_file(s.bootstrap, file, rename=mapping, speed=speed, timeout_s=timeout)
+    except ReplayError as exc:
+        typer.echo(f"gridwatch replay: {exc}", err=True)
+        raise typer.Exit(1) from None
+    sent = ", ".join(f"{t}: {n:,}" for t, n in result.sent.items())
+    moved = f"; {result.repartitioned:,} placed by key (partition missing)" if result.repartitioned else ""
+    typer.echo(f"replayed {sum(result.sent.values()):,} records ({sent}){moved}")
+
+
 @app.command()
 def run(
     speed: float = typer.Option(0.0, help="x real time; 0 = as fast as possible"),
