@@ -5,7 +5,6 @@ records, and a SIGKILL mid-stream."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,12 +13,13 @@ from pathlib import Path
 
 import orjson
 import pytest
+from worker_env import settings_for, worker_env
 
 from models.lineloss import LossState, judge, pass_rate
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from simulator.faults import Faulted, FaultSpec, apply_faults
 from streams.kafkaio import create_topics, end_offsets, produce, read_topic
-from streams.localrun import WorkerProcess, free_port
+from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import topic_specs
 from topology import Role
@@ -115,40 +115,8 @@ def batch_recompute(city: City) -> dict[tuple[str, int], dict[str, object]]:
     return out
 
 
-def _settings_env(bootstrap: str, tmp: Path) -> dict[str, str]:
-    app_id = f"gwtest-{uuid.uuid4().hex[:8]}"
-    return {
-        "GRIDWATCH_BOOTSTRAP": bootstrap,
-        "GRIDWATCH_APP_ID": app_id,
-        "GRIDWATCH_TOPIC_READINGS": f"{app_id}.readings",
-        "GRIDWATCH_TOPIC_SUPPLY": f"{app_id}.supply",
-        "GRIDWATCH_TOPIC_TOPOLOGY": f"{app_id}.topology",
-        "GRIDWATCH_TOPIC_LINELOSS": f"{app_id}.lineloss",
-        "GRIDWATCH_TOPIC_DEADLETTER": f"{app_id}.deadletter",
-        "GRIDWATCH_METRICS_PORT": str(free_port()),
-        "GRIDWATCH_WEB_PORT": str(free_port()),
-        "GRIDWATCH_DATA_DIR": str(tmp / "worker"),
-        "GRIDWATCH_IDLE_CLOSE_S": "3",
-        # quick rebalances in tests only; production keeps Faust's defaults
-        "GRIDWATCH_BROKER_SESSION_TIMEOUT_S": "10",
-        "GRIDWATCH_BROKER_HEARTBEAT_INTERVAL_S": "1",
-        "GRIDWATCH_BROKER_COMMIT_INTERVAL_S": "1",
-    }
-
-
 def _publish(env: dict[str, str], sc: Scenario) -> Settings:
-    import os
-
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        s = Settings()
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
     topo = [
         (s.topic_topology, f"{r.meter_id}|{r.effective_from.isoformat()}".encode(), orjson.dumps(r.to_dict()))
@@ -275,7 +243,7 @@ def _pass_rates(results: dict) -> dict[int, tuple[int, int]]:
 
 
 def test_worker_matches_batch_recomputation(kafka_broker, scenario: Scenario, tmp_path: Path) -> None:
-    env = _settings_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path)
     s = _publish(env, scenario)
     produced = produce(s.bootstrap, _records(s, scenario))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
@@ -322,7 +290,7 @@ def test_worker_matches_batch_recomputation(kafka_broker, scenario: Scenario, tm
 def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     kafka_broker, scenario: Scenario, tmp_path: Path
 ) -> None:
-    env = _settings_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path)
     s = _publish(env, scenario)
     produce(s.bootstrap, _records(s, scenario))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
