@@ -24,6 +24,7 @@ from models.lineloss import LossResult
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, LineLossEngine, Outcome, Point
+from streams.kafkaio import kafka_client_kwargs
 from streams.metrics import Metrics
 from streams.settings import Settings
 from topology import MeterRecord, Role, Topology
@@ -32,20 +33,6 @@ log = logging.getLogger("gridwatch")
 
 # How many recent windows' results are kept for the latest-window gauges.
 _WINDOWS_KEPT = 32
-
-
-def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
-    """aiokafka/kafka-python connection options from settings (security included)."""
-    kw: dict[str, Any] = {"bootstrap_servers": settings.bootstrap}
-    if settings.security_protocol != "PLAINTEXT":
-        kw["security_protocol"] = settings.security_protocol
-    if settings.sasl_mechanism:
-        kw["sasl_mechanism"] = settings.sasl_mechanism
-        kw["sasl_plain_username"] = settings.sasl_username
-        kw["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
-        )
-    return kw
 
 
 class GridwatchWorker:

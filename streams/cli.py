@@ -44,6 +44,18 @@ def worker(bootstrap: Bootstrap = None, loglevel: str = "info") -> None:
 
 
 @app.command()
+def notify(bootstrap: Bootstrap = None) -> None:
+    """Deliver the alerts topic to the duty webhook: HMAC-signed, retried, rate-limited."""
+    from streams.notify import NotifyConfigError, run_notify
+
+    try:
+        run_notify(_settings(bootstrap))
+    except NotifyConfigError as exc:
+        typer.echo(f"gridwatch notify: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def topics(bootstrap: Bootstrap = None) -> None:
     """Create gridwatch's topics (existing ones are left alone)."""
     from streams.kafkaio import create_topics

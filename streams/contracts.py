@@ -146,11 +146,54 @@ class DeadLetter(Struct, omit_defaults=True):
     v: Literal[1] = 1
 
 
+class Evidence(Struct, omit_defaults=True):
+    """Why an alert fired: the named fields are typed, other keys are allowed (and forwarded)."""
+
+    # Unknown keys pass decoding; the notifier forwards the original bytes, so they survive.
+    expected_kwh: Annotated[float, Meta(ge=-1e10, le=1e10)] | None = None
+    observed_kwh: Annotated[float, Meta(ge=-1e10, le=1e10)] | None = None
+    share_of_area_loss: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
+
+
+AlertType = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[a-z][a-z0-9_]*$",
+        description=(
+            "what fired; known types: area_high_loss, area_negative_loss, area_incomplete, "
+            "meter_zero_consumption, meter_consumption_drop, meter_consumption_spike, "
+            "meter_flat_line, meter_reverse_energy, meter_register_rollback, "
+            "meter_inactive_consumption, meter_voltage_anomaly (docs/notify.md)"
+        ),
+    ),
+]
+
+
+class Alert(Struct, forbid_unknown_fields=True, kw_only=True):
+    """An incident of one area or meter, opened or resolved; both records share the ``id``."""
+
+    id: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    type: AlertType
+    severity: Literal["info", "warning", "page"]
+    entity_kind: Literal["area", "meter"]
+    entity_id: MeterId
+    window_start: Annotated[datetime, Meta(tz=True, description="RFC 3339 with offset")]
+    window_end: Annotated[datetime, Meta(tz=True, description="RFC 3339 with offset")]
+    score: Annotated[float, Meta(ge=-1e12, le=1e12)]
+    evidence: Evidence
+    event: Literal["opened", "resolved"]
+    at: Annotated[datetime, Meta(tz=True, description="when the detector decided, RFC 3339")]
+    v: Literal[1] = 1
+
+
 CONTRACTS: dict[str, Any] = {
     "reading": ReadingMessage,
     "topology": TopologyRecord,
     "lineloss": LineLossRecord,
     "deadletter": DeadLetter,
+    "alert": Alert,
 }
 
 _reading_decoder = msgspec.json.Decoder(Reading | _LenientBatch)

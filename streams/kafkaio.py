@@ -10,7 +10,22 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from streams.settings import Settings
 from streams.topics import TopicSpec
+
+
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka/kafka-python connection options from settings (security included)."""
+    kw: dict[str, Any] = {"bootstrap_servers": settings.bootstrap}
+    if settings.security_protocol != "PLAINTEXT":
+        kw["security_protocol"] = settings.security_protocol
+    if settings.sasl_mechanism:
+        kw["sasl_mechanism"] = settings.sasl_mechanism
+        kw["sasl_plain_username"] = settings.sasl_username
+        kw["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    return kw
 
 
 class KafkaUnavailable(RuntimeError):

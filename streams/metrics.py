@@ -172,3 +172,39 @@ class Metrics:
 
 
 _JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}
+
+
+class NotifyMetrics:
+    """Metrics of ``gridwatch notify``, a process of its own (so not part of the worker's set)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.delivered = Counter(
+            "gridwatch_notify_delivered_total",
+            "Alerts the duty webhook accepted (2xx), by severity",
+            ["severity"],
+            registry=registry,
+        )
+        self.retried = Counter(
+            "gridwatch_notify_retries_total",
+            "Webhook POSTs repeated, by what failed (connection, timeout, http_5xx, http_429)",
+            ["reason"],
+            registry=registry,
+        )
+        self.dead_lettered = Counter(
+            "gridwatch_notify_dead_lettered_total",
+            "Alerts sent to the alerts dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.rate_limited = Counter(
+            "gridwatch_notify_rate_limited_total",
+            "Alerts held back by the rate limit before their first POST",
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "gridwatch_notify_delivery_seconds",
+            "From taking an alert off the topic to the webhook accepting it (rate limit, retries included)",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0),
+            registry=registry,
+        )

@@ -61,6 +61,23 @@ class Settings(BaseSettings):
     broker_heartbeat_interval_s: float = 3.0
     broker_commit_interval_s: float = 2.8
 
+    # gridwatch notify: the alerts topic to the duty webhook (docs/notify.md)
+    topic_alerts: str = "gridwatch.alerts"
+    topic_alerts_deadletter: str = "gridwatch.alerts-deadletter"
+    notify_group_id: str = "gridwatch-notify"
+    duty_webhook_url: str = "http://127.0.0.1:9095/alert"
+    # The HMAC secret: from GRIDWATCH_WEBHOOK_SECRET or a file (one of the two), never logged.
+    webhook_secret: SecretStr | None = None
+    webhook_secret_file: Path | None = None
+    notify_rate_per_s: float = Field(1.0, gt=0, description="sustained alerts per second to the webhook")
+    notify_burst: int = Field(10, ge=1, description="alerts sent at once before the rate applies")
+    notify_max_attempts: int = Field(8, ge=1, description="POSTs per alert before dead-lettering it")
+    notify_max_elapsed_s: float = Field(300.0, gt=0, description="time per alert before dead-lettering it")
+    notify_backoff_initial_s: float = Field(0.5, gt=0)
+    notify_backoff_max_s: float = Field(30.0, gt=0)
+    notify_timeout_s: float = Field(10.0, gt=0, description="one POST, connect to response")
+    notify_metrics_port: int = Field(9309, ge=0, description="0: no metrics endpoint")
+
     @property
     def max_past(self) -> timedelta:
         return timedelta(seconds=self.max_past_s)

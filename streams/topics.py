@@ -28,4 +28,14 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_topology, s.partitions, compact),
         TopicSpec(s.topic_lineloss, s.partitions, compact),
         TopicSpec(s.topic_deadletter, s.partitions, {"retention.ms": str(35 * DAY_MS)}),
+        *alert_topic_specs(s),
+    ]
+
+
+def alert_topic_specs(s: Settings) -> list[TopicSpec]:
+    """Alerts are keyed by entity, so each entity's opened/resolved events stay in order."""
+    keep = {"retention.ms": str(35 * DAY_MS)}
+    return [
+        TopicSpec(s.topic_alerts, s.partitions, keep),
+        TopicSpec(s.topic_alerts_deadletter, s.partitions, keep),
     ]
