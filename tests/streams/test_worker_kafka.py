@@ -115,6 +115,15 @@ def batch_recompute(city: City) -> dict[tuple[str, int], dict[str, object]]:
     return out
 
 
+def _areas_csv(city: City, tmp: Path) -> str:
+    """The city's area classes as a deployment configures them (GRIDWATCH_AREAS_CSV): without
+    it every area would be judged against the default class's bounds."""
+    path = tmp / "areas.csv"
+    rows = [f"{a},{city.topology.area_class(a)},," for a in city.area_ids]
+    path.write_text("area_id,area_class,loss_lower,loss_upper\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
 def _publish(env: dict[str, str], sc: Scenario) -> Settings:
     s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
@@ -243,7 +252,7 @@ def _pass_rates(results: dict) -> dict[int, tuple[int, int]]:
 
 
 def test_worker_matches_batch_recomputation(kafka_broker, scenario: Scenario, tmp_path: Path) -> None:
-    env = worker_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path, areas_csv=_areas_csv(scenario.city, tmp_path))
     s = _publish(env, scenario)
     produced = produce(s.bootstrap, _records(s, scenario))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
@@ -290,7 +299,7 @@ def test_worker_matches_batch_recomputation(kafka_broker, scenario: Scenario, tm
 def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     kafka_broker, scenario: Scenario, tmp_path: Path
 ) -> None:
-    env = worker_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path, areas_csv=_areas_csv(scenario.city, tmp_path))
     s = _publish(env, scenario)
     produce(s.bootstrap, _records(s, scenario))
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
