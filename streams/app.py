@@ -53,6 +53,11 @@ class GridwatchWorker:
             # optionally, a CSV read at start.
             if settings.areas_csv is not None:
                 self.topology.load_areas_csv(settings.areas_csv)
+            else:
+                log.warning(
+                    "no GRIDWATCH_AREAS_CSV: every area is judged with the %r class bounds",
+                    "urban",
+                )
             if settings.topology_csv is not None:
                 self.topology.load_meters_csv(settings.topology_csv)
         self.registry = registry or CollectorRegistry()
