@@ -68,6 +68,15 @@ class MeterRecord:
             "effective_from": self.effective_from.isoformat().replace("+00:00", "Z"),
         }
 
+    def topic_key(self) -> bytes:
+        """Key on the compacted topology topic: meter and effective time, so compaction keeps
+        every version of a meter (its history), not only the latest.
+
+        >>> MeterRecord("m1", "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH).topic_key()
+        b'm1|1970-01-01T00:00:00+00:00'
+        """
+        return f"{self.meter_id}|{self.effective_from.isoformat()}".encode()
+
     @classmethod
     def from_dict(cls, d: Mapping[str, object]) -> MeterRecord:
         """Build from a topology-topic record or a CSV row; raises ValueError when malformed."""

@@ -9,7 +9,6 @@ replays and batch recomputation agree.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -285,7 +284,3 @@ def pass_rate(window_start: int, results: Iterable[LossResult]) -> PassRate:
     qualified = by_state[LossState.QUALIFIED.value]
     judged = sum(by_state[s.value] for s in JUDGED)
     return PassRate(window_start, qualified, judged, by_state, expected, reported)
-
-
-def is_finite_nonneg(x: float) -> bool:
-    return math.isfinite(x) and x >= 0

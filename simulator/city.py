@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -165,4 +165,4 @@ def messages(city: City, *, batches: bool = True) -> Iterator[Message]:
 def aligned_start(now: datetime, days: float, interval_s: int) -> datetime:
     """A start time such that the city's data ends a little before ``now``."""
     end = int(now.timestamp()) // interval_s * interval_s - interval_s
-    return datetime.fromtimestamp(end - int(days * 86400), UTC) - timedelta(0)
+    return datetime.fromtimestamp(end - int(days * 86400), UTC)

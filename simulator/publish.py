@@ -26,7 +26,6 @@ class KafkaSink:
         self._errors: list[BaseException] = []
 
     def open(self, sim: Sim) -> None:
-        from streams.cli import topology_key
         from streams.kafkaio import create_topics, producer
         from streams.topics import topic_specs
 
@@ -34,7 +33,7 @@ class KafkaSink:
         create_topics(s.bootstrap, topic_specs(s), **self.kw)
         self._prod = producer(s.bootstrap, **self.kw)
         for rec in sorted(sim.topology().records(), key=lambda r: (r.meter_id, r.effective_from)):
-            self._send(s.topic_topology, topology_key(rec), orjson.dumps(rec.to_dict()))
+            self._send(s.topic_topology, rec.topic_key(), orjson.dumps(rec.to_dict()))
         self._prod.flush()
         self._check()
 

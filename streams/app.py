@@ -21,6 +21,7 @@ from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.lineloss import LossResult
+from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, LineLossEngine, Outcome, Point
@@ -477,8 +478,6 @@ def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = Non
 
 
 def _snap(ts: datetime, s: Settings) -> int | None:
-    from models.windows import snap
-
     return snap(ts.timestamp(), interval_s=s.interval_s, tolerance_s=s.clock_tolerance_s)
 
 

@@ -82,17 +82,9 @@ def topology_load(
             rec = MeterRecord.from_dict(row)
         except ValueError as exc:
             raise typer.BadParameter(f"{meters_csv}:{i}: {exc}") from None
-        records.append((s.topic_topology, topology_key(rec), orjson.dumps(rec.to_dict())))
+        records.append((s.topic_topology, rec.topic_key(), orjson.dumps(rec.to_dict())))
     n = produce(s.bootstrap, records)
     typer.echo(f"published {n} meter records to {s.topic_topology}")
-
-
-def topology_key(rec: object) -> bytes:
-    """Keyed by meter and effective time, so compaction keeps every version of a meter."""
-    from topology import MeterRecord
-
-    assert isinstance(rec, MeterRecord)
-    return f"{rec.meter_id}|{rec.effective_from.isoformat()}".encode()
 
 
 @app.command()

@@ -115,7 +115,7 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
     from rich.table import Table
 
     from streams import broker
-    from streams.cli import sample_records, topology_key
+    from streams.cli import sample_records
     from streams.kafkaio import create_topics, producer
     from streams.settings import Settings
     from streams.topics import topic_specs
@@ -144,7 +144,7 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
     prod = producer(s.bootstrap)
     for row in _read_csv(sample_dir / "meters.csv"):
         rec = MeterRecord.from_dict(row)
-        prod.send(s.topic_topology, key=topology_key(rec), value=orjson.dumps(rec.to_dict()))
+        prod.send(s.topic_topology, key=rec.topic_key(), value=orjson.dumps(rec.to_dict()))
     prod.flush()
     worker = WorkerProcess(env, state / "worker.log").start()
     console.print(

@@ -132,7 +132,7 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
     s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
     produce(s.bootstrap, [
-        (s.topic_topology, f"{r.meter_id}|{r.effective_from.isoformat()}".encode(), orjson.dumps(r.to_dict()))
+        (s.topic_topology, r.topic_key(), orjson.dumps(r.to_dict()))
         for r in city.city.topology.records()
     ])
     _publish(s, city, 1)

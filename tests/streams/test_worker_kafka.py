@@ -128,7 +128,7 @@ def _publish(env: dict[str, str], sc: Scenario) -> Settings:
     s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
     topo = [
-        (s.topic_topology, f"{r.meter_id}|{r.effective_from.isoformat()}".encode(), orjson.dumps(r.to_dict()))
+        (s.topic_topology, r.topic_key(), orjson.dumps(r.to_dict()))
         for r in sc.city.topology.records()
     ]
     produce(s.bootstrap, topo)
