@@ -326,3 +326,35 @@ def test_batch_recompute_sees_the_injected_states(scenario: Scenario) -> None:
     first = min(start for _, start in scenario.expected)
     assert pass_rate(first, []).judged == 0
     assert Role.SUPPLY.value == "supply"
+
+
+def test_broker_restart_mid_stream_loses_nothing(scenario: Scenario, tmp_path: Path) -> None:
+    """The broker stops (SIGTERM, controlled shutdown) with half the stream produced and comes
+    back 5 s later; the worker reconnects by itself and the final results equal the batch."""
+    import os
+
+    from streams.broker import DEFAULT_VERSION, LocalKafka
+
+    version = os.environ.get("GRIDWATCH_KAFKA_VERSION", DEFAULT_VERSION)
+    broker = LocalKafka.start(tmp_path / "kafka", version=version)
+    worker = None
+    try:
+        env = worker_env(broker.bootstrap, tmp_path, areas_csv=_areas_csv(scenario.city, tmp_path))
+        s = _publish(env, scenario)
+        records = _records(s, scenario)
+        half = len(records) // 2
+        produce(s.bootstrap, records[:half])
+        worker = WorkerProcess(env, tmp_path / "worker.log").start()
+        _wait(lambda: len(_final_results(s)) >= len(scenario.expected) // 4, 300, worker, "a quarter")
+        broker.stop()
+        time.sleep(5)
+        assert worker.alive(), f"worker died with the broker down:\n{worker.log_tail()}"
+        broker.restart()
+        produce(s.bootstrap, records[half:])
+        final = _wait_complete(s, scenario, worker)
+        _assert_equal_to_batch(final, scenario.expected)
+        assert _pass_rates(final) == _pass_rates(scenario.expected)
+    finally:
+        if worker is not None:
+            worker.stop()
+        broker.stop()
