@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 from models.lineloss import LossResult, evaluate_window
@@ -316,7 +317,9 @@ class LineLossEngine:
         )
 
 
+@lru_cache(maxsize=8192)
 def _dt(ts: int) -> datetime:
+    # Called per reading and window; the same few window starts recur (profiled: 11% of a batch run).
     return datetime.fromtimestamp(ts, UTC)
 
 
