@@ -484,4 +484,7 @@ def _snap(ts: datetime, s: Settings) -> int | None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker in the foreground until interrupted."""
     worker = GridwatchWorker(settings)
+    # These build a debug record per message sent and drop it: 3-7% of CPU (py-spy).
+    for name in ("faust.topics", "aiokafka.producer"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     faust.Worker(worker.app, loglevel=loglevel).execute_from_commandline()
