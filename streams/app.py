@@ -25,7 +25,7 @@ from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, LineLossEngine, Outcome, Point
-from streams.kafkaio import kafka_client_kwargs
+from streams.kafkaio import from_beginning, kafka_client_kwargs
 from streams.metrics import Metrics
 from streams.settings import Settings
 from topology import MeterRecord, Role, Topology
@@ -146,18 +146,12 @@ class GridwatchWorker:
         )
         await consumer.start()
         try:
-            tps: list[TopicPartition] = []
-            for _ in range(100):  # without a group, aiokafka assigns every partition itself
-                tps = sorted(consumer.assignment())
-                if tps:
-                    break
-                await asyncio.sleep(0.1)
-            if not tps:
+            end = await from_beginning(consumer)
+            if not end:
                 log.error("topology topic %s not found; no meter is known", s.topic_topology)
                 self.topology_ready.set()
                 return
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
+            tps = sorted(end)
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 for tp, records in batch.items():
@@ -366,25 +360,32 @@ class GridwatchWorker:
         now = time.monotonic()
         idle_s = self.settings.idle_close_s
         assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.engine.sources]
-        quiet = [
-            tp
+        # A source already marked idle stays so until its next record, so only the others
+        # need the high-watermark query (a broker round trip that outlasted this timer).
+        quiet = {
+            (tp.partition, tp.topic)
             for tp in assigned
             if now - self._last_event_wall.get((tp.partition, tp.topic), self._started) >= idle_s
+        }
+        to_check = [
+            tp
+            for tp in assigned
+            if (tp.partition, tp.topic) in quiet and not self.engine.is_idle(tp.partition, tp.topic)
         ]
-        if not quiet:
-            return
-        highwaters = await self.app.consumer.highwaters(*quiet)
-        committed = getattr(self.app.consumer, "_committed_offset", {})
-        idle: set[tuple[int, str]] = set()
-        for tp in quiet:
-            last = self._last_offset.get((tp.partition, tp.topic))
-            position = max(last + 1 if last is not None else 0, committed.get(tp) or 0)
-            highwater = highwaters.get(tp)
-            if highwater is not None and position >= highwater:
-                idle.add((tp.partition, tp.topic))
-                self.engine.mark_idle(tp.partition, tp.topic)
+        if to_check:
+            highwaters = await self.app.consumer.highwaters(*to_check)
+            committed = getattr(self.app.consumer, "_committed_offset", {})
+            for tp in to_check:
+                last = self._last_offset.get((tp.partition, tp.topic))
+                position = max(last + 1 if last is not None else 0, committed.get(tp) or 0)
+                highwater = highwaters.get(tp)
+                if highwater is not None and position >= highwater:
+                    self.engine.mark_idle(tp.partition, tp.topic)
         for partition in sorted({tp.partition for tp in assigned}):
-            all_idle = all((partition, src) in idle for src in self.engine.sources)
+            all_idle = all(
+                (partition, src) in quiet and self.engine.is_idle(partition, src)
+                for src in self.engine.sources
+            )
             if all_idle and self.engine.knows_partition(partition):
                 await self._emit(self.engine.flush_idle(partition))
 

@@ -133,6 +133,9 @@ class LineLossEngine:
         # Never backwards: a source returning from idle must not reopen released windows.
         self.watermark[partition] = max(self.watermark.get(partition, 0), candidate)
 
+    def is_idle(self, partition: int, source: str) -> bool:
+        return (partition, source) in self._idle_sources
+
     def mark_idle(self, partition: int, source: str) -> None:
         """A source that went quiet stops holding the partition's watermark back."""
         if (partition, source) not in self._idle_sources:
