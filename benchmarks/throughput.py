@@ -207,9 +207,10 @@ def baseline_child(bootstrap: str, topics: list[str]) -> None:
     """Runs in a child process; prints one JSON line with its own timings."""
     import asyncio
 
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
 
     from streams.contracts import InvalidRecord, Reading, decode_readings
+    from streams.kafkaio import from_beginning
 
     async def run() -> dict[str, Any]:
         consumer = AIOKafkaConsumer(
@@ -222,14 +223,7 @@ def baseline_child(bootstrap: str, topics: list[str]) -> None:
         )
         await consumer.start()
         try:
-            tps: list[TopicPartition] = []
-            for _ in range(200):  # without a group, aiokafka assigns every partition itself
-                tps = sorted(consumer.assignment())
-                if tps:
-                    break
-                await asyncio.sleep(0.05)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
+            end = await from_beginning(consumer)
             remaining = sum(end.values())
             msgs = readings = 0
             first = cpu0 = None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
@@ -149,6 +151,20 @@ def iter_topic(
                     yield Record(tp.topic, tp.partition, r.offset, r.key, r.value, r.timestamp)
     finally:
         consumer.close()
+
+
+async def from_beginning(consumer: AIOKafkaConsumer, timeout_s: float = 10.0) -> dict[TopicPartition, int]:
+    """For a started group-less aiokafka consumer subscribed to topics: wait until it has
+    assigned itself every partition, seek them to the beginning, and return their end offsets
+    ({} when no partition appeared: the topics do not exist)."""
+    deadline = time.monotonic() + timeout_s
+    while not consumer.assignment() and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    tps = sorted(consumer.assignment())
+    if not tps:
+        return {}
+    await consumer.seek_to_beginning(*tps)
+    return dict(await consumer.end_offsets(tps))
 
 
 def end_offsets(bootstrap: str, topic: str, **kw: Any) -> dict[int, int]:
