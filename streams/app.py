@@ -25,7 +25,7 @@ from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, LineLossEngine, Outcome, Point
-from streams.kafkaio import from_beginning, kafka_client_kwargs
+from streams.kafkaio import faust_broker_kwargs, from_beginning, kafka_client_kwargs
 from streams.metrics import Metrics
 from streams.settings import Settings
 from topology import MeterRecord, Role, Topology
@@ -88,7 +88,7 @@ class GridwatchWorker:
         s = self.settings
         app = faust.App(
             s.app_id,
-            broker=f"kafka://{s.bootstrap}",
+            **faust_broker_kwargs(s),
             store="memory://",
             key_serializer="raw",
             value_serializer="raw",

@@ -30,6 +30,11 @@ def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
     return kw
 
 
+def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
+    """faust.App options that say where the broker is and how to log in (security included)."""
+    return {"broker": f"kafka://{settings.bootstrap}"}
+
+
 class KafkaUnavailable(RuntimeError):
     """The broker cannot be reached: say where we tried."""
 

@@ -134,6 +134,32 @@ class Metrics:
             "Ranges of records the Faust stream skipped that were read back and processed",
             registry=registry,
         )
+        self.anomalies_open = Gauge(
+            "gridwatch_anomalies_open",
+            "Alerts open now on this worker's areas and meters, by alert type",
+            ["type"],
+            registry=registry,
+        )
+        self.alerts_emitted = Counter(
+            "gridwatch_alerts_emitted_total",
+            "Alert records written to the alerts topic, by alert type and event (opened, resolved)",
+            ["type", "event"],
+            registry=registry,
+        )
+        self.detector_meters = Gauge(
+            "gridwatch_detector_meters", "Meters with detector state in this worker", registry=registry
+        )
+        self.detector_state_bytes = Gauge(
+            "gridwatch_detector_state_bytes",
+            "Bytes of per-meter detector state (numpy arrays) in this worker",
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "gridwatch_consumer_lag_records",
+            "Records on the broker not yet processed by this worker (high watermark - position), by topic",
+            ["topic"],
+            registry=registry,
+        )
         self.topology_records = Gauge(
             "gridwatch_topology_meters", "Meters known to the grid model", registry=registry
         )

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None  # client certificate (mutual TLS), optional
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
 
     # Windows (seconds). The pass rate is judged on window_s; 15 min by default, daily in
     # production judging (DOMAIN.md: short windows are noisy).
@@ -43,6 +46,13 @@ class Settings(BaseSettings):
     )
     max_future_s: int = Field(3600)
     min_completeness: float = Field(0.98, ge=0, le=1)
+
+    # Detection (docs/detection.md): detectors run on each area-window's first close
+    detect: bool = Field(True, description="run the meter and area detectors and publish alerts")
+    # Keyed hash of customer meter ids in alerts and logs (docs/operations.md): the key from
+    # GRIDWATCH_MASK_KEY or a file, never logged. Unset: ids are shown as they are.
+    mask_key: SecretStr | None = None
+    mask_key_file: Path | None = None
 
     # Grid model bootstrap (also fed live from the topology topic)
     topology_csv: Path | None = None
