@@ -15,6 +15,7 @@ ALERT_TYPE: dict[tuple[str, str], str] = {
     ("meter", "rise"): "meter_consumption_rise",
     ("meter", "spike"): "meter_consumption_spike",
     ("meter", "rollback"): "meter_register_rollback",
+    ("meter", "collapse"): "meter_arrears_risk",
     ("area", "collection_outage"): "area_incomplete",
 }
 # Severity by alert type; anything not listed is "warning".

@@ -49,7 +49,7 @@ EXPECTED: dict[str, frozenset[str]] = {
     "wrong_multiplier": frozenset({"drop", "rise", "high_loss", "negative_loss", "loss_jump"}),
     "wrong_mapping": frozenset({"high_loss", "negative_loss", "loss_jump"}),
     "concentrator_outage": frozenset({"collection_outage"}),
-    "shutdown": frozenset({"drop", "zero"}),
+    "shutdown": frozenset({"drop", "zero", "collapse"}),
 }
 # Labels whose energy difference shows in their area's loss (area alerts there are explained).
 MOVES_LOSS = frozenset(
