@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -139,8 +139,8 @@ class AlertBook:
             "at": _iso(ts),
         }
 
-    def snapshot(self) -> dict[str, Any]:
-        """JSON-able state."""
+    def snapshot(self, select: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
+        """JSON-able state; ``select(kind, entity)`` keeps only some entities' alerts."""
         return {
             "v": 1,
             "open": [
@@ -156,12 +156,18 @@ class AlertBook:
                     "evidence": a.evidence,
                 }
                 for a in self.open.values()
+                if select is None or select(a.kind, a.entity)
             ],
         }
 
     @classmethod
     def restore(cls, snapshot: Mapping[str, Any]) -> AlertBook:
         book = cls()
+        book.merge(snapshot)
+        return book
+
+    def merge(self, snapshot: Mapping[str, Any]) -> None:
+        """Add the open alerts of a snapshot (of some entities) to this book."""
         for d in snapshot["open"]:
             a = _Open(
                 str(d["id"]),
@@ -174,5 +180,4 @@ class AlertBook:
                 float(d["score"]),
                 {str(k): float(v) for k, v in d["evidence"].items()},
             )
-            book.open[(a.kind, a.entity, a.detector_type)] = a
-        return book
+            self.open[(a.kind, a.entity, a.detector_type)] = a

@@ -1,9 +1,8 @@
 """Score the detectors against a simulated city, without Kafka.
 
 The simulator (simulator/synth.py) is run a day at a time; every interval of every area goes
-through :class:`~models.meter_anomaly.MeterAnomalyDetector`,
-:class:`~models.area_anomaly.AreaAnomalyDetector` and one :class:`~models.alerts.AlertBook`,
-exactly as a worker would after a window closes, and the opened alerts are compared with the
+through :class:`~models.detection.Detection` (meter detector, area detector, alert book), the
+same object the worker feeds when a window closes, and the opened alerts are compared with the
 labels. ``evaluate(spec)`` returns the figures as a JSON-able dict.
 
 Matching: an alert opened at interval end ``ts`` on an entity a label names (its meter; the
@@ -27,9 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.alerts import AlertBook, Observed
-from models.area_anomaly import AreaAnomalyDetector
-from models.meter_anomaly import MeterAnomalyDetector
+from models.detection import AreaInterval, Detection
 from simulator.synth import Sim, SimSpec
 
 # Detector types that are the expected response to each label type: false alerts of these
@@ -67,19 +64,19 @@ def _ts(iso: str) -> int:
 
 def run_detectors(
     sim: Sim,
-    meter_detector: MeterAnomalyDetector,
-    area_detector: AreaAnomalyDetector,
-    book: AlertBook,
+    detection: Detection,
     *,
-    min_completeness: float = 0.98,
     progress: Callable[[int], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Feed every interval of the simulated city through the detectors; return alert records."""
+    """Feed every interval of the simulated city through ``detection`` (the worker's code
+    path, :class:`models.detection.Detection`); return the alert records."""
     grid = sim.grid
     n_areas = len(grid.area_ids)
     by_area = [np.flatnonzero(grid.archive_area == a) for a in range(n_areas)]
+    dense = [detection.index([grid.meter_ids[i] for i in idx]) for idx in by_area]
     groups = [grid.customer_class[idx].astype(np.int64) for idx in by_area]
     actives = [np.ones(len(idx), dtype=bool) for idx in by_area]
+    uppers = [0.07 if int(grid.area_class[a]) == 0 else 0.10 for a in range(n_areas)]
     outages = [x for x in sim.anomalies if x.type == "concentrator_outage"]
     records: list[dict[str, Any]] = []
     last_known: np.ndarray | None = None
@@ -105,25 +102,21 @@ def run_detectors(
                 supply[o.index, c[0] : c[1]] = np.nan
         for j in range(steps):
             ts = int(chunk.times[j + 1])
-            observed: list[Observed] = []
-            for a in range(n_areas):
-                idx = by_area[a]
-                e = energy[idx, j]
-                for ev in meter_detector.step(idx, e, back[idx, j], actives[a], groups[a]):
-                    observed.append(Observed("meter", grid.meter_ids[ev.meter], ev))
-                ok = ~np.isnan(e)
-                completeness = float(ok.mean()) if len(idx) else 0.0
-                s = float(supply[a, j])
-                loss_rate = None
-                if completeness >= min_completeness and s > 0:
-                    loss_rate = (s - float(e[ok].sum())) / s
-                area_id = grid.area_ids[a]
-                upper = 0.07 if int(grid.area_class[a]) == 0 else 0.10
-                for aev in area_detector.step(
-                    area_id, loss_rate=loss_rate, completeness=completeness, lower=-0.01, upper=upper
-                ):
-                    observed.append(Observed("area", area_id, aev))
-            records += book.observe(observed, ts)
+            records += detection.step(
+                AreaInterval(
+                    grid.area_ids[a],
+                    ts,
+                    dense[a],
+                    energy[by_area[a], j],
+                    back[by_area[a], j],
+                    actives[a],
+                    groups[a],
+                    supply_kwh=float(supply[a, j]),
+                    lower=-0.01,
+                    upper=uppers[a],
+                )
+                for a in range(n_areas)
+            )
         if progress is not None:
             progress(chunk.c0 + steps)
     return records
@@ -271,11 +264,10 @@ def evaluate(
 ) -> dict[str, Any]:
     """Simulate ``spec``, run the detectors over it and score the alerts against its labels."""
     sim = Sim.build(spec)
-    meter_detector = MeterAnomalyDetector(capacity=sim.grid.meters, **(meter_kw or {}))
-    area_detector = AreaAnomalyDetector(**(area_kw or {}))
-    book = AlertBook()
+    detection = Detection(meter_kw=meter_kw, area_kw=area_kw, capacity=sim.grid.meters)
+    meter_detector = detection.meter_detector
     started = time.perf_counter()
-    records = run_detectors(sim, meter_detector, area_detector, book, progress=progress)
+    records = run_detectors(sim, detection, progress=progress)
     elapsed = time.perf_counter() - started
     out = score(
         sim.labels(),

@@ -1,0 +1,270 @@
+"""One detection code path for the worker and the offline evaluation.
+
+:class:`Detection` owns the per-meter detector (numpy state indexed by a dense meter index it
+assigns), the per-area detector (river) and the alert book, and turns one *area-interval* at a
+time into alert records (docs/contracts/alert.v1.schema.json). The worker feeds it each
+area-window when the window first closes; ``gridwatch evaluate`` feeds it a recorded or
+simulated city. Both go through :meth:`Detection.step`, so the figures the evaluation reports
+are the figures of the code that runs.
+
+An area-interval is learned once: ``learned[area]`` is the newest interval end learned for the
+area, and older or equal intervals are skipped (a worker re-emits closed windows after a restart;
+they must not be learned twice). Per-area state (the area's meter rows, its river state, its
+open alerts and ``learned``) is serialised by :meth:`Detection.snapshot_area` so the worker can
+keep it in its changelogged table next to the area's windows, written in the same transaction of
+offsets as the windows themselves.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import pickle
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from models.alerts import AlertBook, Observed
+from models.area_anomaly import AreaAnomalyDetector
+from models.meter_anomaly import MeterAnomalyDetector
+
+# Peer groups of the meter detector, by the archive's customer class.
+CLASS_CODES: dict[str, int] = {"residential": 0, "commercial": 1, "industrial": 2}
+OTHER_CLASS = 3
+
+
+def class_code(customer_class: str) -> int:
+    """Peer-group code of a customer class (unknown classes form one group of their own).
+
+    >>> class_code("industrial"), class_code("street_lighting")
+    (2, 3)
+    """
+    return CLASS_CODES.get(customer_class, OTHER_CLASS)
+
+
+@dataclass(frozen=True, slots=True)
+class AreaInterval:
+    """What the detectors see of one area in one interval.
+
+    ``meters`` are dense indices from :meth:`Detection.index`; ``energy`` is interval kWh after
+    the multiplier (NaN = missing); ``supply_kwh`` the area's supplied energy in the interval
+    (NaN when a supply meter is missing).
+    """
+
+    area_id: str
+    ts: int
+    meters: npt.NDArray[np.int64]
+    energy: npt.NDArray[np.float64]
+    backwards: npt.NDArray[np.bool_]
+    active: npt.NDArray[np.bool_]
+    group: npt.NDArray[np.int64]
+    supply_kwh: float
+    lower: float
+    upper: float
+
+
+class Detection:
+    """Meter and area detectors and the alert book, fed one area-interval at a time.
+
+    Examples
+    --------
+    >>> det = Detection(meter_kw={"warmup": 4}, area_kw={"warmup": 4})
+    >>> idx = det.index(["M1", "M2", "M3", "M4", "M5", "M6"])
+    >>> def interval(ts, m6_kwh):
+    ...     e = np.array([1.0, 1.1, 0.9, 1.0, 1.2, m6_kwh])
+    ...     return AreaInterval("A1", ts, idx, e, np.zeros(6, bool), np.ones(6, bool),
+    ...                         np.zeros(6, np.int64), supply_kwh=6.6, lower=-0.01, upper=0.07)
+    >>> records = [r for t in range(1, 20) for r in det.step([interval(900 * t, 1.0)])]
+    >>> [r for t in range(20, 24) for r in det.step([interval(900 * t, 0.0)])
+    ...  if r["type"] == "meter_zero_consumption"][0]["entity_id"]
+    'M6'
+    >>> det.step([interval(900 * 5, 0.0)])  # already learned: skipped
+    []
+    """
+
+    def __init__(
+        self,
+        *,
+        meter_kw: dict[str, Any] | None = None,
+        area_kw: dict[str, Any] | None = None,
+        capacity: int = 1024,
+        min_completeness: float = 0.98,
+    ) -> None:
+        self.meter_detector = MeterAnomalyDetector(capacity, **(meter_kw or {}))
+        self.area_detector = AreaAnomalyDetector(**(area_kw or {}))
+        self.book = AlertBook()
+        self.min_completeness = min_completeness
+        self.learned: dict[str, int] = {}
+        self._index: dict[str, int] = {}
+        self._names: list[str] = []
+
+    # ---- meters ----------------------------------------------------------------------------
+
+    def index(self, meter_ids: Sequence[str]) -> npt.NDArray[np.int64]:
+        """Dense indices of ``meter_ids``, assigning new ones on first sight."""
+        out = np.empty(len(meter_ids), dtype=np.int64)
+        for i, m in enumerate(meter_ids):
+            j = self._index.get(m)
+            if j is None:
+                j = self._index[m] = len(self._names)
+                self._names.append(m)
+            out[i] = j
+        return out
+
+    def meter_name(self, index: int) -> str:
+        return self._names[index]
+
+    @property
+    def meters(self) -> int:
+        """Meters with a dense index (and so detector state)."""
+        return len(self._names)
+
+    def state_bytes(self) -> int:
+        """Bytes of per-meter detector state held for the indexed meters."""
+        return self.meters * self.meter_detector.state_bytes_per_meter()
+
+    # ---- one step --------------------------------------------------------------------------
+
+    def step(self, intervals: Iterable[AreaInterval]) -> list[dict[str, Any]]:
+        """Learn area-intervals (each area's intervals in time order) and return the alert
+        records they open or resolve. Intervals at or before an area's ``learned`` mark are
+        skipped."""
+        records: list[dict[str, Any]] = []
+        for iv in intervals:
+            if iv.ts <= self.learned.get(iv.area_id, -1):
+                continue
+            self.learned[iv.area_id] = iv.ts
+            records += self.book.observe(self._observe(iv), iv.ts)
+        return records
+
+    def _observe(self, iv: AreaInterval) -> list[Observed]:
+        e = np.asarray(iv.energy, dtype=np.float64)
+        ok = ~np.isnan(e) & iv.active
+        n_active = int(iv.active.sum())
+        completeness = float(ok.sum()) / n_active if n_active else 0.0
+        sales = float(e[ok].sum())
+        loss_rate: float | None = None
+        s = iv.supply_kwh
+        if completeness >= self.min_completeness and not math.isnan(s) and s > 0:
+            loss_rate = (s - sales) / s
+        loss_kwh = s - sales if loss_rate is not None else None
+        expected = self._expected_kwh(iv.meters)
+        observed: list[Observed] = []
+        for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
+            pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
+            evidence = dict(ev.evidence)
+            if ev.firing:
+                obs = float(e[pos])
+                exp = float(expected[pos])
+                if not math.isnan(obs):
+                    evidence["observed_kwh"] = round(obs, 6)
+                    evidence["expected_kwh"] = round(exp, 6)
+                    if loss_kwh is not None and loss_kwh > 0 and exp > obs:
+                        evidence["share_of_area_loss"] = round((exp - obs) / loss_kwh, 6)
+            observed.append(Observed("meter", self._names[ev.meter], _WithEvidence(ev, evidence)))
+        for aev in self.area_detector.step(
+            iv.area_id, loss_rate=loss_rate, completeness=completeness, lower=iv.lower, upper=iv.upper
+        ):
+            evidence = dict(aev.evidence)
+            if aev.firing and loss_rate is not None:
+                evidence["observed_kwh"] = round(sales, 6)
+                evidence["expected_kwh"] = round(s * (1 - min(max(iv.upper, 0.0), 1.0)), 6)
+            observed.append(Observed("area", iv.area_id, _WithEvidence(aev, evidence)))
+        return observed
+
+    def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """The meters' usual interval energy (EW mean) before this step."""
+        self.meter_detector._grow(int(meters.max()) + 1 if len(meters) else 0)
+        return np.asarray(self.meter_detector._a["mean"][meters], dtype=np.float64)
+
+    # ---- per-area state --------------------------------------------------------------------
+
+    def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
+        """The area's state: its meters' detector rows, its river state, the open alerts of the
+        area and of those meters, and ``learned``."""
+        idx = self.index(meter_ids)
+        self.meter_detector._grow(int(idx.max()) + 1 if len(idx) else 0)
+        rows = {k: v[idx].tobytes() for k, v in self.meter_detector._a.items()}
+        names = set(meter_ids)
+
+        def mine(kind: str, entity: str) -> bool:
+            return entity == area_id if kind == "area" else entity in names
+
+        alerts = self.book.snapshot(mine)
+        area_state = self.area_detector.areas.get(area_id)
+        return msgspec.msgpack.encode(
+            {
+                "v": 1,
+                "area": area_id,
+                "learned": self.learned.get(area_id),
+                "meters": list(meter_ids),
+                "rows": rows,
+                "river": pickle.dumps(area_state) if area_state is not None else None,
+                "alerts": alerts,
+            }
+        )
+
+    def restore_area(self, blob: bytes) -> str:
+        """Load what :meth:`snapshot_area` wrote; returns the area id."""
+        d = msgspec.msgpack.decode(blob)
+        if d.get("v") != 1:
+            raise ValueError(f"unknown detection snapshot version {d.get('v')!r}")
+        area_id = str(d["area"])
+        idx = self.index([str(m) for m in d["meters"]])
+        det = self.meter_detector
+        det._grow(int(idx.max()) + 1 if len(idx) else 0)
+        for k, arr in det._a.items():
+            raw = d["rows"].get(k)
+            if raw is None:
+                continue  # a field added since the snapshot starts from zero
+            arr[idx] = np.frombuffer(raw, dtype=arr.dtype)
+        if d["river"] is not None:
+            self.area_detector.areas[area_id] = _RiverUnpickler(io.BytesIO(d["river"])).load()
+        if d["learned"] is not None:
+            self.learned[area_id] = int(d["learned"])
+        self.book.merge(d["alerts"])
+        return area_id
+
+
+@dataclass(frozen=True, slots=True)
+class _WithEvidence:
+    """A detector event with the evidence the alert carries."""
+
+    inner: Any
+    evidence: dict[str, float]
+
+    @property
+    def type(self) -> str:
+        return str(self.inner.type)
+
+    @property
+    def score(self) -> float:
+        return float(self.inner.score)
+
+    @property
+    def firing(self) -> bool:
+        return bool(self.inner.firing)
+
+
+class _RiverUnpickler(pickle.Unpickler):
+    """Unpickles the area detector's river objects and nothing else (the blob comes from a
+    Kafka changelog: never let it name arbitrary callables)."""
+
+    _ALLOWED_MODULES = ("river.", "models.area_anomaly")
+    _ALLOWED = frozenset(
+        {
+            ("builtins", "getattr"),  # PageHinkley keeps a bound method of itself
+            ("copyreg", "_reconstructor"),
+            ("builtins", "object"),
+            ("collections", "deque"),
+        }
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._ALLOWED or module.startswith(self._ALLOWED_MODULES):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing {module}.{name} in a detection snapshot")
