@@ -70,7 +70,7 @@ def test_every_dependency_exists_and_its_condition_can_be_met(compose: dict[str,
                 assert services[target].get("restart", "no") == "no", f"{target} must be a one-shot"
 
 
-@pytest.mark.parametrize("name", ["kafka", "worker", "prometheus", "alertmanager", "grafana"])
+@pytest.mark.parametrize("name", ["kafka", "worker", "notify", "prometheus", "alertmanager", "grafana"])
 def test_long_running_services_have_healthchecks(compose: dict[str, Any], name: str) -> None:
     check = compose["services"][name]["healthcheck"]
     assert check["test"] and not check.get("disable", False)
@@ -86,6 +86,46 @@ def test_worker_is_built_here_and_can_be_scaled(compose: dict[str, Any]) -> None
     assert env["GRIDWATCH_BOOTSTRAP"] == "kafka:9092"
     assert env["GRIDWATCH_METRICS_HOST"] == "0.0.0.0"
     assert depends_on(worker)["topic-init"] == "service_completed_successfully"
+
+
+def test_notify_runs_from_the_worker_image_once_the_topics_exist(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    notify, worker = services["notify"], services["worker"]
+    assert notify["build"] == worker["build"]
+    assert notify["command"] == ["gridwatch", "notify"]
+    assert depends_on(notify) == {"kafka": "service_healthy", "topic-init": "service_completed_successfully"}
+    env = notify["environment"]
+    assert env["GRIDWATCH_BOOTSTRAP"] == worker["environment"]["GRIDWATCH_BOOTSTRAP"]
+    assert env["GRIDWATCH_PARTITIONS"] == worker["environment"]["GRIDWATCH_PARTITIONS"]
+    # The HMAC secret is passed through from the caller's environment, never written in the file.
+    assert "GRIDWATCH_WEBHOOK_SECRET" in env and env["GRIDWATCH_WEBHOOK_SECRET"] is None
+    assert "GRIDWATCH_WEBHOOK_SECRET_FILE" not in env
+    s = Settings.model_construct()
+    port = int(env["GRIDWATCH_NOTIFY_METRICS_PORT"])
+    assert port == s.notify_metrics_port and str(port) in " ".join(notify["healthcheck"]["test"])
+    assert "ports" not in notify
+
+
+DUTY_DEFAULT = "http://host.docker.internal:9095/alert"
+
+
+def test_one_variable_sets_the_duty_webhook_for_grafana_and_notify(compose: dict[str, Any]) -> None:
+    raw = load_yaml(REPO / "docker-compose.yml")  # not interpolated: the expressions themselves
+    expected = f"${{GRIDWATCH_DUTY_WEBHOOK_URL:-{DUTY_DEFAULT}}}"
+    for name in ("grafana", "notify"):
+        assert raw["services"][name]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == expected, name
+        assert compose["services"][name]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == DUTY_DEFAULT
+        assert "host.docker.internal:host-gateway" in compose["services"][name]["extra_hosts"], name
+    # ... and it is the setting `gridwatch notify` reads (streams.settings: prefix + field name).
+    assert "duty_webhook_url" in Settings.model_fields
+    assert f"{Settings.model_config['env_prefix']}DUTY_WEBHOOK_URL" == "GRIDWATCH_DUTY_WEBHOOK_URL"
+
+
+def test_alertmanager_in_compose_posts_to_the_same_default_duty_webhook(compose: dict[str, Any]) -> None:
+    """Alertmanager cannot read GRIDWATCH_DUTY_WEBHOOK_URL: its URL is the variable's default."""
+    (receiver,) = load_yaml(REPO / "alertmanager" / "alertmanager.compose.yml")["receivers"]
+    assert [h["url"] for h in receiver["webhook_configs"]] == [DUTY_DEFAULT]
+    assert "host.docker.internal:host-gateway" in compose["services"]["alertmanager"]["extra_hosts"]
 
 
 def test_host_ports_do_not_collide(compose: dict[str, Any]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from ops_support import DATASOURCE_UID, REPO, load_yaml
+from ops_support import DATASOURCE_UID, REPO, load_yaml, promql_names
 
 PROVISIONING = REPO / "grafana" / "provisioning"
 DURATION = re.compile(r"^(\d+[smhd])+$")
@@ -60,6 +60,48 @@ def test_pass_rate_panel_draws_the_target_line(dashboard: dict[str, Any]) -> Non
     assert panel["targets"][0]["expr"] == "gridwatch:pass_ratio"
 
 
+# What the operators' view must show (issue 5): panel title -> a name its queries must select.
+REQUIRED_PANELS = {
+    "Pass rate": "gridwatch:pass_ratio",
+    "Areas by state": "gridwatch:areas:sum",
+    "Collection completeness": "gridwatch:collection_completeness_ratio",
+    "Energy supplied vs billed (judged areas)": "gridwatch:window_supply_energy_kwh:sum",
+    "Worst areas (highest loss rate, latest closed window)": "gridwatch_worst_area_loss_ratio",
+    "Anomalies open by type": "gridwatch:anomalies_open:sum",
+    "Alerts emitted by type": "gridwatch:alerts_emitted:rate5m",
+    "Kafka records consumed": "gridwatch_messages_total",
+    "Event-time lag": "gridwatch_event_time_lag_seconds",
+    "Processing time per record": "gridwatch_processing_seconds_bucket",
+    "Consumer lag": "gridwatch_consumer_lag_records",
+}
+
+
+@pytest.mark.parametrize("title", sorted(REQUIRED_PANELS))
+def test_overview_has_the_operators_panels(dashboard: dict[str, Any], title: str) -> None:
+    panels = [p for p in all_panels(dashboard["panels"]) if p["title"] == title and p["type"] != "row"]
+    assert panels, f"no panel {title!r}"
+    names = set().union(*(promql_names(t["expr"]) for p in panels for t in p["targets"]))
+    assert REQUIRED_PANELS[title] in names, (title, sorted(names))
+
+
+def test_consumer_lag_panel_draws_the_alert_threshold(dashboard: dict[str, Any]) -> None:
+    (panel,) = [p for p in dashboard["panels"] if p["title"] == "Consumer lag"]
+    defaults = panel["fieldConfig"]["defaults"]
+    assert defaults["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert [s["value"] for s in defaults["thresholds"]["steps"]] == [None, 100000]
+
+
+def test_panels_are_laid_out_without_overlap(dashboard: dict[str, Any]) -> None:
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        g = panel["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, panel["title"]
+        for y in range(g["y"], g["y"] + g["h"]):
+            for x in range(g["x"], g["x"] + g["w"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
 def rules(alerting: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for group in alerting["groups"] for r in group["rules"]]
 
@@ -93,6 +135,16 @@ def test_pass_rate_rule_is_below_99_5_for_5_minutes(grafana_alerting: dict[str, 
     assert condition["type"] == "threshold"
     assert condition["conditions"][0]["evaluator"] == {"type": "lt", "params": [0.995]}
     assert (rule["for"], rule["labels"]["severity"]) == ("5m", "page")
+
+
+def test_annotation_values_are_worded_for_resolved_notifications(grafana_alerting: dict[str, Any]) -> None:
+    """Grafana re-expands annotations at the evaluation that resolves an alert: a value in the
+    summary is "at this evaluation", never "is below" (which a resolved notification would contradict)."""
+    for rule in rules(grafana_alerting):
+        summary = rule["annotations"]["summary"]
+        if ".Values" in summary:
+            assert "at this evaluation" in summary, rule["title"]
+            assert " is below" not in summary and " is above" not in summary, rule["title"]
 
 
 def test_templates_cannot_be_eaten_by_env_interpolation(grafana_alerting: dict[str, Any]) -> None:

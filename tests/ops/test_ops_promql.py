@@ -83,6 +83,21 @@ def test_pass_ratio_is_a_ratio_of_sums(rules_doc: dict[str, Any]) -> None:
         assert "avg" not in expr, f"{name} averages"
 
 
+def test_completeness_and_class_pass_ratio_are_ratios_of_sums(rules_doc: dict[str, Any]) -> None:
+    exprs = rule_exprs(rules_doc)
+    current = "and on (job, instance) gridwatch:latest_window_start_seconds:current"
+    for part in ("reported", "expected"):
+        expected = f"sum(gridwatch_customer_meters_{part} {current})"
+        assert exprs[f"gridwatch:customer_meters_{part}:sum"] == expected
+    assert exprs["gridwatch:collection_completeness_ratio"] == (
+        "gridwatch:customer_meters_reported:sum / (gridwatch:customer_meters_expected:sum > 0)")
+    assert exprs["gridwatch:pass_ratio_by_class"] == (
+        "gridwatch:areas_qualified_by_class:sum / (gridwatch:areas_judged_by_class:sum > 0)")
+    for name, expr in exprs.items():
+        assert "gridwatch_collection_completeness_ratio" not in expr, f"{name} aggregates worker ratios"
+        assert "min(" not in expr, f"{name} takes a minimum over workers"
+
+
 def test_dashboard_and_grafana_expressions_parse(
     tmp_path: Path, promtool: str, dashboard: dict[str, Any], grafana_alerting: dict[str, Any]
 ) -> None:
@@ -120,3 +135,31 @@ def test_grafana_and_prometheus_alert_on_the_same_thresholds(
                 assert twin["expr"] == f"{query} {ops[evaluator['type']]} {threshold}", rule["title"]
                 checked += 1
     assert checked >= 3
+
+
+def test_consumer_lag_alert_is_the_same_in_grafana_and_prometheus(
+    rules_doc: dict[str, Any], grafana_alerting: dict[str, Any]
+) -> None:
+    """Grafana cannot say `a and b` without `$` (eaten by env interpolation), so its query is
+    lag x (prediction > bool threshold): the same condition, checked piece by piece."""
+    prom = prometheus_alerts(rules_doc)["docs/operations.md#gridwatchconsumerlaghigh"]
+    lag = "gridwatch:consumer_lag_records:sum"
+    prediction = f"predict_linear({lag}[10m], 3600)"
+    threshold = 100000
+    assert " ".join(prom["expr"].split()) == f"{lag} > {threshold} and {prediction} > {threshold}"
+    grafana_rules = [r for g in grafana_alerting["groups"] for r in g["rules"]]
+    (rule,) = [r for r in grafana_rules if r["uid"] == "gridwatch-consumer-lag-high"]
+    data = {d["refId"]: d["model"] for d in rule["data"]}
+    assert data["A"]["expr"] == f"{lag} * on () ({prediction} > bool {threshold})"
+    assert data[rule["condition"]]["conditions"][0]["evaluator"] == {"type": "gt", "params": [threshold]}
+    assert (rule["for"], rule["labels"]["severity"]) == (prom["for"], prom["labels"]["severity"])
+
+
+def test_prometheus_annotation_values_suit_resolved_notifications(rules_doc: dict[str, Any]) -> None:
+    """Prometheus never re-expands the annotations of a resolved alert: its notification repeats the
+    last firing value, so a summary with a value calls it the last value beyond the threshold."""
+    for name, rule in ((r["alert"], r) for g in rules_doc["groups"] for r in g["rules"] if "alert" in r):
+        summary = rule["annotations"]["summary"]
+        if "$value" in summary:
+            assert "(last value below it: " in summary or "(last value above it: " in summary, name
+            assert " is below" not in summary and " is above" not in summary, name
