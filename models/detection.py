@@ -22,6 +22,7 @@ import math
 import pickle
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
@@ -31,6 +32,11 @@ import numpy.typing as npt
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
 from models.meter_anomaly import MeterAnomalyDetector
+from models.windows import interval_ends
+from topology import Role, Topology
+
+# A meter's points in a window: interval end -> (register kWh, interval kWh), as the engine keeps them.
+WindowPoints = dict[int, tuple[float | None, float | None]]
 
 # Peer groups of the meter detector, by the archive's customer class.
 CLASS_CODES: dict[str, int] = {"residential": 0, "commercial": 1, "industrial": 2}
@@ -65,6 +71,87 @@ class AreaInterval:
     supply_kwh: float
     lower: float
     upper: float
+
+
+def interval_energy(points: WindowPoints, end: int, interval_s: int) -> tuple[float, bool]:
+    """(energy, register went backwards) of one interval from a meter's points, before the
+    multiplier; NaN when it cannot be known.
+
+    >>> interval_energy({900: (10.0, None), 1800: (10.5, None)}, 1800, 900)
+    (0.5, False)
+    >>> interval_energy({900: (10.0, None), 1800: (2.0, None)}, 1800, 900)
+    (nan, True)
+    >>> interval_energy({1800: (None, 0.7)}, 1800, 900), interval_energy({}, 1800, 900)
+    ((0.7, False), (nan, False))
+    """
+    register, energy = points.get(end, (None, None))
+    if energy is not None:
+        return float(energy), False
+    prev = points.get(end - interval_s)
+    if register is None or prev is None or prev[0] is None:
+        return math.nan, False
+    delta = register - prev[0]
+    if delta < 0:
+        return math.nan, True
+    return float(delta), False
+
+
+def window_intervals(
+    detection: Detection,
+    area_id: str,
+    window_start: int,
+    points: dict[str, WindowPoints],
+    topology: Topology,
+    *,
+    interval_s: int,
+    window_s: int,
+) -> list[AreaInterval]:
+    """The area-intervals of one closed area-window, for :meth:`Detection.step`.
+
+    Customers are the archive's active customer meters of the area at the window start, plus
+    inactive ones that reported (consumption on an inactive meter is an anomaly); energies are
+    after the archive multiplier; supply is NaN for an interval any supply meter missed.
+    """
+    at = datetime.fromtimestamp(window_start, UTC)
+    customers = topology.customer_meters(area_id, at)
+    for meter_id in points.keys() - customers.keys():
+        rec = topology.meter_at(meter_id, at)
+        if rec is not None and rec.role is Role.CUSTOMER and rec.area_id == area_id and not rec.active:
+            customers[meter_id] = rec
+    supplies = topology.supply_meters(area_id, at)
+    ids = sorted(customers)
+    idx = detection.index(ids)
+    recs = [customers[m] for m in ids]
+    mult = np.array([r.multiplier for r in recs], dtype=np.float64)
+    active = np.array([r.active for r in recs], dtype=bool)
+    group = np.array([class_code(r.customer_class) for r in recs], dtype=np.int64)
+    bounds = topology.bounds_for(area_id)
+    empty: WindowPoints = {}
+    out: list[AreaInterval] = []
+    for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
+        energy = np.empty(len(ids))
+        back = np.zeros(len(ids), dtype=bool)
+        for i, m in enumerate(ids):
+            energy[i], back[i] = interval_energy(points.get(m, empty), end, interval_s)
+        supply = 0.0 if supplies else math.nan
+        for m, rec in supplies.items():
+            e, _ = interval_energy(points.get(m, empty), end, interval_s)
+            supply += e * rec.multiplier
+        out.append(
+            AreaInterval(
+                area_id,
+                end,
+                idx,
+                energy * mult,
+                back,
+                active,
+                group,
+                supply_kwh=supply,
+                lower=bounds.lower,
+                upper=bounds.upper,
+            )
+        )
+    return out
 
 
 class Detection:
@@ -137,6 +224,8 @@ class Detection:
         for iv in intervals:
             if iv.ts <= self.learned.get(iv.area_id, -1):
                 continue
+            if iv.area_id not in self.learned and np.isnan(iv.energy).all():
+                continue  # no data yet (a stream's first window has only its end registers)
             self.learned[iv.area_id] = iv.ts
             records += self.book.observe(self._observe(iv), iv.ts)
         return records
@@ -165,7 +254,7 @@ class Detection:
                     evidence["expected_kwh"] = round(exp, 6)
                     if loss_kwh is not None and loss_kwh > 0 and exp > obs:
                         evidence["share_of_area_loss"] = round((exp - obs) / loss_kwh, 6)
-            observed.append(Observed("meter", self._names[ev.meter], _WithEvidence(ev, evidence)))
+            observed.append(Observed("meter", self._names[ev.meter], _WithEvidence(ev, _finite(evidence))))
         for aev in self.area_detector.step(
             iv.area_id, loss_rate=loss_rate, completeness=completeness, lower=iv.lower, upper=iv.upper
         ):
@@ -173,7 +262,7 @@ class Detection:
             if aev.firing and loss_rate is not None:
                 evidence["observed_kwh"] = round(sales, 6)
                 evidence["expected_kwh"] = round(s * (1 - min(max(iv.upper, 0.0), 1.0)), 6)
-            observed.append(Observed("area", iv.area_id, _WithEvidence(aev, evidence)))
+            observed.append(Observed("area", iv.area_id, _WithEvidence(aev, _finite(evidence))))
         return observed
 
     def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
@@ -182,6 +271,15 @@ class Detection:
         return np.asarray(self.meter_detector._a["mean"][meters], dtype=np.float64)
 
     # ---- per-area state --------------------------------------------------------------------
+
+    def forget_area(self, area_id: str, meter_ids: Sequence[str]) -> None:
+        """Drop what is held in memory for an area and its meters' alerts (another process
+        owns them now); meter rows stay until they are restored or reused."""
+        names = set(meter_ids)
+        for key in [k for k in self.book.open if (k[1] == area_id if k[0] == "area" else k[1] in names)]:
+            del self.book.open[key]
+        self.learned.pop(area_id, None)
+        self.area_detector.areas.pop(area_id, None)
 
     def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
         """The area's state: its meters' detector rows, its river state, the open alerts of the
@@ -228,6 +326,11 @@ class Detection:
             self.learned[area_id] = int(d["learned"])
         self.book.merge(d["alerts"])
         return area_id
+
+
+def _finite(evidence: dict[str, float]) -> dict[str, float]:
+    """Evidence fit for JSON: a missing value (NaN) is left out rather than sent as null."""
+    return {k: v for k, v in evidence.items() if math.isfinite(v)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ after the producer (changelog and outputs) is flushed, and re-processing a recor
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import time
 from collections.abc import Iterable
@@ -20,11 +21,12 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
+from models.detection import Detection, window_intervals
 from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
-from streams.engine import REROUTED, LineLossEngine, Outcome, Point
+from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
 from streams.kafkaio import faust_broker_kwargs, from_beginning, kafka_client_kwargs
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -80,7 +82,17 @@ class GridwatchWorker:
             close_delay_s=settings.close_delay_s,
             min_completeness=settings.min_completeness,
             sources=(settings.topic_readings, settings.topic_supply),
+            track_closed=settings.detect,
         )
+        # Detection (docs/detection.md, "In the worker"): state per area in the detector table,
+        # restored on an area's first closed window in this process, written back from stream
+        # context (a Faust table cannot be written from a timer) in the partition of the area.
+        self.detection = Detection(min_completeness=settings.min_completeness) if settings.detect else None
+        self._det_restored: set[str] = set()
+        self._det_dirty: dict[int, set[str]] = {}  # partition -> areas to write back
+        self._det_partition: dict[str, int] = {}
+        self._det_meters: dict[str, list[str]] = {}  # area -> meters in its latest window
+        self._open_types: set[str] = set()
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -108,6 +120,14 @@ class GridwatchWorker:
         self.supply_topic = app.topic(s.topic_supply, partitions=s.partitions)
         self.lineloss_topic = app.topic(s.topic_lineloss, partitions=s.partitions)
         self.deadletter_topic = app.topic(s.topic_deadletter, partitions=s.partitions)
+        self.alerts_topic = app.topic(s.topic_alerts, partitions=s.partitions)
+        # Values are {"b64": msgpack blob} (Faust's "raw" values do not survive changelog recovery).
+        self.detector_table = app.Table(
+            "detector-state",
+            default=None,
+            partitions=s.partitions,
+            schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        )
         self.table = app.Table(
             "area-windows",
             default=None,
@@ -127,9 +147,20 @@ class GridwatchWorker:
         log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
 
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
-        self.engine.forget_partitions({tp.partition for tp in revoked})
+        partitions = {tp.partition for tp in revoked}
+        self.engine.forget_partitions(partitions)
         for tp in revoked:
             self._next_offset.pop((tp.topic, tp.partition), None)
+        if self.detection is not None:
+            # Another worker owns these areas now; their state is re-read from the table if
+            # they come back.
+            for area, p in list(self._det_partition.items()):
+                if p in partitions:
+                    self.detection.forget_area(area, self._det_meters.pop(area, []))
+                    self._det_restored.discard(area)
+                    del self._det_partition[area]
+            for p in partitions:
+                self._det_dirty.pop(p, None)
 
     # ---- topology --------------------------------------------------------------------------
 
@@ -291,6 +322,7 @@ class GridwatchWorker:
         out = self.engine.ingest(partition, msg.area_id, ts, points, role, source=topic)
         single = value if isinstance(msg, Reading) else None
         await self._publish(out, role, msg.area_id, ts, topic, partition, offset, key, single)
+        self._save_detection(partition)
 
     async def _publish(
         self,
@@ -343,10 +375,71 @@ class GridwatchWorker:
                 del self._window_results[old]
             latest = max(self._window_results)
             self.metrics.observe_window(latest, self._window_results[latest].values())
+        if self.detection is not None:
+            for closed in self.engine.pop_closed():
+                await self._detect(closed)
         self.metrics.open_windows.set(self.engine.open_windows())
         if self.engine.watermark:
             lag = time.time() - min(self.engine.watermark.values())
             self.metrics.watermark_lag.set(max(0.0, lag))
+
+    # ---- detection -------------------------------------------------------------------------
+
+    async def _detect(self, closed: ClosedWindow) -> None:
+        """Learn a window that closed for the first time and publish the alerts it opens or
+        resolves (an interval learned before a restart is skipped, so nothing is learned or
+        alerted twice once its state was saved)."""
+        det = self.detection
+        assert det is not None
+        s = self.settings
+        area = closed.result.area_id
+        if area not in self._det_restored:
+            saved = self.detector_table.get(area)
+            if saved:
+                det.restore_area(base64.b64decode(saved["b64"]))
+            self._det_restored.add(area)
+        intervals = window_intervals(
+            det,
+            area,
+            closed.result.window_start,
+            closed.points,
+            self.topology,
+            interval_s=s.interval_s,
+            window_s=s.window_s,
+        )
+        records = det.step(intervals)
+        if intervals:
+            self._det_meters[area] = [det.meter_name(int(i)) for i in intervals[0].meters]
+        self._det_partition[area] = closed.partition
+        self._det_dirty.setdefault(closed.partition, set()).add(area)
+        for record in records:
+            self.metrics.alerts_emitted.labels(type=record["type"], event=record["event"]).inc()
+            await self.alerts_topic.send(
+                key=str(record["entity_id"]).encode(), value=contracts.encode(record)
+            )
+
+    def _save_detection(self, partition: int) -> None:
+        """Write back the detector state of this partition's areas (stream context only)."""
+        det = self.detection
+        areas = self._det_dirty.pop(partition, None)
+        if det is None or not areas:
+            return
+        for area in sorted(areas):
+            blob = det.snapshot_area(area, self._det_meters.get(area, []))
+            self.detector_table[area] = {"b64": base64.b64encode(blob).decode("ascii")}
+
+    def _detection_gauges(self) -> None:
+        det = self.detection
+        if det is None:
+            return
+        counts = dict.fromkeys(self._open_types, 0)  # types no longer open read 0
+        for alert in det.book.open.values():
+            counts[alert.type] = counts.get(alert.type, 0) + 1
+        self._open_types.update(counts)
+        for kind, n in counts.items():
+            self.metrics.anomalies_open.labels(type=kind).set(n)
+        self.metrics.detector_meters.set(det.meters)
+        self.metrics.detector_state_bytes.set(det.state_bytes())
 
     async def _close_idle(self) -> None:
         """Let caught-up, quiet sources stop holding watermarks back, and close the ended
@@ -388,6 +481,7 @@ class GridwatchWorker:
             )
             if all_idle and self.engine.knows_partition(partition):
                 await self._emit(self.engine.flush_idle(partition))
+        self._detection_gauges()
 
     async def _refuse(
         self,

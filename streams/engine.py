@@ -54,6 +54,16 @@ class Forward:
     points: list[Point]
 
 
+@dataclass(frozen=True, slots=True)
+class ClosedWindow:
+    """An area-window closed for the first time in this process, with the points it held
+    (meter -> interval end -> (register, interval energy)): what the detectors learn from."""
+
+    result: LossResult
+    partition: int
+    points: dict[str, dict[int, tuple[float | None, float | None]]]
+
+
 @dataclass(slots=True)
 class Outcome:
     accepted: int = 0
@@ -86,8 +96,10 @@ class LineLossEngine:
         close_delay_s: int,
         min_completeness: float,
         sources: tuple[str, ...] = ("readings",),
+        track_closed: bool = False,
     ) -> None:
         self.topology = topology
+        self.track_closed = track_closed  # keep first-closed windows for pop_closed()
         self.sources = sources
         self.store = store
         self.interval_s = interval_s
@@ -103,6 +115,7 @@ class LineLossEngine:
         self._open: dict[int, dict[int, set[str]]] = {}  # partition -> window start -> keys
         self._emitted: dict[str, LossResult] = {}
         self._revision: dict[str, int] = {}
+        self._closed: list[ClosedWindow] = []
 
     # ---- partitions ------------------------------------------------------------------------
 
@@ -278,8 +291,11 @@ class LineLossEngine:
             for key in sorted(index[start]):
                 if key in self._emitted and key not in touched and not release:
                     continue
-                result = self._evaluate(key)
-                if result is not None and self._emitted.get(key) != result:
+                evaluated = self._evaluate(key)
+                if evaluated is not None and self._emitted.get(key) != evaluated[0]:
+                    result = evaluated[0]
+                    if self.track_closed and key not in self._emitted:
+                        self._closed.append(ClosedWindow(result, partition, evaluated[1]))
                     self._emitted[key] = result
                     self._revision[key] = self._revision.get(key, -1) + 1
                     results.append(result)
@@ -297,10 +313,19 @@ class LineLossEngine:
         """
         return self._advance(partition, touched=set(), idle=True)
 
+    def pop_closed(self) -> list[ClosedWindow]:
+        """Windows closed for the first time since the last call, in closing order (per
+        partition, oldest window first). After a restart, windows closed before it come again:
+        consumers must be idempotent (the detectors skip intervals they learned)."""
+        closed, self._closed = self._closed, []
+        return closed
+
     def revision(self, result: LossResult) -> int:
         return self._revision.get(result.key(), 0)
 
-    def _evaluate(self, key: str) -> LossResult | None:
+    def _evaluate(
+        self, key: str
+    ) -> tuple[LossResult, dict[str, dict[int, tuple[float | None, float | None]]]] | None:
         value = self.store.get(key)
         if not value:
             return None
@@ -309,7 +334,7 @@ class LineLossEngine:
             meter_id: {int(t): (pair[0], pair[1]) for t, pair in pts.items()}
             for meter_id, pts in value["m"].items()
         }
-        return evaluate_window(
+        result = evaluate_window(
             area_id,
             start,
             data,
@@ -318,6 +343,7 @@ class LineLossEngine:
             window_s=self.window_s,
             min_completeness=self.min_completeness,
         )
+        return result, data
 
 
 @lru_cache(maxsize=8192)

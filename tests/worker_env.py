@@ -29,6 +29,8 @@ def worker_env(bootstrap: str, tmp: Path, *, prefix: str = "gwtest", **extra: st
         "GRIDWATCH_TOPIC_TOPOLOGY": f"{app_id}.topology",
         "GRIDWATCH_TOPIC_LINELOSS": f"{app_id}.lineloss",
         "GRIDWATCH_TOPIC_DEADLETTER": f"{app_id}.deadletter",
+        "GRIDWATCH_TOPIC_ALERTS": f"{app_id}.alerts",
+        "GRIDWATCH_TOPIC_ALERTS_DEADLETTER": f"{app_id}.alerts-deadletter",
         "GRIDWATCH_METRICS_PORT": str(free_port()),
         "GRIDWATCH_WEB_PORT": str(free_port()),
         "GRIDWATCH_DATA_DIR": str(tmp / "worker"),
