@@ -241,6 +241,39 @@ def simulate(
 
 
 @app.command()
+def evaluate(
+    directory: Path = typer.Argument(..., help="a gridwatch simulate directory (meters.csv, labels.jsonl)"),
+    readings: Path | None = typer.Option(
+        None, help="readings file (simulator JSONL or a gridwatch record file); default DIR/readings.jsonl"
+    ),
+    out: Path = typer.Option(REPO / "benchmarks" / "results", help="where detection.json / .html go"),
+) -> None:
+    """Score the detectors on a recorded or simulated file, without Kafka (docs/detection.md)."""
+    from streams.evaluate import evaluate_files
+    from streams.offline import OfflineInputError
+    from streams.report import BARS, report_html
+
+    try:
+        res = evaluate_files(directory, readings=readings)
+    except (OfflineInputError, ValueError) as exc:
+        typer.echo(f"gridwatch evaluate: {exc}", err=True)
+        raise typer.Exit(1) from None
+    res["bars"] = BARS
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "detection.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+    (out / "detection.html").write_text(report_html(res))
+    typer.echo(f"{'type':<22}{'labels':>7}{'prec':>7}{'recall':>7}{'f1':>7}{'delay':>7}")
+    for name, e in sorted(res["by_type"].items()):
+        cells = [e["precision"], e["recall"], e["f1"], e["median_delay_intervals"]]
+        shown = "".join(f"{'-' if v is None else f'{v:.2f}':>7}" for v in cells)
+        typer.echo(f"{name:<22}{e['labels']:>7}{shown}")
+    typer.echo(
+        f"false alerts per 1,000 meter-days: {res['false_alerts_per_1000_meter_days']:.2f}; "
+        f"{res['readings']:,} readings in {res['seconds']}s; wrote {out / 'detection.json'}"
+    )
+
+
+@app.command()
 def record(
     topics: list[str] = typer.Argument(..., help="topics to dump, from the beginning to their current end"),
     out: Path = typer.Option(..., "--out", "-o", help="recording file (.jsonl, or .jsonl.gz to compress)"),
