@@ -11,8 +11,10 @@ What it scores (event ``score``; higher = more anomalous):
   within half the jump.
 * ``high_loss`` / ``negative_loss``: the smoothed (about daily) loss rate beyond the area's upper
   or lower bound; score = distance beyond the bound. Clears with a hysteresis of ``margin``.
-* ``collection_outage``: completeness below ``min_completeness``; such intervals are not
-  learned (an outage must not look like a loss). Score = 1 - completeness.
+* ``collection_outage``: completeness below ``min_completeness`` for ``outage_run``
+  intervals in a row (one incomplete interval is usually a batch arriving after its window
+  closed); incomplete intervals are never learned (an outage must not look like a loss).
+  Score = 1 - completeness.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class _AreaState:
     slow: Any  # river EWMean: baseline the jump is measured from
     ph: Any  # river PageHinkley
     n: int = 0
+    short: int = 0  # consecutive intervals below the completeness bar
     open: dict[str, float] = field(default_factory=dict)  # type -> reference value when opened
 
 
@@ -59,6 +62,8 @@ class AreaAnomalyDetector:
         river ``PageHinkley`` threshold and magnitude tolerance (loss-rate units).
     margin
         Hysteresis: high / negative loss clear ``margin`` inside the bound.
+    min_completeness, outage_run
+        A collection outage is ``outage_run`` intervals in a row below ``min_completeness``.
 
     Examples
     --------
@@ -70,6 +75,8 @@ class AreaAnomalyDetector:
     ...     events += det.step("A1", loss_rate=0.12, completeness=1.0, lower=-0.01, upper=0.07)
     >>> [(e.type, e.firing) for e in events]
     [('loss_jump', True), ('high_loss', True)]
+    >>> det.step("A1", loss_rate=None, completeness=0.3, lower=-0.01, upper=0.07)
+    []
     >>> det.step("A1", loss_rate=None, completeness=0.3, lower=-0.01, upper=0.07)[0].type
     'collection_outage'
     """
@@ -84,10 +91,12 @@ class AreaAnomalyDetector:
         ph_delta: float = 0.01,
         margin: float = 0.005,
         min_completeness: float = 0.9,
+        outage_run: int = 2,
     ) -> None:
         self.fast, self.slow, self.warmup = fast, slow, warmup
         self.ph_threshold, self.ph_delta = ph_threshold, ph_delta
         self.margin, self.min_completeness = margin, min_completeness
+        self.outage_run = outage_run
         self.areas: dict[str, _AreaState] = {}
 
     def _new(self) -> _AreaState:
@@ -114,9 +123,13 @@ class AreaAnomalyDetector:
                 del s.open[kind]
             out.append(AreaEvent(area, kind, round(score, 6), now, {k: round(v, 6) for k, v in ev.items()}))
 
-        outage = completeness < self.min_completeness
+        incomplete = completeness < self.min_completeness
+        s.short = s.short + 1 if incomplete else 0
+        # One incomplete interval is a late batch as often as not (it is corrected within the
+        # lateness); an outage is a run of them.
+        outage = s.short >= self.outage_run or (incomplete and "collection_outage" in s.open)
         flip("collection_outage", outage, 1 - completeness, 0.0, completeness=completeness)
-        if outage or loss_rate is None:
+        if incomplete or loss_rate is None:
             return out  # never learn or judge an incomplete interval
         s.n += 1
         s.fast.update(loss_rate)

@@ -237,7 +237,7 @@ class Detection:
         completeness = float(ok.sum()) / n_active if n_active else 0.0
         sales = float(e[ok].sum())
         loss_rate: float | None = None
-        s = iv.supply_kwh
+        s = float(iv.supply_kwh)
         if completeness >= self.min_completeness and not math.isnan(s) and s > 0:
             loss_rate = (s - sales) / s
         loss_kwh = s - sales if loss_rate is not None else None
@@ -330,7 +330,7 @@ class Detection:
 
 def _finite(evidence: dict[str, float]) -> dict[str, float]:
     """Evidence fit for JSON: a missing value (NaN) is left out rather than sent as null."""
-    return {k: v for k, v in evidence.items() if math.isfinite(v)}
+    return {str(k): float(v) for k, v in evidence.items() if math.isfinite(v)}
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,9 +67,11 @@ def test_collection_outage_is_flagged_and_never_learned_as_loss() -> None:
     comp = np.ones(len(loss))
     comp[5 * DAY : 5 * DAY + 24] = 0.2
     loss[5 * DAY : 5 * DAY + 24] = np.nan
+    comp[3 * DAY] = 0.5  # one late batch: not an outage
+    loss[3 * DAY] = np.nan
     ev = feed(AreaAnomalyDetector(), loss, completeness=comp)
     assert [(t, e.type, e.firing) for t, e in ev] == [
-        (5 * DAY, "collection_outage", True),
+        (5 * DAY + 1, "collection_outage", True),  # the second incomplete interval in a row
         (5 * DAY + 24, "collection_outage", False),
     ]
 
