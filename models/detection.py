@@ -128,11 +128,23 @@ def window_intervals(
     bounds = topology.bounds_for(area_id)
     empty: WindowPoints = {}
     out: list[AreaInterval] = []
+    learned = detection.learned.get(area_id, -1)
+    last_reg = detection.last_register
     for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
         energy = np.empty(len(ids))
         back = np.zeros(len(ids), dtype=bool)
         for i, m in enumerate(ids):
-            energy[i], back[i] = interval_energy(points.get(m, empty), end, interval_s)
+            pts = points.get(m, empty)
+            energy[i], back[i] = interval_energy(pts, end, interval_s)
+            register = pts.get(end, (None, None))[0]
+            if register is None or end <= learned:
+                continue
+            # A register below the last one read went backwards, even across missing reads
+            # (a meter swapped while it was not reading restarts low).
+            j = idx[i]
+            if register < last_reg[j]:
+                back[i] = True
+            last_reg[j] = register
         supply = 0.0 if supplies else math.nan
         for m, rec in supplies.items():
             e, _ = interval_energy(points.get(m, empty), end, interval_s)
@@ -188,6 +200,8 @@ class Detection:
         self.learned: dict[str, int] = {}
         self._index: dict[str, int] = {}
         self._names: list[str] = []
+        # Last register read per meter (kWh, before multiplier; NaN = none yet): 8 bytes a meter.
+        self.last_register: npt.NDArray[np.float64] = np.full(max(1, capacity), np.nan)
 
     # ---- meters ----------------------------------------------------------------------------
 
@@ -200,6 +214,10 @@ class Detection:
                 j = self._index[m] = len(self._names)
                 self._names.append(m)
             out[i] = j
+        if len(self._names) > len(self.last_register):
+            grown = np.full(2 * len(self._names), np.nan)
+            grown[: len(self.last_register)] = self.last_register
+            self.last_register = grown
         return out
 
     def meter_name(self, index: int) -> str:
@@ -210,9 +228,13 @@ class Detection:
         """Meters with a dense index (and so detector state)."""
         return len(self._names)
 
+    def state_bytes_per_meter(self) -> int:
+        """Bytes of per-meter state: the meter detector's arrays and the last register."""
+        return self.meter_detector.state_bytes_per_meter() + self.last_register.itemsize
+
     def state_bytes(self) -> int:
         """Bytes of per-meter detector state held for the indexed meters."""
-        return self.meters * self.meter_detector.state_bytes_per_meter()
+        return self.meters * self.state_bytes_per_meter()
 
     # ---- one step --------------------------------------------------------------------------
 
@@ -287,6 +309,7 @@ class Detection:
         idx = self.index(meter_ids)
         self.meter_detector._grow(int(idx.max()) + 1 if len(idx) else 0)
         rows = {k: v[idx].tobytes() for k, v in self.meter_detector._a.items()}
+        rows["last_register"] = self.last_register[idx].tobytes()
         names = set(meter_ids)
 
         def mine(kind: str, entity: str) -> bool:
@@ -315,7 +338,7 @@ class Detection:
         idx = self.index([str(m) for m in d["meters"]])
         det = self.meter_detector
         det._grow(int(idx.max()) + 1 if len(idx) else 0)
-        for k, arr in det._a.items():
+        for k, arr in [*det._a.items(), ("last_register", self.last_register)]:
             raw = d["rows"].get(k)
             if raw is None:
                 continue  # a field added since the snapshot starts from zero

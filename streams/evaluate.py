@@ -281,7 +281,7 @@ def evaluate(
         warmup=meter_detector.warmup,
         grace=grace,
     )
-    out["state_bytes_per_meter"] = meter_detector.state_bytes_per_meter()
+    out["state_bytes_per_meter"] = detection.state_bytes_per_meter()
     out["seed"] = spec.seed
     out["seconds"] = round(elapsed, 1)
     out["meter_intervals_per_s"] = round(sim.grid.meters * spec.steps / elapsed) if elapsed else None
@@ -340,7 +340,7 @@ def evaluate_files(
             "seed": spec.get("seed"),
             "anomalous_meters": len(meter_labels),
             "anomalous_share": len(meter_labels) / len(customers) if customers else 0.0,
-            "state_bytes_per_meter": detection.meter_detector.state_bytes_per_meter(),
+            "state_bytes_per_meter": detection.state_bytes_per_meter(),
             "records": run.records,
             "readings": run.readings,
             "refused": dict(sorted(run.refused.items())),

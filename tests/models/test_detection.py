@@ -112,3 +112,22 @@ def test_window_intervals_from_engine_points() -> None:
     assert second.energy[0] == 1.0 and math.isnan(second.energy[1]) and not second.backwards[1]
     assert list(first.group) == [1, 1, 1]
     assert (first.lower, first.upper) == (topo.bounds_for("A1").lower, topo.bounds_for("A1").upper)
+
+
+def test_a_register_restarting_low_after_missing_reads_went_backwards() -> None:
+    topo = Topology()
+    topo.set_area(Area("A1", "urban"))
+    topo.apply(MeterRecord("C1", "A1", Role.CUSTOMER, 1.0, "residential", True, EPOCH))
+    det = Detection()
+    windows = [
+        {"C1": {0: (500.0, None), 900: (501.0, None)}},
+        {"C1": {900: (501.0, None)}},  # the read at 1800 is missing: the meter is being swapped
+        {"C1": {2700: (3.0, None)}},  # the new meter, read for the first time
+        {"C1": {2700: (3.0, None), 3600: (3.5, None)}},
+    ]
+    back = []
+    for k, points in enumerate(windows):
+        ivs = window_intervals(det, "A1", 900 * k, points, topo, interval_s=900, window_s=900)
+        back += [bool(iv.backwards[0]) for iv in ivs]
+        det.step(ivs)
+    assert back == [False, False, True, False]
