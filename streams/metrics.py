@@ -223,6 +223,11 @@ class NotifyMetrics:
             ["reason"],
             registry=registry,
         )
+        self.duplicates = Counter(
+            "gridwatch_notify_duplicates_total",
+            "Alert records skipped because the same (id, event) was delivered lately",
+            registry=registry,
+        )
         self.rate_limited = Counter(
             "gridwatch_notify_rate_limited_total",
             "Alerts held back by the rate limit before their first POST",

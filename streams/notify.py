@@ -13,6 +13,7 @@ import logging
 import random
 import signal
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -366,6 +367,7 @@ async def serve(settings: Settings, *, secret: bytes, metrics: NotifyMetrics, st
         try:
             async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT}) as session:
                 courier = Courier(settings, secret=secret, session=session, metrics=metrics, stop=stop)
+                seen = RecentAlerts()
                 log.info(
                     "notify: %s -> %s (group %s, %.3g/s, burst %d)",
                     settings.topic_alerts,
@@ -378,7 +380,7 @@ async def serve(settings: Settings, *, secret: bytes, metrics: NotifyMetrics, st
                     batch = await consumer.getmany(timeout_ms=300, max_records=1)
                     for tp, records in batch.items():
                         for rec in records:
-                            await _settle(rec, courier, producer, settings, metrics)
+                            await _settle(rec, courier, producer, settings, metrics, seen)
                             await _commit(consumer, tp, rec.offset + 1)
         except Stopped:
             log.info("notify: stopped while an alert was pending; it is delivered after a restart")
@@ -388,8 +390,41 @@ async def serve(settings: Settings, *, secret: bytes, metrics: NotifyMetrics, st
         await producer.stop()
 
 
+class RecentAlerts:
+    """The (id, event) pairs delivered lately, so a record the worker sent twice (it publishes
+    at least once: docs/detection.md) pages once.
+
+    >>> seen = RecentAlerts(capacity=2)
+    >>> seen.add("a", "opened"), seen.add("a", "opened"), seen.add("a", "resolved")
+    (True, False, True)
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._seen
+
+    def add(self, alert_id: str, event: str) -> bool:
+        """True the first time a pair is seen (within the last ``capacity`` pairs)."""
+        key = (alert_id, event)
+        if key in self._seen:
+            self._seen.move_to_end(key)
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self.capacity:
+            self._seen.popitem(last=False)
+        return True
+
+
 async def _settle(
-    rec: ConsumerRecord, courier: Courier, producer: AIOKafkaProducer, s: Settings, metrics: NotifyMetrics
+    rec: ConsumerRecord,
+    courier: Courier,
+    producer: AIOKafkaProducer,
+    s: Settings,
+    metrics: NotifyMetrics,
+    seen: RecentAlerts,
 ) -> None:
     started = time.monotonic()
     try:
@@ -397,8 +432,13 @@ async def _settle(
     except InvalidRecord as exc:
         await _dead_letter(rec, exc.reason, exc.detail, producer, s, metrics)
         return
+    if (alert.id, alert.event) in seen:
+        metrics.duplicates.inc()
+        log.info("alert %s (%s) already delivered: not sent again", alert.id, alert.event)
+        return
     outcome = await courier.deliver(rec.value, alert)
     if outcome.delivered:
+        seen.add(alert.id, alert.event)
         metrics.delivered.labels(severity=alert.severity).inc()
         metrics.latency.observe(time.monotonic() - started)
         log.info(

@@ -461,3 +461,16 @@ def test_run_notify_process_from_env_and_secret_file(
     log = out.decode()
     assert "delivered" in log and "dead-lettered: json" in log and SECRET not in log
     assert receiver.url not in log  # the path may carry a token: only the origin is logged
+
+
+def test_a_record_the_worker_sent_twice_pages_once(kafka_broker: LocalKafka, receiver: Receiver) -> None:
+    """The worker publishes at least once: the same (id, event) again is not delivered again,
+    but the alert's resolution is."""
+    s = settings_for(kafka_broker, receiver.url)
+    first = enc(alert(1))
+    resolved = enc({**json.loads(first), "event": "resolved"})
+    publish(s, [first, first, resolved, first])
+    with Notify(s, SECRET.encode()) as notify:
+        wait_for(lambda: committed(s) == 4, what="4 records settled")
+    assert [h.body for h in receiver.accepted()] == [first, resolved]
+    assert notify.value("gridwatch_notify_duplicates_total") == 2
