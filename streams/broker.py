@@ -7,6 +7,8 @@ Java 17 - no Docker, no release tarball. So the broker is assembled from Maven j
 straight from the JVM with a config written here.
 
 Library use: `LocalKafka.start(tmpdir)` (tests); topics are created with streams.kafkaio.create_topics.
+`LocalKafka.start(tmpdir, security=BrokerSecurity(...))` serves clients over SASL_SSL instead
+(docs/security.md); the default stays a PLAINTEXT listener.
 CLI use: `python -m streams.broker start|stop|status` keeps one detached broker per state dir.
 """
 
@@ -41,6 +43,86 @@ _VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
 
 class BrokerError(RuntimeError):
     """The broker could not be fetched, formatted or started; the message carries the log tail."""
+
+
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+# Credentials end up inside JAAS strings and StorageTool's `--add-scram` syntax: no quoting there.
+_CREDENTIAL_RE = re.compile(r"^[A-Za-z0-9_.~+/@%^*!-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """A SASL_SSL listener for clients (and for the broker itself), instead of PLAINTEXT.
+
+    `keystore` holds the broker's private key and certificate chain (PKCS12 by default, JKS via
+    `keystore_type`; key and store share `keystore_password`, as keytool makes them).
+    `truststore` (optional, e.g. the CA as a PEM file with `truststore_type="PEM"`) is what the
+    broker trusts when it connects to its own listener, and for client certificates when
+    `client_auth` is "requested" or "required".
+
+    One user, `username`/`password`, is accepted with every mechanism in `mechanisms`: PLAIN
+    through the listener's JAAS config, SCRAM through credentials written into the metadata log
+    when the storage is formatted (`--add-scram`, Kafka >= 3.5). The broker talks to itself
+    (inter-broker) as that user with the first mechanism. The controller listener stays
+    PLAINTEXT on loopback. Passwords are kept out of `repr` and written only to the work dir's
+    server.properties (mode 0600): this is a test and demo broker, not a production one.
+    """
+
+    keystore: Path
+    keystore_password: str = field(repr=False)
+    username: str
+    password: str = field(repr=False)
+    keystore_type: str = "PKCS12"
+    truststore: Path | None = None
+    truststore_password: str | None = field(default=None, repr=False)
+    truststore_type: str = "PKCS12"
+    client_auth: str = "none"
+    mechanisms: tuple[str, ...] = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+
+    def __post_init__(self) -> None:
+        if not self.mechanisms or any(m not in SASL_MECHANISMS for m in self.mechanisms):
+            raise BrokerError(f"mechanisms must be some of {SASL_MECHANISMS}, got {self.mechanisms}")
+        for what, value in (("username", self.username), ("password", self.password)):
+            if not _CREDENTIAL_RE.match(value):
+                raise BrokerError(f"the SASL {what} must be 1-128 characters of [A-Za-z0-9_.~+/@%^*!-]")
+        if self.client_auth not in ("none", "requested", "required"):
+            raise BrokerError(f"client_auth must be none, requested or required, got {self.client_auth!r}")
+
+    def server_properties(self, listener: str) -> dict[str, str]:
+        """server.properties entries for the SASL_SSL listener named `listener`."""
+        lower = listener.lower()
+        user, pw = self.username, self.password
+        props = {
+            "sasl.enabled.mechanisms": ",".join(self.mechanisms),
+            "sasl.mechanism.inter.broker.protocol": self.mechanisms[0],
+            "ssl.keystore.type": self.keystore_type,
+            "ssl.keystore.location": str(Path(self.keystore).resolve()),  # the JVM runs in the work dir
+            "ssl.keystore.password": self.keystore_password,
+            "ssl.key.password": self.keystore_password,
+            "ssl.client.auth": self.client_auth,
+        }
+        if self.truststore is not None:
+            props["ssl.truststore.type"] = self.truststore_type
+            props["ssl.truststore.location"] = str(Path(self.truststore).resolve())
+            if self.truststore_password is not None:
+                props["ssl.truststore.password"] = self.truststore_password
+        for mech in self.mechanisms:
+            if mech == "PLAIN":
+                module = "org.apache.kafka.common.security.plain.PlainLoginModule"
+                jaas = f'{module} required username="{user}" password="{pw}" user_{user}="{pw}";'
+            else:
+                module = "org.apache.kafka.common.security.scram.ScramLoginModule"
+                jaas = f'{module} required username="{user}" password="{pw}";'
+            props[f"listener.name.{lower}.{mech.lower()}.sasl.jaas.config"] = jaas
+        return props
+
+    def format_args(self) -> list[str]:
+        """StorageTool arguments that create the SCRAM user (none when only PLAIN is on)."""
+        args: list[str] = []
+        for mech in self.mechanisms:
+            if mech.startswith("SCRAM-"):
+                args += ["--add-scram", f"{mech}=[name={self.username},password={self.password}]"]
+        return args
 
 
 def cache_root() -> Path:
@@ -167,6 +249,7 @@ class LocalKafka:
     overrides: Mapping[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     start_seconds: float = 0.0
+    security: BrokerSecurity | None = None
 
     @classmethod
     def start(
@@ -178,18 +261,23 @@ class LocalKafka:
         timeout: float = 90.0,
         detached: bool = False,
         overrides: Mapping[str, str] | None = None,
+        security: BrokerSecurity | None = None,
     ) -> LocalKafka:
         """Start a broker and return once it serves. Ports of 0 are picked free.
 
         `detached=True` lets the broker outlive this Python process (the CLI); otherwise an
         atexit hook kills it so an aborted test run leaves no JVM behind. `overrides` adds or
         replaces server.properties entries (e.g. a shorter broker.session.timeout.ms).
+        `security` makes `port` a SASL_SSL listener (see BrokerSecurity); the security of an
+        existing data dir is fixed when it is first formatted (its SCRAM users live there).
         """
         wd = Path(workdir).resolve()
         wd.mkdir(parents=True, exist_ok=True)
         port = port or _free_port()
         controller_port = controller_port or _free_port(exclude=port)
-        broker = cls(wd, port, controller_port, version, timeout, detached, dict(overrides or {}))
+        broker = cls(
+            wd, port, controller_port, version, timeout, detached, dict(overrides or {}), security=security
+        )
         broker._launch()
         if not detached:
             atexit.register(broker._kill_quietly)
@@ -198,6 +286,11 @@ class LocalKafka:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def security_protocol(self) -> str:
+        """What a client must speak on `port`: PLAINTEXT, or SASL_SSL with `security`."""
+        return "PLAINTEXT" if self.security is None else "SASL_SSL"
 
     @property
     def running(self) -> bool:
@@ -232,9 +325,28 @@ class LocalKafka:
             "transaction.state.log.min.isr": "1",
             "group.initial.rebalance.delay.ms": "0",
             "log.cleaner.dedupe.buffer.size": "33554432",
-            **self.overrides,
         }
-        (wd / "server.properties").write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        if self.security is not None:
+            name = "SASL_SSL"
+            props.update(
+                {
+                    "listeners": f"{name}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+                    "advertised.listeners": f"{name}://127.0.0.1:{self.port}",
+                    "inter.broker.listener.name": name,
+                    "listener.security.protocol.map": f"{name}:SASL_SSL,CONTROLLER:PLAINTEXT",
+                    **self.security.server_properties(name),
+                }
+            )
+        props.update(self.overrides)
+        config = wd / "server.properties"
+        text = "".join(f"{k}={v}\n" for k, v in props.items())
+        if self.security is None:
+            config.write_text(text)
+        else:  # it holds the SASL password: owner-only from the first byte
+            fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
         log = self.log_file
         if _major(self.version) >= 4:
             cfg = wd / "log4j2.properties"
@@ -278,6 +390,7 @@ class LocalKafka:
                     _cluster_id(),
                     "-c",
                     props,
+                    *(self.security.format_args() if self.security is not None else []),
                 ],
                 capture_output=True,
                 text=True,

@@ -1,38 +1,154 @@
-"""Plain Kafka I/O for the CLI and tests (kafka-python): create topics, produce, read back."""
+"""Plain Kafka I/O for the CLI and tests (kafka-python): create topics, produce, read back; and
+the connection options of every Kafka client, security included (docs/security.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 
+from streams.masking import redact_in_logs
 from streams.settings import Settings
 from streams.topics import TopicSpec
 
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
-def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
-    """aiokafka/kafka-python connection options from settings (security included)."""
-    kw: dict[str, Any] = {"bootstrap_servers": settings.bootstrap}
-    if settings.security_protocol != "PLAINTEXT":
-        kw["security_protocol"] = settings.security_protocol
-    if settings.sasl_mechanism:
-        kw["sasl_mechanism"] = settings.sasl_mechanism
-        kw["sasl_plain_username"] = settings.sasl_username
-        kw["sasl_plain_password"] = (
-            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+
+class KafkaConfigError(ValueError):
+    """The Kafka security settings cannot work together; the message names the variables."""
+
+
+def _protocol(settings: Settings) -> str:
+    proto = settings.security_protocol.upper()
+    if proto not in PROTOCOLS:
+        raise KafkaConfigError(
+            f"GRIDWATCH_SECURITY_PROTOCOL must be one of {', '.join(PROTOCOLS)}, got {proto!r}"
         )
+    return proto
+
+
+def sasl_password(settings: Settings) -> str | None:
+    """The SASL password: GRIDWATCH_SASL_PASSWORD or the file GRIDWATCH_SASL_PASSWORD_FILE, one of them.
+
+    Secrets come from the environment (or `.env`) or a file only, never from the command line,
+    and are never logged. Whitespace around a file's content (an editor's final newline) is not
+    part of the password. (`sasl_password_file` is read when Settings has that field.)
+    """
+    path: Path | None = getattr(settings, "sasl_password_file", None)
+    if settings.sasl_password is not None and path is not None:
+        raise KafkaConfigError("set GRIDWATCH_SASL_PASSWORD or GRIDWATCH_SASL_PASSWORD_FILE, not both")
+    if path is not None:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as exc:
+            raise KafkaConfigError(
+                f"cannot read GRIDWATCH_SASL_PASSWORD_FILE {path}: {exc.strerror}"
+            ) from None
+    if settings.sasl_password is not None:
+        return settings.sasl_password.get_secret_value()
+    return None
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context for SSL and SASL_SSL (None otherwise): the server is verified against
+    GRIDWATCH_SSL_CAFILE (the system's CAs when unset), its host name too unless
+    GRIDWATCH_SSL_CHECK_HOSTNAME=false; GRIDWATCH_SSL_CERTFILE/KEYFILE add a client certificate."""
+    if _protocol(settings) not in ("SSL", "SASL_SSL"):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.check_hostname = settings.ssl_check_hostname
+        if settings.ssl_certfile is not None:
+            keyfile = str(settings.ssl_keyfile) if settings.ssl_keyfile else None
+            ctx.load_cert_chain(str(settings.ssl_certfile), keyfile)
+        elif settings.ssl_keyfile is not None:
+            raise KafkaConfigError("GRIDWATCH_SSL_KEYFILE is set without GRIDWATCH_SSL_CERTFILE")
+    except (OSError, ssl.SSLError) as exc:
+        raise KafkaConfigError(f"TLS files (GRIDWATCH_SSL_CAFILE/CERTFILE/KEYFILE) unusable: {exc}") from None
+    return ctx
+
+
+def _sasl(settings: Settings) -> tuple[str, str, str] | None:
+    """(mechanism, username, password) for SASL_*; None for PLAINTEXT and SSL."""
+    if not _protocol(settings).startswith("SASL_"):
+        return None
+    mech = (settings.sasl_mechanism or "").upper()
+    if mech not in MECHANISMS:
+        raise KafkaConfigError(
+            f"GRIDWATCH_SASL_MECHANISM must be one of {', '.join(MECHANISMS)} with "
+            f"{settings.security_protocol}, got {settings.sasl_mechanism!r}"
+        )
+    password = sasl_password(settings)
+    if not settings.sasl_username or password is None:
+        raise KafkaConfigError(
+            "SASL needs GRIDWATCH_SASL_USERNAME and GRIDWATCH_SASL_PASSWORD (or _PASSWORD_FILE)"
+        )
+    # aiokafka and kafka-python log the PLAIN password at DEBUG level (the SASL request body)
+    redact_in_logs(password)
+    return mech, settings.sasl_username, password
+
+
+def security_kwargs(settings: Settings) -> dict[str, Any]:
+    """Security options for an aiokafka or kafka-python client ({} for PLAINTEXT).
+
+    Both libraries take the same names here: each accepts a ready `ssl_context` (kafka-python
+    then ignores its own ssl_cafile/ssl_check_hostname/... options). For the kafkaio helpers,
+    which take the bootstrap separately: `create_topics(s.bootstrap, specs, **security_kwargs(s))`.
+    """
+    proto = _protocol(settings)
+    if proto == "PLAINTEXT":
+        return {}
+    kw: dict[str, Any] = {"security_protocol": proto}
+    ctx = ssl_context(settings)
+    if ctx is not None:
+        kw["ssl_context"] = ctx
+    sasl = _sasl(settings)
+    if sasl is not None:
+        kw["sasl_mechanism"], kw["sasl_plain_username"], kw["sasl_plain_password"] = sasl
     return kw
 
 
+def kafka_client_kwargs(settings: Settings) -> dict[str, Any]:
+    """aiokafka/kafka-python connection options from settings (security included).
+
+    >>> kafka_client_kwargs(Settings(bootstrap="127.0.0.1:9092"))
+    {'bootstrap_servers': '127.0.0.1:9092'}
+    """
+    return {"bootstrap_servers": settings.bootstrap, **security_kwargs(settings)}
+
+
 def faust_broker_kwargs(settings: Settings) -> dict[str, Any]:
-    """faust.App options that say where the broker is and how to log in (security included)."""
-    return {"broker": f"kafka://{settings.bootstrap}"}
+    """faust.App options that say where the broker is and how to log in (security included).
+
+    >>> faust_broker_kwargs(Settings(bootstrap="127.0.0.1:9092"))
+    {'broker': 'kafka://127.0.0.1:9092'}
+    """
+    kw: dict[str, Any] = {"broker": f"kafka://{settings.bootstrap}"}
+    proto = _protocol(settings)
+    if proto == "PLAINTEXT":
+        return kw
+    import faust  # here: the CLI's Kafka commands do not need Faust loaded
+
+    ctx = ssl_context(settings)
+    sasl = _sasl(settings)
+    if sasl is None:
+        kw["broker_credentials"] = faust.SSLCredentials(ctx)
+    else:
+        mech, user, password = sasl
+        kw["broker_credentials"] = faust.SASLCredentials(
+            username=user, password=password, ssl_context=ctx, mechanism=mech
+        )
+    return kw
 
 
 class KafkaUnavailable(RuntimeError):
