@@ -20,7 +20,9 @@ class KafkaSink:
 
     def __init__(self, settings: Settings, *, timeout_s: float = 10.0) -> None:
         self.settings = settings
-        self.kw = {"bootstrap_timeout_ms": int(timeout_s * 1000)}
+        from streams.kafkaio import security_kwargs
+
+        self.kw = {"bootstrap_timeout_ms": int(timeout_s * 1000), **security_kwargs(settings)}
         self.topics = {"readings": settings.topic_readings, "supply": settings.topic_supply}
         self._prod: Any = None
         self._errors: list[BaseException] = []

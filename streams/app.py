@@ -28,6 +28,7 @@ from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
 from streams.kafkaio import faust_broker_kwargs, from_beginning, kafka_client_kwargs
+from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
 from topology import MeterRecord, Role, Topology
@@ -50,6 +51,8 @@ class GridwatchWorker:
     ) -> None:
         settings.check()
         self.settings = settings
+        # Customer meter ids in alerts and logs as a keyed hash when a mask key is set.
+        self.mask = MeterMask.from_settings(settings)
         self.topology = topology or Topology()
         if topology is None:
             # Areas (class, bounds) are configuration; meters come from the topology topic and,
@@ -63,6 +66,7 @@ class GridwatchWorker:
                 )
             if settings.topology_csv is not None:
                 self.topology.load_meters_csv(settings.topology_csv)
+        self.mask.remember(*(r.meter_id for r in self.topology.records() if r.role is Role.CUSTOMER))
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, top_k=settings.top_k_areas)
         self.topology_ready = asyncio.Event()
@@ -217,6 +221,8 @@ class GridwatchWorker:
                     rec.effective_from.astimezone(UTC),
                 )
             )
+            if rec.role == Role.CUSTOMER.value:
+                self.mask.remember(rec.meter_id)
         except (InvalidRecord, ValueError) as exc:
             reason = exc.reason if isinstance(exc, InvalidRecord) else "topology"
             await self._dead_letter(reason, str(exc), topic, partition, offset, key, value)
@@ -413,6 +419,7 @@ class GridwatchWorker:
         self._det_partition[area] = closed.partition
         self._det_dirty.setdefault(closed.partition, set()).add(area)
         for record in records:
+            record = masked_alert(record, self.mask)
             self.metrics.alerts_emitted.labels(type=record["type"], event=record["event"]).inc()
             await self.alerts_topic.send(
                 key=str(record["entity_id"]).encode(), value=contracts.encode(record)
@@ -557,6 +564,20 @@ class SkippedRecords:
         return out
 
 
+def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:
+    """A meter alert with its meter id (in ``entity_id`` and ``id``) replaced by the mask's
+    keyed hash; area alerts and unmasked workers pass unchanged."""
+    if not mask.enabled or record["entity_kind"] != "meter":
+        return record
+    real = str(record["entity_id"])
+    masked = mask.meter(real)
+    return {
+        **record,
+        "entity_id": masked,
+        "id": str(record["id"]).replace(f"meter:{real}:", f"meter:{masked}:", 1),
+    }
+
+
 def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
     """One point as a self-contained single reading."""
     flags = [*p.flags, extra_flag] if extra_flag else list(p.flags)
@@ -579,6 +600,8 @@ def _snap(ts: datetime, s: Settings) -> int | None:
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker in the foreground until interrupted."""
     worker = GridwatchWorker(settings)
+    if worker.mask.enabled:
+        worker.mask.install()  # wraps the log record factory, so Faust's own handlers see masked ids
     # These build a debug record per message sent and drop it: 3-7% of CPU (py-spy).
     for name in ("faust.topics", "aiokafka.producer"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -58,11 +58,11 @@ def notify(bootstrap: Bootstrap = None) -> None:
 @app.command()
 def topics(bootstrap: Bootstrap = None) -> None:
     """Create gridwatch's topics (existing ones are left alone)."""
-    from streams.kafkaio import create_topics
+    from streams.kafkaio import create_topics, security_kwargs
     from streams.topics import topic_specs
 
     s = _settings(bootstrap)
-    created = create_topics(s.bootstrap, topic_specs(s))
+    created = create_topics(s.bootstrap, topic_specs(s), **security_kwargs(s))
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
@@ -72,7 +72,7 @@ def topology_load(
     bootstrap: Bootstrap = None,
 ) -> None:
     """Publish a meters CSV to the compacted topology topic (one record per meter version)."""
-    from streams.kafkaio import produce
+    from streams.kafkaio import produce, security_kwargs
     from topology import MeterRecord, _read_csv
 
     s = _settings(bootstrap)
@@ -83,7 +83,7 @@ def topology_load(
         except ValueError as exc:
             raise typer.BadParameter(f"{meters_csv}:{i}: {exc}") from None
         records.append((s.topic_topology, rec.topic_key(), orjson.dumps(rec.to_dict())))
-    n = produce(s.bootstrap, records)
+    n = produce(s.bootstrap, records, **security_kwargs(s))
     typer.echo(f"published {n} meter records to {s.topic_topology}")
 
 
@@ -281,13 +281,14 @@ def record(
     timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
 ) -> None:
     """Dump topics to a file: key, value, timestamp, partition, offset, headers (docs/simulator.md)."""
+    from streams.kafkaio import security_kwargs
     from streams.replay import ReplayError, quiet_kafka_logs
     from streams.replay import record as record_topics
 
     quiet_kafka_logs()
     s = _settings(bootstrap)
     try:
-        counts = record_topics(s.bootstrap, topics, out, timeout_s=timeout)
+        counts = record_topics(s.bootstrap, topics, out, timeout_s=timeout, **security_kwargs(s))
     except ReplayError as exc:
         typer.echo(f"gridwatch record: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -306,6 +307,7 @@ def replay(
     timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
 ) -> None:
     """Write a recording back to Kafka: same keys, values, timestamps, partitions."""
+    from streams.kafkaio import security_kwargs
     from streams.replay import ReplayError, quiet_kafka_logs
     from streams.replay import replay as replay_file
 
@@ -319,7 +321,9 @@ def replay(
         mapping[old] = new
     s = _settings(bootstrap)
     try:
-        result = replay_file(s.bootstrap, file, rename=mapping, speed=speed, timeout_s=timeout)
+        result = replay_file(
+            s.bootstrap, file, rename=mapping, speed=speed, timeout_s=timeout, **security_kwargs(s)
+        )
     except ReplayError as exc:
         typer.echo(f"gridwatch replay: {exc}", err=True)
         raise typer.Exit(1) from None

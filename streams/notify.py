@@ -27,7 +27,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from yarl import URL
 
 from streams.contracts import Alert, InvalidRecord, dead_letter
-from streams.kafkaio import create_topics, kafka_client_kwargs
+from streams.kafkaio import create_topics, kafka_client_kwargs, security_kwargs
 from streams.metrics import NotifyMetrics
 from streams.settings import Settings
 from streams.topics import alert_topic_specs
@@ -494,7 +494,7 @@ def run_notify(settings: Settings) -> None:
     logging.getLogger("kafka").setLevel(logging.WARNING)  # kafka-python's connection chatter (topic setup)
     secret = load_secret(settings)
     check_url(settings.duty_webhook_url)
-    admin_kw = {k: v for k, v in kafka_client_kwargs(settings).items() if k != "bootstrap_servers"}
+    admin_kw = security_kwargs(settings)
     create_topics(settings.bootstrap, alert_topic_specs(settings), **admin_kw)
     registry = CollectorRegistry()
     metrics = NotifyMetrics(registry)

@@ -107,7 +107,7 @@ def decode_line(line: bytes) -> Recorded:
 # ---- Kafka ----------------------------------------------------------------------------------
 
 
-def _consumer(bootstrap: str, timeout_s: float) -> KafkaConsumer:
+def _consumer(bootstrap: str, timeout_s: float, **kw: Any) -> KafkaConsumer:
     try:
         return KafkaConsumer(
             bootstrap_servers=bootstrap,
@@ -115,6 +115,7 @@ def _consumer(bootstrap: str, timeout_s: float) -> KafkaConsumer:
             enable_auto_commit=False,
             allow_auto_create_topics=False,
             bootstrap_timeout_ms=int(timeout_s * 1000),
+            **kw,
         )
     except (KafkaError, OSError, ValueError) as exc:
         raise ReplayError(f"no Kafka broker reachable at {bootstrap} ({exc.__class__.__name__})") from None
@@ -140,7 +141,9 @@ def _open_write(path: Path) -> io.BufferedIOBase:
     return path.open("wb")
 
 
-def record(bootstrap: str, topics: list[str], out: Path, *, timeout_s: float = 10.0) -> dict[str, int]:
+def record(
+    bootstrap: str, topics: list[str], out: Path, *, timeout_s: float = 10.0, **kw: Any
+) -> dict[str, int]:
     """Dump ``topics`` from their beginning to their current end into ``out``; returns the
     number of records per topic."""
     if not topics:
@@ -150,7 +153,7 @@ def record(bootstrap: str, topics: list[str], out: Path, *, timeout_s: float = 1
         tmp = tempfile.TemporaryDirectory(dir=out.parent, prefix=".record-")
     except OSError as exc:
         raise ReplayError(f"cannot write {out}: {exc.strerror or exc}") from None
-    consumer = _consumer(bootstrap, timeout_s)
+    consumer = _consumer(bootstrap, timeout_s, **kw)
     try:
         with tmp:
             partitions = _partitions(consumer, topics, bootstrap)
@@ -308,6 +311,7 @@ def replay(
     rename: Mapping[str, str] | None = None,
     speed: float = 0.0,
     timeout_s: float = 10.0,
+    **kw: Any,
 ) -> ReplayResult:
     """Write a recording back: same keys, values, timestamps and headers, to the same partition
     when the destination has it. ``speed`` 0 sends as fast as possible, N at N x the recorded
@@ -327,7 +331,7 @@ def replay(
             where = f"{r.topic}[{r.partition}]@{r.offset}"
             raise ReplayError(f"{path}: {where} has neither key nor value (kafka-python cannot send it)")
     dest = {t: rename.get(t, t) for t in header["topics"]}
-    consumer = _consumer(bootstrap, timeout_s)
+    consumer = _consumer(bootstrap, timeout_s, **kw)
     try:
         partitions = _partitions(consumer, sorted(set(dest.values())), bootstrap)
     finally:
@@ -338,6 +342,7 @@ def replay(
             allow_auto_create_topics=False,
             bootstrap_timeout_ms=int(timeout_s * 1000),
             max_block_ms=int(timeout_s * 1000),
+            **kw,
         )
     except (KafkaUnavailable, KafkaError, OSError) as exc:
         raise ReplayError(f"no Kafka broker reachable at {bootstrap} ({exc.__class__.__name__})") from None

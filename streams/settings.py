@@ -28,6 +28,7 @@ class Settings(BaseSettings):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None  # instead of GRIDWATCH_SASL_PASSWORD
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None  # client certificate (mutual TLS), optional
     ssl_keyfile: Path | None = None

@@ -268,3 +268,17 @@ def test_redact_in_logs_covers_every_logger_and_installs_once(caplog: pytest.Log
         logging.getLogger("kafka").exception("boom")
     assert secret not in caplog.text
     assert "auth with **********" in caplog.text and "login failed: **********" in caplog.text
+
+
+def test_worker_alerts_carry_the_masked_meter_id() -> None:
+    from streams.app import masked_alert
+
+    mask = MeterMask(b"k" * 32)
+    rec = {"id": "meter:A1-M7:zero:900", "entity_kind": "meter", "entity_id": "A1-M7", "type": "x"}
+    out = masked_alert(rec, mask)
+    assert out["entity_id"] == mask.meter("A1-M7") != "A1-M7"
+    assert out["id"] == f"meter:{mask.meter('A1-M7')}:zero:900"
+    assert "A1-M7" not in str(out)
+    area = {"id": "area:A1:high_loss:900", "entity_kind": "area", "entity_id": "A1", "type": "y"}
+    assert masked_alert(area, mask) == area
+    assert masked_alert(rec, MeterMask(None)) == rec
