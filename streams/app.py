@@ -142,6 +142,7 @@ class GridwatchWorker:
         app.agent(source, name="lineloss")(self._process)
         app.task(self._follow_topology)
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
+        app.timer(interval=5.0)(self._measure_lag)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.task(self._serve_metrics)
         return app
@@ -447,6 +448,23 @@ class GridwatchWorker:
             self.metrics.anomalies_open.labels(type=kind).set(n)
         self.metrics.detector_meters.set(det.meters)
         self.metrics.detector_state_bytes.set(det.state_bytes())
+
+    async def _measure_lag(self) -> None:
+        """Records on the broker not processed yet, per input topic (high watermark minus the
+        next offset to process, summed over this worker's partitions)."""
+        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic in self.engine.sources]
+        lag = dict.fromkeys(self.engine.sources, 0)
+        if assigned:
+            highwaters = await self.app.consumer.highwaters(*assigned)
+            committed = getattr(self.app.consumer, "_committed_offset", {})
+            for tp in assigned:
+                high = highwaters.get(tp)
+                if high is None:
+                    continue
+                position = self._next_offset.get((tp.topic, tp.partition)) or committed.get(tp) or 0
+                lag[tp.topic] += max(0, high - position)
+        for topic, n in lag.items():
+            self.metrics.consumer_lag.labels(topic=topic).set(n)
 
     async def _close_idle(self) -> None:
         """Let caught-up, quiet sources stop holding watermarks back, and close the ended

@@ -17,7 +17,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -25,6 +25,7 @@ from typing import IO, Any
 import orjson
 
 from models.detection import Detection, window_intervals
+from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
@@ -43,6 +44,7 @@ class OfflineRun:
     """What a file run produced."""
 
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    results: dict[str, LossResult] = field(default_factory=dict)  # latest per area-window key
     records: int = 0
     readings: int = 0
     refused: dict[str, int] = field(default_factory=dict)
@@ -92,8 +94,14 @@ def iter_records(
                 raise OfflineInputError(f"{path}:{n}: neither a simulator nor a recording line")
 
 
-def run_file(
-    path: Path,
+def run_file(path: Path, topology: Topology, detection: Detection, **kw: Any) -> OfflineRun:
+    """Feed every record of ``path`` through the worker's path; return alerts and results."""
+    supply_topics = tuple(kw.pop("supply_topics", ()))
+    return run_records(iter_records(path, supply_topics=supply_topics), topology, detection, **kw)
+
+
+def run_records(
+    records: Iterable[tuple[str, bytes | None, bytes]],
     topology: Topology,
     detection: Detection,
     *,
@@ -103,9 +111,9 @@ def run_file(
     close_delay_s: int = 900,
     clock_tolerance_s: int = 120,
     min_completeness: float = 0.98,
-    supply_topics: tuple[str, ...] = (),
 ) -> OfflineRun:
-    """Feed every record of ``path`` through the worker's path; return the alerts."""
+    """Feed (kind, key, value) records, kind ``readings`` or ``supply``, in arrival order
+    through the worker's path; return the alerts and the latest result per area-window."""
     engine = LineLossEngine(
         topology,
         {},
@@ -138,6 +146,7 @@ def run_file(
 
     def ingest(area_id: str, ts: int, points: list[Point], role: Role, source: str) -> None:
         out = engine.ingest(0, area_id, ts, points, role, source=source)
+        run.results.update((r.key(), r) for r in out.results)
         for refusal in out.refused:
             refuse(refusal.reason)
         for fwd in out.forwards:
@@ -147,7 +156,7 @@ def run_file(
             ingest(fwd.area_id, fwd.ts, moved, role, source)
         detect()
 
-    for kind, key, value in iter_records(path, supply_topics=supply_topics):
+    for kind, key, value in records:
         run.records += 1
         role = Role.SUPPLY if kind == SUPPLY else Role.CUSTOMER
         try:
@@ -176,7 +185,7 @@ def run_file(
     for source in (READINGS, SUPPLY):
         engine.mark_idle(0, source)
     if engine.knows_partition(0):
-        engine.flush_idle(0)
+        run.results.update((r.key(), r) for r in engine.flush_idle(0))
         detect()
     return run
 
