@@ -162,6 +162,9 @@ def test_worker_publishes_the_offline_alerts(kafka_broker, sample, tmp_path: Pat
         for kind, n in still_open.items():
             assert (worker.metric("gridwatch_anomalies_open", {"type": kind}) or 0) == n
         assert worker.metric("gridwatch_detector_meters") == sum(len(v) for v in city.customers.values())
+        # caught up: nothing left on the broker for this worker (measured every 5 s)
+        for topic in (s.topic_readings, s.topic_supply):
+            assert worker.metric("gridwatch_consumer_lag_records", {"topic": topic}) == 0
     finally:
         worker.stop()
 
