@@ -1,0 +1,521 @@
+"""Rank the customer meters of an area by how likely their drop is what raised the area's loss.
+
+Fed one area-interval at a time, in event-time order per area (the worker calls
+:meth:`SuspectRanker.observe` when an area's window closes): the window start, the archive's
+customer meter ids of the area, their interval energies after the multiplier (NaN = missing),
+the supply energy, and optionally a peer group per meter (customer class, a small int, read
+when the area's meter list is new or changes). Each interval once: intervals of a bin already
+closed are ignored, and the engine drops duplicates before this. Intervals are summed
+into bins (an hour by default); the last ``history`` bins (72) are kept per meter as float16,
+with the meter's mean bin energy (EW, about a week): 156 bytes a meter. ``observe`` is a few
+vector operations over the area's meters; :meth:`SuspectRanker.rank` (on demand, for a lossy
+area) costs O(meters x history^2), about 15 ms for 170 meters.
+
+A meter's **expected** energy in a bin is its mean bin energy times its peers' level in that bin
+(median over its group of energy / own mean), so the load shape and the weather cancel. Its
+**deficit** is expected - reported; the area's **loss** is supply - sales (a missing meter
+counted at its expected energy). Two pieces of evidence, both log-likelihood ratios:
+
+* ``drop_evidence`` (:func:`drop_evidence`): the meter's deepest drop against its expected
+  energy, over any span of the history, against its own noise and a day-to-day swing.
+* ``loss_evidence`` (:func:`loss_evidence`): how much better the area's loss is explained with
+  the meter's deficit in it at coefficient one (x kWh not registered = x kWh more loss), on the
+  cumulative series after removing what technical loss explains. Cumulative, because the supply
+  meter's register resolution (0.01 x a CT of up to 600) is the largest noise of an area's loss
+  and telescopes: the error of a sum of intervals is that of its two end reads.
+
+``score = drop_evidence + min(loss_evidence, confirm x drop_evidence)``: loss evidence confirms
+a drop (or, negative, refutes one: an honest meter whose consumption dipped does not show in the
+loss); alone it is not evidence, since a big meter's small wobble in kWh can follow a small
+thief's loss. The strongest causes are then taken one at a time and removed from the loss, and
+the other meters' loss evidence is judged on what is left (:func:`evidence`), so a dip that runs
+beside a thief's deficit does not ride on it. High = a drop that the loss shows. A theft needs
+its onset inside the history: a deficit constant over the whole history looks like technical
+loss.
+
+>>> rng = np.random.default_rng(0)
+>>> ranker = SuspectRanker(interval_s=3600, history=48)
+>>> meters = [f"M{i}" for i in range(40)]
+>>> mean = rng.lognormal(0.0, 0.5, 40)
+>>> for h in range(48):
+...     shape = 1 + 0.5 * np.sin(2 * np.pi * h / 24)
+...     real = mean * shape * rng.lognormal(-0.02, 0.2, 40)
+...     reported = real.copy()
+...     if h >= 30:
+...         reported[7] *= 0.4  # M7 starts stealing 60% at hour 30
+...     supply = round(real.sum() * 1.03 + 0.5, 0)  # technical loss, 1 kWh register steps
+...     ranker.observe("A1", h * 3600, meters, reported, supply)
+>>> top = ranker.rank("A1", top=3)
+>>> top[0].meter, top[0].rank, top[0].share_of_area_loss_explained > 0.5
+('M7', 1, True)
+>>> ranker.state_bytes_per_meter()
+108
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Suspect:
+    """One ranked meter of an area, with the evidence an inspector is sent with.
+
+    ``score`` = ``drop_evidence + min(loss_evidence, confirm x drop_evidence)`` (log-likelihood
+    ratios, see the module docstring). ``drop_start`` / ``drop_end`` (epoch s) bound the meter's
+    deepest drop in the history; ``deficit_kwh``, ``expected_kwh``, ``relative_drop`` (deficit /
+    expected) and ``zero_share`` (bins reading zero) are over that drop.
+    ``share_of_area_loss_explained`` = ``1 - |r(L - D)|^2 / |r(L)|^2``; ``correlation`` is
+    Pearson's between the meter's bin deficits and the area's bin losses; ``area_loss_rate`` is
+    the area's over the last ``recent`` bins and ``area_loss_rate_change`` its change against the
+    bins before.
+    """
+
+    area: str
+    meter: str
+    rank: int
+    score: float
+    loss_evidence: float
+    drop_evidence: float
+    share_of_area_loss_explained: float
+    correlation: float
+    deficit_kwh: float
+    expected_kwh: float
+    relative_drop: float
+    zero_share: float
+    drop_start: int
+    drop_end: int
+    area_loss_rate: float
+    area_loss_rate_change: float
+
+
+@dataclass(frozen=True, slots=True)
+class AreaSeries:
+    """An area's history in time order: ``bins`` (absolute bin numbers, start // bin_s),
+    ``energy`` and ``expected`` (meters x bins, kWh, NaN = missing), ``supply`` and ``loss``
+    (NaN = not judged: supply missing or too many meters missing)."""
+
+    meters: list[str]
+    bins: npt.NDArray[np.int64]
+    energy: F64
+    expected: F64
+    supply: F64
+    loss: F64
+
+
+class _Area:
+    """Ring buffers of one area: column ``bin % history`` holds that bin."""
+
+    def __init__(self, meters: list[str], groups: npt.NDArray[np.int8], history: int) -> None:
+        n = len(meters)
+        self.meters, self.group = meters, groups
+        self.energy = np.full((n, history), np.nan, dtype=np.float16)
+        self.mean = np.zeros(n, dtype=np.float32)  # EW mean bin energy
+        self.n = np.zeros(n, dtype=np.uint16)  # bins learned (saturates)
+        self.acc = np.zeros(n, dtype=np.float32)  # current bin: energy so far
+        self.cnt = np.zeros(n, dtype=np.uint8)  # current bin: valid intervals so far
+        self.supply = np.full(history, np.nan)
+        self.bins = np.full(history, -1, dtype=np.int64)
+        self.open_bin, self.fed, self.s_acc, self.s_cnt = -1, 0, 0.0, 0
+
+
+class SuspectRanker:
+    """Bounded per-area history of meter and supply energies, and the suspect ranking.
+
+    Parameters
+    ----------
+    interval_s, bin_s
+        Length of an observed interval and of a bin (a multiple of it).
+    history
+        Bins kept per meter (72 hours by default: an onset up to two days back still has a
+        day before it).
+    alpha
+        Weight of a new bin in a meter's mean bin energy (about a week of hours).
+    min_peers
+        Reporting meters a group needs for its own level; smaller groups use the area's.
+    max_missing
+        Share of meters that may miss a bin before the area's loss of that bin is not judged.
+    recent
+        Bins the area's recent loss rate is taken over (a day).
+    day_sigma, noise_floor
+        See :func:`drop_evidence` and :func:`loss_evidence`.
+    confirm
+        Loss evidence counts up to this multiple of the drop evidence (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        *,
+        interval_s: int = 900,
+        bin_s: int = 3600,
+        history: int = 72,
+        alpha: float = 1 / 168,
+        min_peers: int = 5,
+        max_missing: float = 0.1,
+        recent: int = 24,
+        day_sigma: float = 0.1,
+        noise_floor: float = 0.001,
+        confirm: float = 3.0,
+    ) -> None:
+        if bin_s % interval_s:
+            raise ValueError("bin_s must be a multiple of interval_s")
+        self.interval_s, self.bin_s, self.history = interval_s, bin_s, history
+        self.per_bin = bin_s // interval_s
+        self.alpha, self.min_peers, self.max_missing = alpha, min_peers, max_missing
+        self.recent, self.day_sigma, self.noise_floor = recent, day_sigma, noise_floor
+        self.confirm = confirm
+        self.areas: dict[str, _Area] = {}
+
+    def state_bytes_per_meter(self) -> int:
+        """Bytes kept per meter: the float16 ring plus mean, count and the open bin."""
+        return 2 * self.history + 4 + 2 + 4 + 1 + 1  # energy, mean, n, acc, cnt, group
+
+    # ---- feeding ------------------------------------------------------------------------------
+
+    def observe(
+        self,
+        area: str,
+        start: int,
+        meters: Sequence[str],
+        energy_kwh: npt.ArrayLike,
+        supply_kwh: float,
+        group: npt.ArrayLike | None = None,
+    ) -> None:
+        """Add one interval of one area (window ``start``, epoch seconds). A bin is closed when
+        all its intervals arrived or a later bin starts; an interval of a closed bin is ignored."""
+        st = self.areas.get(area)
+        if st is None or st.meters != list(meters):
+            st = self._remap(area, list(meters), group)
+        b = start // self.bin_s
+        if b < st.open_bin:
+            return
+        if b > st.open_bin:
+            if st.open_bin >= 0:
+                self._close(st)
+            st.open_bin = b
+        e = np.asarray(energy_kwh, dtype=np.float64)
+        ok = ~np.isnan(e)
+        st.acc += np.where(ok, e, 0.0).astype(np.float32)
+        st.cnt += ok.astype(np.uint8)
+        if not np.isnan(supply_kwh):
+            st.s_acc += float(supply_kwh)
+            st.s_cnt += 1
+        st.fed += 1
+        if st.fed >= self.per_bin:
+            self._close(st)
+
+    def _remap(self, area: str, meters: list[str], group: npt.ArrayLike | None) -> _Area:
+        """A new area, or its archive changed: keep the state of meters it still holds."""
+        g = np.zeros(len(meters), np.int8) if group is None else np.asarray(group).astype(np.int8)
+        new = _Area(meters, g, self.history)
+        old = self.areas.get(area)
+        if old is not None:
+            pos = {m: i for i, m in enumerate(old.meters)}
+            src = np.array([pos.get(m, -1) for m in meters], dtype=np.int64)
+            has = src >= 0
+            for name in ("energy", "mean", "n", "acc", "cnt"):
+                getattr(new, name)[has] = getattr(old, name)[src[has]]
+            new.supply, new.bins = old.supply, old.bins
+            new.open_bin, new.fed, new.s_acc, new.s_cnt = old.open_bin, old.fed, old.s_acc, old.s_cnt
+        self.areas[area] = new
+        return new
+
+    def _close(self, st: _Area) -> None:
+        col = st.open_bin % self.history
+        full = self.per_bin
+        e = np.where(st.cnt >= full, st.acc.astype(np.float64), np.nan)
+        mean = st.mean.astype(np.float64)
+        learn = ~np.isnan(e)
+        a = np.where(learn, np.maximum(self.alpha, 1.0 / (st.n + 1.0)), 0.0)
+        st.mean = (mean + a * (np.nan_to_num(e) - mean)).astype(np.float32)
+        st.n = np.minimum(st.n + learn, np.iinfo(np.uint16).max).astype(np.uint16)
+        st.energy[:, col] = e
+        st.supply[col] = st.s_acc if st.s_cnt >= full else np.nan
+        st.bins[col] = st.open_bin
+        st.acc[:] = 0
+        st.cnt[:] = 0
+        st.open_bin, st.fed, st.s_acc, st.s_cnt = st.open_bin + 1, 0, 0.0, 0
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def series(self, area: str) -> AreaSeries:
+        """The area's closed bins in time order (see :class:`AreaSeries`)."""
+        st = self.areas[area]
+        order = np.argsort(st.bins)
+        order = order[st.bins[order] >= 0]
+        energy = st.energy[:, order].astype(np.float64)
+        mean = st.mean.astype(np.float64)
+        # Peers' level in each bin relative to today's means (so expected and level agree even
+        # while a young meter's mean moves): median of energy / own mean over the group.
+        ratio = energy / np.where(mean > 0, mean, np.nan)[:, None]
+        level = np.full(energy.shape, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing bin has no level
+            overall = np.nanmedian(ratio, axis=0)
+            for g in np.unique(st.group):
+                peers = st.group == g
+                enough = (~np.isnan(ratio[peers])).sum(axis=0) >= self.min_peers
+                level[peers] = np.where(enough, np.nanmedian(ratio[peers], axis=0), overall)
+        expected = mean[:, None] * level
+        missing = np.isnan(energy)
+        sales = np.where(missing, expected, energy).sum(axis=0)
+        judged = missing.mean(axis=0) <= self.max_missing if len(st.meters) else np.zeros(len(order), bool)
+        supply = st.supply[order]
+        loss = np.where(judged & ~np.isnan(sales), supply - sales, np.nan)
+        return AreaSeries(list(st.meters), st.bins[order], energy, expected, supply, loss)
+
+    def rank(self, area: str, *, top: int | None = 10, min_bins: int = 12) -> list[Suspect]:
+        """The area's meters, most likely cause of its loss first (``top`` of them; None = all).
+        Empty until ``min_bins`` bins were judged."""
+        s = self.series(area)
+        v = ~np.isnan(s.loss)
+        if v.sum() < min_bins:
+            return []
+        loss, supply, bins = s.loss[v], s.supply[v], s.bins[v]
+        energy, expected = s.energy[:, v], s.expected[:, v]
+        ev = evidence(
+            loss,
+            supply,
+            energy,
+            expected,
+            confirm=self.confirm,
+            day_sigma=self.day_sigma,
+            bins_per_day=86400 // self.bin_s,
+            noise_floor=self.noise_floor,
+        )
+        score, llr_loss, share, llr_drop, lo, hi = ev.score, ev.loss, ev.share, ev.drop, ev.lo, ev.hi
+        # A missing bin, or one without a peer level, gives no evidence either way.
+        deficit = np.nan_to_num(np.where(np.isnan(energy), 0.0, expected - energy))
+        dl, dd = loss - loss.mean(), deficit - deficit.mean(axis=1, keepdims=True)
+        norm = np.sqrt((dd * dd).sum(axis=1) * (dl @ dl))
+        corr = np.divide(dd @ dl, norm, out=np.zeros(len(dd)), where=norm > 0)
+        inside = (np.arange(len(loss))[None, :] >= lo[:, None]) & (
+            np.arange(len(loss))[None, :] < hi[:, None]
+        )
+        exp_d = np.where(inside, np.nan_to_num(expected), 0.0).sum(axis=1)
+        def_d = np.where(inside, deficit, 0.0).sum(axis=1)
+        zero = np.where(inside, np.nan_to_num(energy, nan=1.0) <= 0, False).sum(axis=1) / np.maximum(
+            hi - lo, 1
+        )
+        r = min(self.recent, len(loss) - 1)
+        rate = float(loss[-r:].sum() / supply[-r:].sum())
+        change = rate - float(loss[:-r].sum() / supply[:-r].sum())
+        order = np.argsort(-score, kind="stable")[: None if top is None else top]
+        return [
+            Suspect(
+                area=area,
+                meter=s.meters[i],
+                rank=k + 1,
+                score=round(float(score[i]), 4),
+                loss_evidence=round(float(llr_loss[i]), 4),
+                drop_evidence=round(float(llr_drop[i]), 4),
+                share_of_area_loss_explained=round(float(share[i]), 6),
+                correlation=round(float(corr[i]), 6),
+                deficit_kwh=round(float(def_d[i]), 4),
+                expected_kwh=round(float(exp_d[i]), 4),
+                relative_drop=round(float(def_d[i] / exp_d[i]), 6) if exp_d[i] > 0 else 0.0,
+                zero_share=round(float(zero[i]), 6),
+                drop_start=int(bins[lo[i]]) * self.bin_s,
+                drop_end=int(bins[hi[i] - 1] + 1) * self.bin_s,
+                area_loss_rate=round(rate, 6),
+                area_loss_rate_change=round(change, 6),
+            )
+            for k, i in enumerate(order)
+        ]
+
+    # ---- state ---------------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, npt.NDArray[np.generic]]]:
+        """Copies of every area's arrays (``np.savez``-able per area)."""
+        out: dict[str, dict[str, npt.NDArray[np.generic]]] = {}
+        for area, st in self.areas.items():
+            d = {k: np.array(v, copy=True) for k, v in vars(st).items() if isinstance(v, np.ndarray)}
+            d["meters"] = np.array(st.meters, dtype=str)
+            d["scalars"] = np.array([st.open_bin, st.fed, st.s_acc, st.s_cnt], dtype=np.float64)
+            out[area] = d
+        return out
+
+    def restore(self, snapshot: dict[str, dict[str, npt.NDArray[np.generic]]]) -> None:
+        """Load state saved by :meth:`snapshot` (parameters come from the constructor)."""
+        self.areas = {}
+        for area, d in snapshot.items():
+            st = _Area([str(m) for m in d["meters"]], np.asarray(d["group"], np.int8), self.history)
+            for k, v in d.items():
+                if k not in ("meters", "scalars"):
+                    setattr(st, k, np.array(v, dtype=getattr(st, k).dtype, copy=True))
+            ob, fed, s_acc, s_cnt = (float(x) for x in d["scalars"])
+            st.open_bin, st.fed, st.s_acc, st.s_cnt = int(ob), int(fed), s_acc, int(s_cnt)
+            self.areas[area] = st
+
+
+def _residual_maker(supply: F64) -> F64:
+    """Orthonormal basis of the cumulative [1, supply, supply^2] (what technical loss explains:
+    a no-load part and one growing with the load squared)."""
+    s = supply / np.mean(supply)
+    z = np.cumsum(np.stack([np.ones_like(s), s, s * s], axis=1), axis=0)
+    q, rr = np.linalg.qr(z)
+    return np.asarray(q[:, np.abs(np.diag(rr)) > 1e-9 * np.abs(rr).max()])
+
+
+def loss_evidence(loss: F64, deficit: F64, supply: F64, *, noise_floor: float = 0.001) -> tuple[F64, F64]:
+    """How much better the area's loss is explained with each row of ``deficit`` in it.
+
+    Model: ``loss = technical + deficit + noise`` with coefficient one (a meter that
+    under-registers by x kWh raises the loss by x kWh). On the cumulative series, after removing
+    what technical loss explains (``r``), returns the log-likelihood ratio against "not in the
+    loss", ``(|r(L)|^2 - |r(L - D)|^2) / (2 sigma^2)``, and the share
+    ``1 - |r(L - D)|^2 / |r(L)|^2``. Sigma, the noise of the cumulative loss, is estimated from
+    its increments (robustly: a theft is a step, not noise), and is at least what the best
+    meter leaves unexplained and ``noise_floor`` x the mean bin supply. A deficit that is not in
+    the loss scores below zero.
+
+    >>> t = np.arange(48.0)
+    >>> supply = 100 + 20 * np.sin(t / 4)
+    >>> theft = np.where(t >= 30, 3.0, 0.0)
+    >>> loss = 1 + 0.0002 * supply**2 + theft + np.where(t % 2, 0.2, -0.2)  # register steps
+    >>> llr, share = loss_evidence(loss, np.stack([theft, np.where(t % 7 == 0, 3.0, 0.0)]), supply)
+    >>> (llr > 0).tolist(), share.round(2).tolist()
+    ([True, False], [1.0, -0.06])
+    """
+    gain, total, sigma = _gains(loss, deficit, supply, noise_floor=noise_floor)
+    share = gain / total if total > 0 else np.zeros(len(gain))
+    return np.asarray(gain / (2 * sigma**2)), np.asarray(share)
+
+
+def _gains(
+    loss: F64, deficit: F64, supply: F64, *, noise_floor: float, sigma: float | None = None
+) -> tuple[F64, float, float]:
+    """``|r(L)|^2 - |r(L - D)|^2`` per row, ``|r(L)|^2`` and sigma (see :func:`loss_evidence`)."""
+    q = _residual_maker(supply)
+
+    def resid(y: F64) -> F64:
+        c = np.cumsum(y, axis=-1)
+        return np.asarray(c - (c @ q) @ q.T)
+
+    x, d = resid(loss), resid(np.atleast_2d(deficit))
+    total = float(x @ x)
+    gain = 2 * (d @ x) - (d * d).sum(axis=1)
+    if sigma is None:
+        inc = np.diff(x)
+        sigma = float(np.median(np.abs(inc - np.median(inc)))) / 0.6745 / np.sqrt(2)
+        # What the best meter leaves unexplained is noise too (another cause, e.g. a customer
+        # recorded elsewhere): else every meter that follows part of it gains.
+        unexplained = (total - float(gain.max(initial=0.0))) / len(x)
+        sigma = max(sigma, float(np.sqrt(max(unexplained, 0.0))), noise_floor * float(np.mean(supply)), 1e-12)
+    return np.asarray(gain), total, sigma
+
+
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """Per meter: ``score``, ``loss`` and ``drop`` log-likelihood ratios, ``share`` of the area's
+    loss explained, and the drop's bins ``[lo, hi)`` (see :func:`evidence`)."""
+
+    score: F64
+    loss: F64
+    share: F64
+    drop: F64
+    lo: npt.NDArray[np.int64]
+    hi: npt.NDArray[np.int64]
+
+
+def evidence(
+    loss: F64,
+    supply: F64,
+    energy: F64,
+    expected: F64,
+    *,
+    confirm: float = 3.0,
+    day_sigma: float = 0.1,
+    bins_per_day: int = 24,
+    noise_floor: float = 0.001,
+    max_causes: int = 3,
+    min_score: float = 30.0,
+) -> Evidence:
+    """Score every meter of an area over its judged bins (the ranking of :class:`SuspectRanker`).
+
+    ``score = drop + min(loss, confirm x drop)``. Then, up to ``max_causes`` times, the best
+    meter not yet taken whose score reaches ``min_score`` with positive loss evidence is taken
+    as a cause and its deficit removed from the loss: the others' loss evidence is re-judged
+    against what is left, so an honest meter whose dip happens to run beside a thief's does not
+    ride on the thief's loss.
+    """
+    deficit = np.nan_to_num(np.where(np.isnan(energy), 0.0, expected - energy))
+    drop, lo, hi = drop_evidence(energy, expected, day_sigma=day_sigma, bins_per_day=bins_per_day)
+    gain, total, sigma = _gains(loss, deficit, supply, noise_floor=noise_floor)
+    taken = np.zeros(len(gain), dtype=bool)
+    rest = loss
+    while True:
+        llr = gain / (2 * sigma**2)
+        score = drop + np.minimum(llr, confirm * drop)
+        pick = np.where(taken, -np.inf, np.where(llr > 0, score, -np.inf))
+        j = int(np.argmax(pick)) if len(pick) else 0
+        if taken.sum() >= max_causes or not len(pick) or pick[j] < min_score:
+            break
+        taken[j] = True
+        rest = rest - deficit[j]
+        again, _, _ = _gains(rest, deficit, supply, noise_floor=noise_floor, sigma=sigma)
+        gain = np.where(taken, gain, again)
+    share = gain / total if total > 0 else np.zeros(len(gain))
+    return Evidence(score, llr, share, drop, lo, hi)
+
+
+def drop_evidence(
+    energy: F64,
+    expected: F64,
+    *,
+    day_sigma: float = 0.1,
+    bins_per_day: int = 24,
+    floor: float = 0.05,
+    min_len: int = 2,
+    chunk: int = 32,
+) -> tuple[F64, npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each meter's deepest drop against its expected energy: log-likelihood ratio and bins.
+
+    ``y = log((energy + c) / (expected + c))`` with ``c = floor`` x the meter's mean expected bin
+    energy (a zero reads about log(0.05)); for every segment ``[lo, hi)`` of at least ``min_len``
+    bins, ``z`` = (mean y outside - mean y inside) / its standard error, where the error adds
+    bin noise (estimated from the meter's own increments, which a step does not inflate) and a
+    day-to-day swing ``day_sigma`` per day a side spans (consumption that changes from one day
+    to the next without touching the loss). Returns ``max(z, 0)^2 / 2`` and the segment.
+
+    >>> expected = np.ones((2, 48))
+    >>> energy = expected * np.where(np.arange(48) % 2, 1.1, 0.9)
+    >>> energy[1, 30:] *= 0.5
+    >>> llr, lo, hi = drop_evidence(energy, expected)
+    >>> (llr > 10).tolist(), lo.tolist()[1], hi.tolist()[1]
+    ([False, True], 30, 48)
+    """
+    n_m, n = energy.shape
+    ok = ~(np.isnan(energy) | np.isnan(expected))
+    c = floor * np.nanmean(np.where(ok, expected, np.nan), axis=1, keepdims=True)
+    c = np.where(np.isnan(c) | (c <= 0), 1e-3, c)
+    y = np.where(ok, np.log((np.nan_to_num(energy) + c) / (np.nan_to_num(expected) + c)), 0.0)
+    inc = np.diff(y, axis=1)
+    sig = np.median(np.abs(inc - np.median(inc, axis=1, keepdims=True)), axis=1) / 0.6745 / np.sqrt(2)
+    sig = np.maximum(sig, 1e-3)
+    a = np.arange(n + 1)
+    n_in = (a[None, :] - a[:, None]).astype(np.float64)  # [lo, hi) at [lo, hi]
+    n_out = n - n_in
+    valid = (n_in >= min_len) & (n_out >= min_len)
+    n_in, n_out = np.where(valid, n_in, 1.0), np.where(valid, n_out, 1.0)
+    sides = 1 / np.maximum(1, np.ceil(n_in / bins_per_day)) + 1 / np.maximum(1, np.ceil(n_out / bins_per_day))
+    days = day_sigma**2 * sides
+    llr, lo, hi = np.zeros(n_m), np.zeros(n_m, np.int64), np.full(n_m, n, np.int64)
+    cs = np.concatenate([np.zeros((n_m, 1)), np.cumsum(y, axis=1)], axis=1)
+    for k in range(0, n_m, chunk):  # bounded memory: (chunk, n + 1, n + 1) at a time
+        rows = slice(k, k + chunk)
+        inside = cs[rows, None, :] - cs[rows, :, None]
+        gap = (cs[rows, -1][:, None, None] - inside) / n_out - inside / n_in
+        var = sig[rows, None, None] ** 2 * (1 / n_in + 1 / n_out) + days
+        z = np.where(valid, gap / np.sqrt(var), -np.inf).reshape(len(inside), -1)
+        best = z.argmax(axis=1)
+        llr[rows] = np.maximum(z[np.arange(len(z)), best], 0.0) ** 2 / 2
+        lo[rows], hi[rows] = np.divmod(best, n + 1)
+    return llr, lo, hi
