@@ -16,6 +16,8 @@ ALERT_TYPE: dict[tuple[str, str], str] = {
     ("meter", "spike"): "meter_consumption_spike",
     ("meter", "rollback"): "meter_register_rollback",
     ("meter", "collapse"): "meter_arrears_risk",
+    ("meter", "suspect"): "meter_theft_suspect",
+    ("meter", "mapping_error"): "meter_mapping_error",
     ("area", "collection_outage"): "area_incomplete",
 }
 # Severity by alert type; anything not listed is "warning".
@@ -40,7 +42,7 @@ class Event(Protocol):
     @property
     def firing(self) -> bool: ...
     @property
-    def evidence(self) -> dict[str, float]: ...
+    def evidence(self) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +64,7 @@ class _Open:
     entity: str
     start: int
     score: float
-    evidence: dict[str, float]
+    evidence: dict[str, Any]  # numbers, and names (e.g. an area id) where the type needs them
 
 
 def _iso(ts: int) -> str:
@@ -123,7 +125,7 @@ class AlertBook:
         return out
 
     @staticmethod
-    def _record(a: _Open, event: str, ts: int, evidence: dict[str, float] | None = None) -> dict[str, Any]:
+    def _record(a: _Open, event: str, ts: int, evidence: dict[str, Any] | None = None) -> dict[str, Any]:
         return {
             "v": 1,
             "id": a.id,
@@ -178,6 +180,6 @@ class AlertBook:
                 str(d["entity"]),
                 int(d["start"]),
                 float(d["score"]),
-                {str(k): float(v) for k, v in d["evidence"].items()},
+                {str(k): v if isinstance(v, str) else float(v) for k, v in d["evidence"].items()},
             )
             self.open[(a.kind, a.entity, a.detector_type)] = a

@@ -31,7 +31,9 @@ import numpy.typing as npt
 
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
+from models.mapping import MappingErrorFinder
 from models.meter_anomaly import MeterAnomalyDetector
+from models.suspects import SuspectRanker
 from models.windows import interval_ends
 from topology import Role, Topology
 
@@ -192,7 +194,20 @@ class Detection:
         area_kw: dict[str, Any] | None = None,
         capacity: int = 1024,
         min_completeness: float = 0.98,
+        interval_s: int = 900,
+        suspects: bool = False,
+        suspect_score: float = 30.0,
+        suspect_top: int = 3,
+        mapping_every_s: int = 86400,
     ) -> None:
+        self.interval_s = interval_s
+        # Suspects (docs/suspects.md): ranked when an area's hour closes; published when the
+        # score passes ``suspect_score`` or the area's loss alarm is open (not in negative-loss
+        # areas: there the ranking explains a mapping error, which the finder looks for).
+        self.ranker = SuspectRanker(interval_s=interval_s) if suspects else None
+        self.suspect_score, self.suspect_top = suspect_score, suspect_top
+        self.mapping_every_s = mapping_every_s
+        self._mapping_checked = -1
         self.meter_detector = MeterAnomalyDetector(capacity, **(meter_kw or {}))
         self.area_detector = AreaAnomalyDetector(**(area_kw or {}))
         self.book = AlertBook()
@@ -250,7 +265,83 @@ class Detection:
                 continue  # no data yet (a stream's first window has only its end registers)
             self.learned[iv.area_id] = iv.ts
             records += self.book.observe(self._observe(iv), iv.ts)
+            if self.ranker is not None:
+                names = [self._names[i] for i in iv.meters]
+                self.ranker.observe(
+                    iv.area_id, iv.ts - self.interval_s, names, iv.energy, iv.supply_kwh, iv.group
+                )
+                if iv.ts % self.ranker.bin_s == 0:
+                    records += self.book.observe(self._suspects(iv.area_id), iv.ts)
+                if iv.ts % self.mapping_every_s == 0 and iv.ts > self._mapping_checked:
+                    self._mapping_checked = iv.ts
+                    records += self.book.observe(self._mapping_errors(), iv.ts)
         return records
+
+    def _suspects(self, area: str) -> list[Observed]:
+        """Suspect events of one area after its hour closed: open for meters newly published,
+        clear for published meters that fell below half the bar or out of the top."""
+        assert self.ranker is not None
+        loss_open = {t for (k, e, t) in self.book.open if k == "area" and e == area}
+        ranked = [] if "negative_loss" in loss_open else self.ranker.rank(area, top=self.suspect_top)
+        alarm = bool(loss_open & {"high_loss", "loss_jump"})
+        current = {
+            e
+            for (k, e, t), a in self.book.open.items()
+            if k == "meter" and t == "suspect" and a.evidence.get("area_id") == area
+        }
+        out: list[Observed] = []
+        keep: set[str] = set()
+        for s in ranked:
+            bar = self.suspect_score / 2 if s.meter in current else self.suspect_score
+            if s.score >= bar or (alarm and s.score > 0):
+                keep.add(s.meter)
+                evidence = {
+                    "area_id": area,
+                    "rank": float(s.rank),
+                    "expected_kwh": s.expected_kwh,
+                    "observed_kwh": round(s.expected_kwh - s.deficit_kwh, 4),
+                    "deficit_kwh": s.deficit_kwh,
+                    "share_of_area_loss": s.share_of_area_loss_explained,
+                    "correlation": s.correlation,
+                    "relative_drop": s.relative_drop,
+                    "drop_start": float(s.drop_start),
+                    "area_loss_rate": s.area_loss_rate,
+                }
+                out.append(Observed("meter", s.meter, _Event("suspect", s.score, True, _finite(evidence))))
+        for meter in sorted(current - keep):
+            out.append(Observed("meter", meter, _Event("suspect", 0.0, False, {"area_id": area})))
+        return out
+
+    def _mapping_errors(self) -> list[Observed]:
+        """Mapping-error events over every area this process holds (a pair split across two
+        workers' partitions is not seen: docs/suspects.md)."""
+        assert self.ranker is not None
+        found = {e.meter: e for e in MappingErrorFinder(self.ranker).find()}
+        current = {e for (k, e, t) in self.book.open if k == "meter" and t == "mapping_error"}
+        out = [
+            Observed(
+                "meter",
+                e.meter,
+                _Event(
+                    "mapping_error",
+                    e.score,
+                    True,
+                    {
+                        "recorded_area": e.recorded_area,
+                        "likely_area": e.likely_area,
+                        "share_of_area_loss": e.share_likely,
+                        "share_of_recorded_area_loss": e.share_recorded,
+                        "observed_kwh": e.energy_kwh,
+                    },
+                ),
+            )
+            for e in found.values()
+        ]
+        out += [
+            Observed("meter", m, _Event("mapping_error", 0.0, False, {}))
+            for m in sorted(current - set(found))
+        ]
+        return out
 
     def _observe(self, iv: AreaInterval) -> list[Observed]:
         e = np.asarray(iv.energy, dtype=np.float64)
@@ -302,6 +393,8 @@ class Detection:
             del self.book.open[key]
         self.learned.pop(area_id, None)
         self.area_detector.areas.pop(area_id, None)
+        if self.ranker is not None:
+            self.ranker.areas.pop(area_id, None)
 
     def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
         """The area's state: its meters' detector rows, its river state, the open alerts of the
@@ -326,6 +419,9 @@ class Detection:
                 "rows": rows,
                 "river": pickle.dumps(area_state) if area_state is not None else None,
                 "alerts": alerts,
+                "suspects": _pack(self.ranker.snapshot_area(area_id))
+                if self.ranker is not None and area_id in self.ranker.areas
+                else None,
             }
         )
 
@@ -347,13 +443,41 @@ class Detection:
             self.area_detector.areas[area_id] = _RiverUnpickler(io.BytesIO(d["river"])).load()
         if d["learned"] is not None:
             self.learned[area_id] = int(d["learned"])
+        if self.ranker is not None and d.get("suspects"):
+            self.ranker.restore_area(area_id, _unpack(d["suspects"]))
         self.book.merge(d["alerts"])
         return area_id
 
 
-def _finite(evidence: dict[str, float]) -> dict[str, float]:
+def _pack(arrays: dict[str, npt.NDArray[Any]]) -> dict[str, list[Any]]:
+    """numpy arrays as [dtype, shape, bytes] (msgpack-able, no pickle)."""
+    return {k: [v.dtype.str, list(v.shape), v.tobytes()] for k, v in arrays.items()}
+
+
+def _unpack(packed: dict[str, list[Any]]) -> dict[str, npt.NDArray[Any]]:
+    return {
+        k: np.frombuffer(raw, dtype=np.dtype(dt)).reshape(shape).copy()
+        for k, (dt, shape, raw) in packed.items()
+    }
+
+
+def _finite(evidence: dict[str, Any]) -> dict[str, Any]:
     """Evidence fit for JSON: a missing value (NaN) is left out rather than sent as null."""
-    return {str(k): float(v) for k, v in evidence.items() if math.isfinite(v)}
+    return {
+        str(k): v if isinstance(v, str) else float(v)
+        for k, v in evidence.items()
+        if isinstance(v, str) or math.isfinite(v)
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    """An event of the suspect ranking or the mapping finder, for the alert book."""
+
+    type: str
+    score: float
+    firing: bool
+    evidence: dict[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -361,7 +485,7 @@ class _WithEvidence:
     """A detector event with the evidence the alert carries."""
 
     inner: Any
-    evidence: dict[str, float]
+    evidence: dict[str, Any]
 
     @property
     def type(self) -> str:

@@ -334,25 +334,31 @@ class SuspectRanker:
 
     def snapshot(self) -> dict[str, dict[str, npt.NDArray[np.generic]]]:
         """Copies of every area's arrays (``np.savez``-able per area)."""
-        out: dict[str, dict[str, npt.NDArray[np.generic]]] = {}
-        for area, st in self.areas.items():
-            d = {k: np.array(v, copy=True) for k, v in vars(st).items() if isinstance(v, np.ndarray)}
-            d["meters"] = np.array(st.meters, dtype=str)
-            d["scalars"] = np.array([st.open_bin, st.fed, st.s_acc, st.s_cnt], dtype=np.float64)
-            out[area] = d
-        return out
+        return {area: self.snapshot_area(area) for area in self.areas}
+
+    def snapshot_area(self, area: str) -> dict[str, npt.NDArray[np.generic]]:
+        """Copies of one area's arrays (KeyError if the area was never observed)."""
+        st = self.areas[area]
+        d = {k: np.array(v, copy=True) for k, v in vars(st).items() if isinstance(v, np.ndarray)}
+        d["meters"] = np.array(st.meters, dtype=str)
+        d["scalars"] = np.array([st.open_bin, st.fed, st.s_acc, st.s_cnt], dtype=np.float64)
+        return d
 
     def restore(self, snapshot: dict[str, dict[str, npt.NDArray[np.generic]]]) -> None:
         """Load state saved by :meth:`snapshot` (parameters come from the constructor)."""
         self.areas = {}
         for area, d in snapshot.items():
-            st = _Area([str(m) for m in d["meters"]], np.asarray(d["group"], np.int8), self.history)
-            for k, v in d.items():
-                if k not in ("meters", "scalars"):
-                    setattr(st, k, np.array(v, dtype=getattr(st, k).dtype, copy=True))
-            ob, fed, s_acc, s_cnt = (float(x) for x in d["scalars"])
-            st.open_bin, st.fed, st.s_acc, st.s_cnt = int(ob), int(fed), s_acc, int(s_cnt)
-            self.areas[area] = st
+            self.restore_area(area, d)
+
+    def restore_area(self, area: str, d: dict[str, npt.NDArray[np.generic]]) -> None:
+        """Load one area saved by :meth:`snapshot_area`."""
+        st = _Area([str(m) for m in d["meters"]], np.asarray(d["group"], np.int8), self.history)
+        for k, v in d.items():
+            if k not in ("meters", "scalars"):
+                setattr(st, k, np.array(v, dtype=getattr(st, k).dtype, copy=True))
+        ob, fed, s_acc, s_cnt = (float(x) for x in d["scalars"])
+        st.open_bin, st.fed, st.s_acc, st.s_cnt = int(ob), int(fed), s_acc, int(s_cnt)
+        self.areas[area] = st
 
 
 def _residual_maker(supply: F64) -> F64:

@@ -91,7 +91,16 @@ class GridwatchWorker:
         # Detection (docs/detection.md, "In the worker"): state per area in the detector table,
         # restored on an area's first closed window in this process, written back from stream
         # context (a Faust table cannot be written from a timer) in the partition of the area.
-        self.detection = Detection(min_completeness=settings.min_completeness) if settings.detect else None
+        self.detection = (
+            Detection(
+                min_completeness=settings.min_completeness,
+                interval_s=settings.interval_s,
+                suspects=settings.suspects,
+                suspect_score=settings.suspect_score,
+            )
+            if settings.detect
+            else None
+        )
         self._det_restored: set[str] = set()
         self._det_dirty: dict[int, set[str]] = {}  # partition -> areas to write back
         self._det_partition: dict[str, int] = {}

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
 
     # Detection (docs/detection.md): detectors run on each area-window's first close
     detect: bool = Field(True, description="run the meter and area detectors and publish alerts")
+    suspects: bool = Field(True, description="rank suspects in lossy areas, look for mapping errors")
+    suspect_score: float = Field(30.0, gt=0, description="publish a suspect at this score (docs/suspects.md)")
     # Keyed hash of customer meter ids in alerts and logs (docs/operations.md): the key from
     # GRIDWATCH_MASK_KEY or a file, never logged. Unset: ids are shown as they are.
     mask_key: SecretStr | None = None

@@ -131,3 +131,54 @@ def test_a_register_restarting_low_after_missing_reads_went_backwards() -> None:
         back += [bool(iv.backwards[0]) for iv in ivs]
         det.step(ivs)
     assert back == [False, False, True, False]
+
+
+def thief_area(det: Detection, first: int, last: int, thief_at: int = 150) -> list[dict]:
+    """30 meters with a daily shape; from ``thief_at`` M3 bills half of what it draws."""
+    ids = [f"M{i}" for i in range(30)]
+    rng = np.random.default_rng(1)
+    mean = rng.lognormal(0.0, 0.4, len(ids))
+    out: list[dict] = []
+    for t in range(1, last):
+        real = mean * (1 + 0.5 * np.sin(2 * np.pi * t / 96)) * rng.lognormal(-0.02, 0.2, len(ids))
+        billed = real.copy()
+        if t >= thief_at:
+            billed[3] *= 0.5
+        if t >= first:
+            n = len(ids)
+            iv = AreaInterval(
+                "A1",
+                900 * t,
+                det.index(ids),
+                billed,
+                np.zeros(n, bool),
+                np.ones(n, bool),
+                np.zeros(n, np.int64),
+                supply_kwh=float(real.sum() * 1.03),
+                lower=-0.01,
+                upper=0.07,
+            )
+            out += det.step([iv])
+    return out
+
+
+def test_the_thief_is_published_as_a_suspect_with_evidence() -> None:
+    alerts = thief_area(Detection(suspects=True), 1, 400)
+    suspects = [r for r in alerts if r["type"] == "meter_theft_suspect"]
+    assert [(r["entity_id"], r["event"]) for r in suspects] == [("M3", "opened")]
+    ev = suspects[0]["evidence"]
+    assert ev["area_id"] == "A1" and ev["rank"] == 1.0 and ev["share_of_area_loss"] > 0.4
+    delay_h = (datetime.fromisoformat(suspects[0]["at"]).timestamp() - 900 * 150) / 3600
+    assert delay_h <= 24, f"suspect published {delay_h:.1f} h after the onset"
+    assert not any(
+        r["type"] == "meter_theft_suspect" for r in thief_area(Detection(suspects=True), 1, 400, 10**6)
+    )
+
+
+def test_suspect_state_survives_a_snapshot() -> None:
+    whole = thief_area(Detection(suspects=True), 1, 400)
+    part = Detection(suspects=True)
+    before = thief_area(part, 1, 160)
+    resumed = Detection(suspects=True)
+    resumed.restore_area(part.snapshot_area("A1", [f"M{i}" for i in range(30)]))
+    assert before + thief_area(resumed, 160, 400) == whole

@@ -52,7 +52,7 @@ def test_ten_sigkills_during_a_replay_lose_nothing(kafka_broker, tmp_path: Path)
     reg = city.registers[stopped]
     reg[120:] = reg[120]
     msgs = [(m.kind, m.key.encode(), orjson.dumps(m.value)) for m in messages(city)]
-    oracle = run_records(msgs, city.topology, Detection())
+    oracle = run_records(msgs, city.topology, Detection(suspects=True))
     expected_alerts = {(r["id"], r["event"]) for r in oracle.alerts}
     assert any(r["entity_id"] == stopped for r in oracle.alerts)
 
