@@ -31,9 +31,10 @@ import numpy.typing as npt
 
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
+from models.inspections import SuspectClassifier, Verdict
 from models.mapping import MappingErrorFinder
 from models.meter_anomaly import MeterAnomalyDetector
-from models.suspects import SuspectRanker
+from models.suspects import Suspect, SuspectRanker
 from models.windows import interval_ends
 from topology import Role, Topology
 
@@ -205,6 +206,8 @@ class Detection:
         # score passes ``suspect_score`` or the area's loss alarm is open (not in negative-loss
         # areas: there the ranking explains a mapping error, which the finder looks for).
         self.ranker = SuspectRanker(interval_s=interval_s) if suspects else None
+        # Learns from inspection verdicts on published suspects and re-ranks the next ones.
+        self.classifier = SuspectClassifier() if suspects else None
         self.suspect_score, self.suspect_top = suspect_score, suspect_top
         self.mapping_every_s = mapping_every_s
         self._mapping_checked = -1
@@ -282,7 +285,10 @@ class Detection:
         clear for published meters that fell below half the bar or out of the top."""
         assert self.ranker is not None
         loss_open = {t for (k, e, t) in self.book.open if k == "area" and e == area}
-        ranked = [] if "negative_loss" in loss_open else self.ranker.rank(area, top=self.suspect_top)
+        ranked = [] if "negative_loss" in loss_open else self.ranker.rank(area, top=10)
+        if self.classifier is not None:
+            ranked = self.classifier.rerank(ranked)
+        ranked = ranked[: self.suspect_top]
         alarm = bool(loss_open & {"high_loss", "loss_jump"})
         current = {
             e
@@ -292,25 +298,39 @@ class Detection:
         out: list[Observed] = []
         keep: set[str] = set()
         for s in ranked:
-            bar = self.suspect_score / 2 if s.meter in current else self.suspect_score
-            if s.score >= bar or (alarm and s.score > 0):
+            # An open loss alarm lowers the bar to a third; a published suspect stays until its
+            # score falls below half of it.
+            bar = self.suspect_score / 3 if alarm else self.suspect_score
+            if s.score >= (bar / 2 if s.meter in current else bar):
                 keep.add(s.meter)
                 evidence = {
+                    **{f: getattr(s, f) for f in _SUSPECT_FIELDS},
                     "area_id": area,
-                    "rank": float(s.rank),
-                    "expected_kwh": s.expected_kwh,
                     "observed_kwh": round(s.expected_kwh - s.deficit_kwh, 4),
-                    "deficit_kwh": s.deficit_kwh,
                     "share_of_area_loss": s.share_of_area_loss_explained,
-                    "correlation": s.correlation,
-                    "relative_drop": s.relative_drop,
-                    "drop_start": float(s.drop_start),
-                    "area_loss_rate": s.area_loss_rate,
                 }
                 out.append(Observed("meter", s.meter, _Event("suspect", s.score, True, _finite(evidence))))
         for meter in sorted(current - keep):
             out.append(Observed("meter", meter, _Event("suspect", 0.0, False, {"area_id": area})))
         return out
+
+    def learn_verdict(self, meter: str, verdict: Verdict, ts: int) -> list[dict[str, Any]]:
+        """An inspector's verdict on a meter: the classifier learns it on the suspect as it was
+        published, and the suspect alert is resolved (the visit was made). Returns the alert
+        records; nothing when the meter is not an open suspect here."""
+        key = ("meter", meter, "suspect")
+        published = self.book.open.get(key)
+        if self.classifier is None or published is None:
+            return []
+        ev = published.evidence
+        fields: dict[str, Any] = {
+            f: (int(ev[f]) if f in ("rank", "drop_start", "drop_end") else float(ev[f]))
+            for f in _SUSPECT_FIELDS
+        }
+        suspect = Suspect(area=str(ev["area_id"]), meter=meter, **fields)
+        self.classifier.learn(suspect, verdict)
+        done = _Event("suspect", 0.0, False, {"area_id": suspect.area, "verdict": verdict.value})
+        return self.book.observe([Observed("meter", meter, done)], ts)
 
     def _mapping_errors(self) -> list[Observed]:
         """Mapping-error events over every area this process holds (a pair split across two
@@ -422,6 +442,7 @@ class Detection:
                 "suspects": _pack(self.ranker.snapshot_area(area_id))
                 if self.ranker is not None and area_id in self.ranker.areas
                 else None,
+                "classifier": self.classifier.snapshot() if self.classifier is not None else None,
             }
         )
 
@@ -445,8 +466,33 @@ class Detection:
             self.learned[area_id] = int(d["learned"])
         if self.ranker is not None and d.get("suspects"):
             self.ranker.restore_area(area_id, _unpack(d["suspects"]))
+        saved = d.get("classifier")
+        if self.classifier is not None and saved is not None:
+            # One classifier per process, saved with every area: keep the most learned.
+            if saved["found"] + saved["normal"] > self.classifier.found + self.classifier.normal:
+                self.classifier = SuspectClassifier.restore(saved)
         self.book.merge(d["alerts"])
         return area_id
+
+
+# Suspect fields carried in a suspect alert's evidence (so a verdict can be learned on the
+# suspect as it was published, even after a restart).
+_SUSPECT_FIELDS = (
+    "rank",
+    "score",
+    "loss_evidence",
+    "drop_evidence",
+    "share_of_area_loss_explained",
+    "correlation",
+    "deficit_kwh",
+    "expected_kwh",
+    "relative_drop",
+    "zero_share",
+    "drop_start",
+    "drop_end",
+    "area_loss_rate",
+    "area_loss_rate_change",
+)
 
 
 def _pack(arrays: dict[str, npt.NDArray[Any]]) -> dict[str, list[Any]]:

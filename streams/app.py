@@ -17,11 +17,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import faust
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from models.detection import Detection, window_intervals
+from models.inspections import Inspection
 from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
@@ -134,6 +136,7 @@ class GridwatchWorker:
         self.lineloss_topic = app.topic(s.topic_lineloss, partitions=s.partitions)
         self.deadletter_topic = app.topic(s.topic_deadletter, partitions=s.partitions)
         self.alerts_topic = app.topic(s.topic_alerts, partitions=s.partitions)
+        self.inspections_topic = app.topic(s.topic_inspections, partitions=s.partitions)
         # Values are {"b64": msgpack blob} (Faust's "raw" values do not survive changelog recovery).
         self.detector_table = app.Table(
             "detector-state",
@@ -149,6 +152,8 @@ class GridwatchWorker:
         )
         source = app.topic(s.topic_readings, s.topic_supply)
         app.agent(source, name="lineloss")(self._process)
+        if s.detect and s.suspects:
+            app.agent(self.inspections_topic, name="inspections")(self._inspections)
         app.task(self._follow_topology)
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
         app.timer(interval=5.0)(self._measure_lag)
@@ -434,6 +439,51 @@ class GridwatchWorker:
             await self.alerts_topic.send(
                 key=str(record["entity_id"]).encode(), value=contracts.encode(record)
             )
+
+    async def _inspections(self, stream: faust.StreamT) -> None:
+        """Inspectors' verdicts: the classifier learns each on the suspect as published, and
+        the suspect alert is resolved. Records are keyed by area, so a verdict reaches the
+        worker that owns the area (co-partitioned with the readings)."""
+        await self.topology_ready.wait()
+        async for event in stream.events():
+            msg = event.message
+            try:
+                await self._inspection(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+            except Exception as exc:  # the worker never dies on one record
+                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
+                await self._dead_letter(
+                    "internal_error", repr(exc), msg.topic, msg.partition, msg.offset, msg.key, msg.value
+                )
+
+    async def _inspection(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> None:
+        det = self.detection
+        assert det is not None
+        try:
+            record = Inspection.from_dict(orjson.loads(value or b""))
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+            await self._dead_letter(
+                "inspection", f"not an inspection record: {exc}", topic, partition, offset, key, value
+            )
+            return
+        when = datetime(record.date.year, record.date.month, record.date.day, tzinfo=UTC)
+        rec = self.topology.meter_at(record.meter, when)
+        area = rec.area_id if rec is not None else None
+        if area is not None and area not in self._det_restored:
+            saved = self.detector_table.get(area)
+            if saved:
+                det.restore_area(base64.b64decode(saved["b64"]))
+            self._det_restored.add(area)
+        records = det.learn_verdict(record.meter, record.verdict, int(when.timestamp()) + 86400)
+        self.metrics.verdicts.labels(verdict=record.verdict.value, matched=str(bool(records)).lower()).inc()
+        for alert in records:
+            alert = masked_alert(alert, self.mask)
+            self.metrics.alerts_emitted.labels(type=alert["type"], event=alert["event"]).inc()
+            await self.alerts_topic.send(key=str(alert["entity_id"]).encode(), value=contracts.encode(alert))
+        if records and area is not None and self._det_partition.get(area) == partition:
+            self._det_dirty.setdefault(partition, set()).add(area)
+            self._save_detection(partition)
 
     def _save_detection(self, partition: int) -> None:
         """Write back the detector state of this partition's areas (stream context only)."""

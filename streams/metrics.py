@@ -154,6 +154,12 @@ class Metrics:
             "Bytes of per-meter detector state (numpy arrays) in this worker",
             registry=registry,
         )
+        self.verdicts = Counter(
+            "gridwatch_inspection_verdicts_total",
+            "Inspection verdicts read, by verdict and whether they matched a published suspect here",
+            ["verdict", "matched"],
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "gridwatch_consumer_lag_records",
             "Records on the broker not yet processed by this worker (high watermark - position), by topic",

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     topic_topology: str = "gridwatch.topology"
     topic_lineloss: str = "gridwatch.lineloss"
     topic_deadletter: str = "gridwatch.deadletter"
+    # Inspectors' verdicts (docs/suspects.md), keyed by area id so they reach the area's worker
+    topic_inspections: str = "gridwatch.inspections"
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

@@ -28,6 +28,7 @@ def topic_specs(s: Settings) -> list[TopicSpec]:
         TopicSpec(s.topic_topology, s.partitions, compact),
         TopicSpec(s.topic_lineloss, s.partitions, compact),
         TopicSpec(s.topic_deadletter, s.partitions, {"retention.ms": str(35 * DAY_MS)}),
+        TopicSpec(s.topic_inspections, s.partitions, {"retention.ms": str(400 * DAY_MS)}),
         *alert_topic_specs(s),
     ]
 

@@ -30,6 +30,7 @@ def worker_env(bootstrap: str, tmp: Path, *, prefix: str = "gwtest", **extra: st
         "GRIDWATCH_TOPIC_LINELOSS": f"{app_id}.lineloss",
         "GRIDWATCH_TOPIC_DEADLETTER": f"{app_id}.deadletter",
         "GRIDWATCH_TOPIC_ALERTS": f"{app_id}.alerts",
+        "GRIDWATCH_TOPIC_INSPECTIONS": f"{app_id}.inspections",
         "GRIDWATCH_TOPIC_ALERTS_DEADLETTER": f"{app_id}.alerts-deadletter",
         "GRIDWATCH_METRICS_PORT": str(free_port()),
         "GRIDWATCH_WEB_PORT": str(free_port()),

@@ -182,3 +182,20 @@ def test_suspect_state_survives_a_snapshot() -> None:
     resumed = Detection(suspects=True)
     resumed.restore_area(part.snapshot_area("A1", [f"M{i}" for i in range(30)]))
     assert before + thief_area(resumed, 160, 400) == whole
+
+
+def test_a_verdict_resolves_the_suspect_and_teaches_the_classifier() -> None:
+    from models.inspections import Verdict
+
+    det = Detection(suspects=True)
+    thief_area(det, 1, 400)
+    assert ("meter", "M3", "suspect") in det.book.open
+    assert det.learn_verdict("M7", Verdict.NORMAL, 900 * 400) == []  # not a suspect: nothing to learn
+    records = det.learn_verdict("M3", Verdict.THEFT, 900 * 400)
+    assert [(r["type"], r["event"], r["evidence"]["verdict"]) for r in records] == [
+        ("meter_theft_suspect", "resolved", "theft")
+    ]
+    assert det.classifier is not None and det.classifier.found == 1
+    resumed = Detection(suspects=True)
+    resumed.restore_area(det.snapshot_area("A1", [f"M{i}" for i in range(30)]))
+    assert resumed.classifier is not None and resumed.classifier.found == 1

@@ -165,6 +165,26 @@ def test_worker_publishes_the_offline_alerts(kafka_broker, sample, tmp_path: Pat
         # caught up: nothing left on the broker for this worker (measured every 5 s)
         for topic in (s.topic_readings, s.topic_supply):
             assert worker.metric("gridwatch_consumer_lag_records", {"topic": topic}) == 0
+        # An inspector's verdict on the published suspect resolves it; an unreadable one is
+        # dead-lettered.
+        suspect = next(r for r in alerts if r["type"] == "meter_theft_suspect")
+        assert suspect["entity_id"] == inj["stopped"]
+        area = suspect["evidence"]["area_id"].encode()
+        verdict = {"meter": inj["stopped"], "date": suspect["at"][:10], "verdict": "meter_fault"}
+        produce(
+            s.bootstrap,
+            [(s.topic_inspections, area, orjson.dumps(verdict)), (s.topic_inspections, area, b"{")],
+        )
+        deadline = time.monotonic() + 60
+        while not any(r["type"] == "meter_theft_suspect" and r["event"] == "resolved" for r in _alerts(s)):
+            assert time.monotonic() < deadline and worker.alive(), worker.log_tail()
+            time.sleep(1.0)
+        done = [r for r in _alerts(s) if r["type"] == "meter_theft_suspect" and r["event"] == "resolved"]
+        assert [(r["entity_id"], r["evidence"]["verdict"]) for r in done] == [(inj["stopped"], "meter_fault")]
+        labels = {"verdict": "meter_fault", "matched": "true"}
+        assert worker.metric("gridwatch_inspection_verdicts_total", labels) == 1
+        dead = [orjson.loads(r.value) for r in read_topic(s.bootstrap, s.topic_deadletter, idle_s=1.0)]
+        assert [d["reason"] for d in dead] == ["inspection"]
     finally:
         worker.stop()
 
