@@ -505,6 +505,24 @@ class GridwatchWorker:
         self._open_types.update(counts)
         for kind, n in counts.items():
             self.metrics.anomalies_open.labels(type=kind).set(n)
+        # Suspects of the worst areas of the latest window (the same top k as their loss gauge).
+        suspects: dict[str, list[float]] = {}
+        for (kind, _, dtype), alert in det.book.open.items():
+            if kind == "meter" and dtype == "suspect":
+                area = str(alert.evidence.get("area_id"))
+                suspects.setdefault(area, []).append(float(alert.evidence.get("share_of_area_loss", 0.0)))
+        self.metrics.worst_area_suspects.clear()
+        self.metrics.worst_area_suspect_share.clear()
+        if self._window_results:
+            latest = self._window_results[max(self._window_results)].values()
+            judged = [r for r in latest if r.loss_rate is not None]
+            worst = sorted(judged, key=lambda r: (-(r.loss_rate or 0.0), r.area_id))[
+                : self.settings.top_k_areas
+            ]
+            for r in worst:
+                shares = suspects.get(r.area_id, [])
+                self.metrics.worst_area_suspects.labels(area_id=r.area_id).set(len(shares))
+                self.metrics.worst_area_suspect_share.labels(area_id=r.area_id).set(max(shares, default=0.0))
         self.metrics.detector_meters.set(det.meters)
         self.metrics.detector_state_bytes.set(det.state_bytes())
 

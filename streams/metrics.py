@@ -154,6 +154,18 @@ class Metrics:
             "Bytes of per-meter detector state (numpy arrays) in this worker",
             registry=registry,
         )
+        self.worst_area_suspects = Gauge(
+            "gridwatch_worst_area_suspects",
+            "Open theft suspects in each of the top-k worst areas (bounded: k series per worker)",
+            ["area_id"],
+            registry=registry,
+        )
+        self.worst_area_suspect_share = Gauge(
+            "gridwatch_worst_area_suspect_share_ratio",
+            "Largest share of the area's loss one open suspect explains, top-k worst areas",
+            ["area_id"],
+            registry=registry,
+        )
         self.verdicts = Counter(
             "gridwatch_inspection_verdicts_total",
             "Inspection verdicts read, by verdict and whether they matched a published suspect here",

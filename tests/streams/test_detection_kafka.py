@@ -170,6 +170,7 @@ def test_worker_publishes_the_offline_alerts(kafka_broker, sample, tmp_path: Pat
         suspect = next(r for r in alerts if r["type"] == "meter_theft_suspect")
         assert suspect["entity_id"] == inj["stopped"]
         area = suspect["evidence"]["area_id"].encode()
+        assert worker.metric("gridwatch_worst_area_suspects", {"area_id": area.decode()}) == 1
         verdict = {"meter": inj["stopped"], "date": suspect["at"][:10], "verdict": "meter_fault"}
         produce(
             s.bootstrap,
