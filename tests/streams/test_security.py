@@ -207,6 +207,7 @@ def test_wrong_password_is_refused(
 ) -> None:
     wrong = secured.settings(mechanism, password="not-" + secured.password)
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="kafka")  # CLI tests quieten it for the whole process
     mark = secured.log_mark()
     with pytest.raises((KafkaUnavailable, KafkaError)):
         produce(wrong.bootstrap, [(_topic("x"), b"k", b"v")], **security_kwargs(wrong), **FAIL_FAST)
@@ -259,6 +260,7 @@ def test_a_broker_outside_the_trusted_ca_is_refused(
     del env["GRIDWATCH_SSL_CAFILE"]
     s = settings_for(env)
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="kafka")  # CLI tests quieten it for the whole process
     with pytest.raises((KafkaUnavailable, KafkaError)):
         produce(s.bootstrap, [(_topic("x"), b"k", b"v")], **security_kwargs(s), **FAIL_FAST)
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
@@ -273,6 +275,7 @@ def test_clients_at_debug_level_never_log_the_password(
     in clear: the guard kafkaio installs with the credentials redacts it from every record."""
     s = secured.settings(mechanism)
     caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG, logger="kafka")  # CLI tests quieten it for the whole process
 
     async def aio() -> None:
         producer = AIOKafkaProducer(**kafka_client_kwargs(s))
