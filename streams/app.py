@@ -108,6 +108,7 @@ class GridwatchWorker:
         self._det_partition: dict[str, int] = {}
         self._det_meters: dict[str, list[str]] = {}  # area -> meters in its latest window
         self._open_types: set[str] = set()
+        self._det_saved: dict[str, int] = {}  # area -> newest interval end in its saved state
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -178,6 +179,7 @@ class GridwatchWorker:
                     self.detection.forget_area(area, self._det_meters.pop(area, []))
                     self._det_restored.discard(area)
                     del self._det_partition[area]
+                    self._det_saved.pop(area, None)
             for p in partitions:
                 self._det_dirty.pop(p, None)
 
@@ -432,7 +434,13 @@ class GridwatchWorker:
         if intervals:
             self._det_meters[area] = [det.meter_name(int(i)) for i in intervals[0].meters]
         self._det_partition[area] = closed.partition
-        self._det_dirty.setdefault(closed.partition, set()).add(area)
+        # Saved when alerts changed, else at most every half allowed lateness: windows learned
+        # since the last save are still in the window store after a crash (released only after
+        # the lateness), so a restart learns them again from the saved state to the same end.
+        learned = det.learned.get(area, 0)
+        if records or learned - self._det_saved.get(area, 0) >= s.allowed_lateness_s // 2:
+            self._det_saved[area] = learned
+            self._det_dirty.setdefault(closed.partition, set()).add(area)
         for record in records:
             record = masked_alert(record, self.mask)
             self.metrics.alerts_emitted.labels(type=record["type"], event=record["event"]).inc()
