@@ -199,3 +199,41 @@ def test_a_verdict_resolves_the_suspect_and_teaches_the_classifier() -> None:
     resumed = Detection(suspects=True)
     resumed.restore_area(det.snapshot_area("A1", [f"M{i}" for i in range(30)]))
     assert resumed.classifier is not None and resumed.classifier.found == 1
+
+
+def test_a_customer_mapped_to_the_wrong_area_raises_a_mapping_alert() -> None:
+    """MX is billed under area A but fed from area B: A's loss goes negative, B's high, by
+    MX's energy; the daily check names MX, its recorded area and its likely one."""
+    det = Detection(suspects=True)
+    rng = np.random.default_rng(3)
+    a_ids, b_ids = [f"A-M{i}" for i in range(20)] + ["MX"], [f"B-M{i}" for i in range(20)]
+    mean_a, mean_b = rng.lognormal(0.0, 0.4, 20), rng.lognormal(0.0, 0.4, 20)
+    alerts: list[dict] = []
+    for t in range(1, 96 * 3 + 1):
+        shape = 1 + 0.5 * np.sin(2 * np.pi * t / 96)
+        ea = mean_a * shape * rng.lognormal(-0.02, 0.2, 20)
+        eb = mean_b * shape * rng.lognormal(-0.02, 0.2, 20)
+        mx = 4.0 * shape * rng.lognormal(-0.02, 0.1)
+        for area, ids, billed, supply in (
+            ("A", a_ids, np.append(ea, mx), ea.sum() * 1.03),
+            ("B", b_ids, eb, (eb.sum() + mx) * 1.03),
+        ):
+            n = len(ids)
+            iv = AreaInterval(
+                area,
+                900 * t,
+                det.index(ids),
+                billed,
+                np.zeros(n, bool),
+                np.ones(n, bool),
+                np.zeros(n, np.int64),
+                supply_kwh=float(supply),
+                lower=-0.01,
+                upper=0.07,
+            )
+            alerts += det.step([iv])
+    found = [r for r in alerts if r["type"] == "meter_mapping_error"]
+    assert [(r["entity_id"], r["event"]) for r in found] == [("MX", "opened")]
+    ev = found[0]["evidence"]
+    assert (ev["recorded_area"], ev["likely_area"]) == ("A", "B")
+    assert found[0]["at"] == "1970-01-03T00:00:00Z"  # the second midnight: a day of judged bins
