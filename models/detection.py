@@ -457,8 +457,8 @@ class Detection:
         det._grow(int(idx.max()) + 1 if len(idx) else 0)
         for k, arr in [*det._a.items(), ("last_register", self.last_register)]:
             raw = d["rows"].get(k)
-            if raw is None:
-                continue  # a field added since the snapshot starts from zero
+            if raw is None or len(raw) != len(idx) * arr.itemsize:
+                continue  # a field added or retyped since the snapshot starts from zero
             arr[idx] = np.frombuffer(raw, dtype=arr.dtype)
         if d["river"] is not None:
             self.area_detector.areas[area_id] = _RiverUnpickler(io.BytesIO(d["river"])).load()
