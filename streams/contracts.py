@@ -8,6 +8,7 @@ carries ``v`` so a consumer can tell versions apart.
 from __future__ import annotations
 
 import base64
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -16,8 +17,11 @@ from msgspec import Meta, Struct
 
 SCHEMA_VERSION = 1
 
-MeterId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
-AreaId = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+# Python's ``$`` also matches before a trailing newline (so "m1\n" passed as an id); the
+# lookahead refuses it, and means the same in the JSON Schemas' ECMA-262 regexes.
+ID_PATTERN = r"^[A-Za-z0-9_.:\-]+(?!\n)$"
+MeterId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
+AreaId = Annotated[str, Meta(min_length=1, max_length=64, pattern=ID_PATTERN)]
 # Upper limits are generous physical bounds: they reject inf and absurd numbers, not load.
 RegisterKwh = Annotated[float, Meta(ge=0, le=1e10, description="cumulative register, kWh")]
 EnergyKwh = Annotated[float, Meta(ge=0, le=1e7, description="energy of this interval, kWh")]
@@ -133,7 +137,14 @@ class SourcePosition(Struct):
 
 
 class DeadLetter(Struct, omit_defaults=True):
-    """A record gridwatch could not use, with why, and the original bytes (base64)."""
+    """A record gridwatch could not use, with why, and the original bytes (base64).
+
+    A dead letter must fit in one Kafka message (the producer's 1 MB request limit), and base64
+    grows the bytes by a third: so an original too large to fit whole keeps only its first bytes
+    in ``value_b64`` (``key_b64`` likewise), and ``value_size`` / ``value_sha256`` (``key_size``)
+    give the full length and digest. The whole record stays at ``source`` for the readings'
+    retention (35 days, as long as the dead letter's own).
+    """
 
     reason: str
     detail: str
@@ -143,6 +154,10 @@ class DeadLetter(Struct, omit_defaults=True):
     item: int | None = None  # index inside a concentrator batch, when one reading was refused
     meter_id: str | None = None
     at: str = ""
+    # Set only when value_b64 / key_b64 hold a prefix of a larger original.
+    value_size: int | None = None
+    value_sha256: str | None = None
+    key_size: int | None = None
     v: Literal[1] = 1
 
 
@@ -160,7 +175,7 @@ AlertType = Annotated[
     Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[a-z][a-z0-9_]*$",
+        pattern=r"^[a-z][a-z0-9_]*(?!\n)$",
         description=(
             "what fired; known types: area_high_loss, area_negative_loss, area_incomplete, "
             "meter_zero_consumption, meter_consumption_drop, meter_consumption_spike, "
@@ -174,7 +189,7 @@ AlertType = Annotated[
 class Alert(Struct, forbid_unknown_fields=True, kw_only=True):
     """An incident of one area or meter, opened or resolved; both records share the ``id``."""
 
-    id: Annotated[str, Meta(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+    id: Annotated[str, Meta(min_length=1, max_length=128, pattern=ID_PATTERN)]
     type: AlertType
     severity: Literal["info", "warning", "page"]
     entity_kind: Literal["area", "meter"]
@@ -291,6 +306,33 @@ def encode(obj: Any) -> bytes:
     return _encoder.encode(obj)
 
 
+# What one dead-letter message may take: the Faust producer refuses requests over 1,000,000
+# bytes (``producer_max_request_size``), and the broker's default message.max.bytes is ~1 MiB.
+DEADLETTER_MAX_BYTES = 900_000
+_DEADLETTER_OVERHEAD = 1_024  # field names, source position, reason, timestamp, record header
+
+
+# A dead letter is keyed by the original record's key, unless that key alone would make it too
+# large to send: then by the key's SHA-256 (hex), and key_b64 keeps what fits of the original.
+DEADLETTER_KEY_MAX_BYTES = 4_096
+
+
+def dead_letter_key(key: bytes | None) -> bytes | None:
+    """The Kafka key to send a dead letter with (the original key, or its digest if huge).
+
+    >>> dead_letter_key(b"A0001"), len(dead_letter_key(b"k" * 1_000_000) or b"")
+    (b'A0001', 64)
+    """
+    if key is None or len(key) <= DEADLETTER_KEY_MAX_BYTES:
+        return key
+    return hashlib.sha256(key).hexdigest().encode()
+
+
+def _b64_room(budget: int) -> int:
+    """How many raw bytes fit in ``budget`` bytes of base64."""
+    return max(0, budget) // 4 * 3
+
+
 def dead_letter(
     *,
     reason: str,
@@ -304,18 +346,42 @@ def dead_letter(
     meter_id: str | None = None,
     now: datetime | None = None,
 ) -> bytes:
-    """Encode a dead-letter record that keeps the original bytes and where they came from."""
+    """Encode a dead-letter record that keeps the original bytes and where they came from.
+
+    The Kafka key of the dead letter counts against :data:`DEADLETTER_MAX_BYTES` too, as the
+    original key (the worker sends it as is: send :func:`dead_letter_key` instead to survive
+    keys near 1 MB); an original that does not fit keeps a prefix.
+
+    >>> import msgspec
+    >>> big = msgspec.json.decode(dead_letter(reason="json", detail="d", topic="t", partition=0,
+    ...                                       offset=1, key=b"k", value=b"x" * 2_000_000))
+    >>> big["value_size"], len(base64.b64decode(big["value_b64"])) < 700_000
+    (2000000, True)
+    """
     at = (now or datetime.now(UTC)).isoformat().replace("+00:00", "Z")
+    value = value or b""
+    detail = detail[:2000]
+    # JSON escaping can grow the detail (a control character takes 6 bytes): measure it encoded.
+    fixed = len(encode(detail)) + len(encode(meter_id)) + len(key or b"")
+    room = DEADLETTER_MAX_BYTES - _DEADLETTER_OVERHEAD - fixed
+    key_kept = key[: _b64_room(room)] if key is not None else None
+    room -= 4 * ((len(key_kept) + 2) // 3) if key_kept is not None else 0
+    value_kept = value[: _b64_room(room)]
+    value_cut = len(value_kept) < len(value)
+    key_cut = key is not None and key_kept is not None and len(key_kept) < len(key)
     return encode(
         DeadLetter(
             reason=reason,
-            detail=detail[:2000],
+            detail=detail,
             source=SourcePosition(topic, partition, offset),
-            value_b64=base64.b64encode(value or b"").decode(),
-            key_b64=base64.b64encode(key).decode() if key is not None else None,
+            value_b64=base64.b64encode(value_kept).decode(),
+            key_b64=base64.b64encode(key_kept).decode() if key_kept is not None else None,
             item=item,
             meter_id=meter_id,
             at=at,
+            value_size=len(value) if value_cut else None,
+            value_sha256=hashlib.sha256(value).hexdigest() if value_cut else None,
+            key_size=len(key) if key is not None and key_cut else None,
         )
     )
 
