@@ -307,6 +307,8 @@ class GridwatchWorker:
             self.metrics.messages.labels(kind="invalid").inc()
             await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
             return
+        # Counted by kind as soon as it is decoded, so refusals below are counted too.
+        self.metrics.messages.labels(kind="reading" if isinstance(msg, Reading) else "batch").inc()
         key_area = key.decode("utf-8", "replace") if key else None
         if key_area is not None and key_area != msg.area_id:
             detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
@@ -323,10 +325,8 @@ class GridwatchWorker:
             await self._refuse("off_grid", detail, role, topic, partition, offset, key, value)
             return
         if isinstance(msg, Reading):
-            self.metrics.messages.labels(kind="reading").inc()
             points = [Point(msg.meter_id, msg.register_kwh, msg.energy_kwh, tuple(msg.flags))]
         else:
-            self.metrics.messages.labels(kind="batch").inc()
             points = [Point(v.meter_id, v.register_kwh, v.energy_kwh, tuple(v.flags)) for v in msg.values]
             # A refused item is dead-lettered alone (its own bytes, the batch's position).
             for refused in msg.refused:
@@ -623,7 +623,6 @@ class GridwatchWorker:
         item: int | None = None,
         meter_id: str | None = None,
     ) -> None:
-        self.metrics.rejected.labels(reason=reason).inc()
         body = contracts.dead_letter(
             reason=reason,
             detail=detail,
@@ -635,7 +634,31 @@ class GridwatchWorker:
             item=item,
             meter_id=meter_id,
         )
-        await self.deadletter_topic.send(key=key, value=body)
+        # Keyed by the original key, or its digest when that alone would not fit a message.
+        dl_key = contracts.dead_letter_key(key)
+        try:
+            await self.deadletter_topic.send(key=dl_key, value=body)
+        except Exception as exc:  # never lose the record's trace: say where it is instead
+            log.error(
+                "dead letter for %s[%d]@%d not sent (%r); sending its position only",
+                topic,
+                partition,
+                offset,
+                exc,
+            )
+            body = contracts.dead_letter(
+                reason=reason,
+                detail=f"{detail[:1000]} (original bytes not kept: {exc!r})",
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=None,
+                value=None,
+                item=item,
+                meter_id=meter_id,
+            )
+            await self.deadletter_topic.send(key=dl_key, value=body)
+        self.metrics.rejected.labels(reason=reason).inc()
 
 
 class SkippedRecords:
@@ -683,7 +706,9 @@ def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:
 
 def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
     """One point as a self-contained single reading."""
-    flags = [*p.flags, extra_flag] if extra_flag else list(p.flags)
+    flags = list(p.flags)
+    if extra_flag and extra_flag not in flags:
+        flags = [*flags[: contracts.MAX_FLAGS - 1], extra_flag]  # the forward keeps the contract
     return contracts.encode(
         Reading(
             meter_id=p.meter_id,

@@ -16,6 +16,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 SCHEMA_VERSION = 1
+MAX_FLAGS = 16  # flags a reading may carry
 
 # Python's ``$`` also matches before a trailing newline (so "m1\n" passed as an id); the
 # lookahead refuses it, and means the same in the JSON Schemas' ECMA-262 regexes.
@@ -45,7 +46,7 @@ class MeterValue(Struct, forbid_unknown_fields=True, omit_defaults=True):
     energy_kwh: EnergyKwh | None = None
     voltage_v: Annotated[float, Meta(ge=0, le=1e6)] | None = None
     current_a: Annotated[float, Meta(ge=-1e6, le=1e6)] | None = None
-    flags: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=16)] = []
+    flags: Annotated[list[Annotated[str, Meta(max_length=32)]], Meta(max_length=MAX_FLAGS)] = []
 
 
 class Reading(MeterValue, tag="reading", tag_field="kind", forbid_unknown_fields=True, kw_only=True):

@@ -207,6 +207,7 @@ class LineLossEngine:
                 continue
             applied = False
             all_late = True
+            misrouted = forwarded = False
             for start in starts:
                 target = rec if start == own else self.topology.meter_at(point.meter_id, _dt(start))
                 if target is None:
@@ -218,6 +219,9 @@ class LineLossEngine:
                     # Forward once: a forwarded reading only feeds its own area's windows.
                     if REROUTED not in point.flags:
                         forwards.setdefault(target.area_id, {})[point.meter_id] = point
+                        forwarded = True
+                    else:
+                        misrouted = True
                     continue
                 key = window_key(area_id, start)
                 meter_points = changes.setdefault(key, {})
@@ -229,6 +233,11 @@ class LineLossEngine:
                 out.refused.append(Refusal(point, "late", detail))
             elif applied:
                 out.accepted += 1
+            elif misrouted and not forwarded:
+                # Flagged as our own forward, yet under an area the meter is not in: a forward
+                # is only ever sent to the meter's area, so this one is forged or stale.
+                detail = f"meter {point.meter_id!r} is not in area {area_id!r}, yet flagged {REROUTED!r}"
+                out.refused.append(Refusal(point, "misrouted", detail))
         seen_kinds = self._write(partition, ts, changes)
         out.duplicates, out.replaced = seen_kinds
         for target_area, fwd_points in forwards.items():

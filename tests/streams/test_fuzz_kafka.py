@@ -168,9 +168,9 @@ BAD_TIMESTAMPS = [
     "2026-01-01T00:15:00", "2026-13-01T00:00:00Z", "0000-01-01T00:00:00Z", "2026-01-01T00:15:00+24:00",
     "1767225600", "2026-02-30T00:00:00Z", "2026-01-01T00:15:00Z\n", "", "now",
 ]
-# Hostile cases the worker does not handle yet (see the xfail reproductions at the end of this
-# file); set to True once they are fixed so the fuzz draws them too.
-KNOWN_GAPS = False
+# Hostile cases the worker once lost (reproduced at the end of this file, now fixed): drawn by
+# the fuzz too.
+KNOWN_GAPS = True
 
 
 def strategy(ctx: Ctx) -> st.SearchStrategy[Gen]:
@@ -316,6 +316,7 @@ def strategy(ctx: Ctx) -> st.SearchStrategy[Gen]:
             msg["area_id"] = area = "Z" + area
             key = area.encode()
             label = "rerouted_flag"
+            refusal = refusal or frozenset({"misrouted"})  # a known meter, not in that area
         value = _json(msg, raw)
         if whole:
             return Gen(topic, key, value, f"reading:{name}", whole=whole, at=at)
@@ -839,8 +840,7 @@ def test_hostile_records_are_processed_or_dead_lettered(kafka_broker, city: City
 
 
 # ---- reproductions of gaps the fuzz found outside streams/contracts.py ---------------------------
-# Each is strict: when the worker is fixed it XPASSes and fails, so the marker (and KNOWN_GAPS
-# above) must go. docs/reliability.md describes the fixes.
+# Each failed before its fix (docs/reliability.md).
 
 
 def test_gap_forged_rerouted_flag_vanishes() -> None:
@@ -855,9 +855,8 @@ def test_gap_forged_rerouted_flag_vanishes() -> None:
                             close_delay_s=900, min_completeness=0.98)
     out = engine.ingest(0, "B", 9000, [Point("m1", 1.0, None, ("rerouted",))], Role.CUSTOMER)
     counted = out.accepted + out.late + len(out.refused) + sum(len(f.points) for f in out.forwards)
-    if counted != 1:
-        pytest.xfail("engine: a forged rerouted reading under a wrong area is counted nowhere")
     assert counted == 1
+    assert [r.reason for r in out.refused] == ["misrouted"]
 
 
 def test_gap_forwarded_reading_keeps_the_contract() -> None:
@@ -871,9 +870,10 @@ def test_gap_forwarded_reading_keeps_the_contract() -> None:
     point = Point("m1", 1.0, None, tuple(f"f{i}" for i in range(16)))
     body = _reading_bytes(point, "A", 9000, extra_flag="rerouted")
     try:
-        decode_readings(body)
+        decoded = decode_readings(body)
     except InvalidRecord as exc:
-        pytest.xfail(f"app: a forward of a reading with 16 flags breaks the contract: {exc}")
+        raise AssertionError(f"a forward of a reading with 16 flags breaks the contract: {exc}") from None
+    assert len(decoded.flags) == 16 and decoded.flags[-1] == "rerouted"
 
 
 @pytest.fixture(scope="module")
@@ -923,8 +923,6 @@ def test_gap_every_consumed_record_is_counted(gap_run: dict[str, Any]) -> None:
     """gridwatch_messages_total counts a record by kind only after the key and time checks, so
     records refused as key_mismatch, too_old, future or off_grid are consumed but not counted."""
     assert gap_run["alive"] and gap_run["accepted"] == 1
-    if gap_run["consumed"] != gap_run["produced"]:
-        pytest.xfail(f"app: {gap_run['consumed']:.0f} of {gap_run['produced']} consumed records counted")
     assert gap_run["consumed"] == gap_run["produced"]
 
 
@@ -936,6 +934,4 @@ def test_gap_record_with_a_huge_key_is_dead_lettered(gap_run: dict[str, Any]) ->
     reasons = sorted(d.reason for ds in dead.values() for d in ds if d.reason != "json")
     assert reasons == ["key_mismatch", "too_old"]
     n_dead = sum(len(ds) for ds in dead.values())
-    if n_dead != gap_run["rejected"] or n_dead != 3:
-        pytest.xfail(f"app: {n_dead} dead letters, {gap_run['rejected']:.0f} counted as rejected")
     assert n_dead == gap_run["rejected"] == 3
