@@ -178,10 +178,11 @@ AlertType = Annotated[
         max_length=64,
         pattern=r"^[a-z][a-z0-9_]*(?!\n)$",
         description=(
-            "what fired; known types: area_high_loss, area_negative_loss, area_incomplete, "
-            "meter_zero_consumption, meter_consumption_drop, meter_consumption_spike, "
-            "meter_flat_line, meter_reverse_energy, meter_register_rollback, "
-            "meter_inactive_consumption, meter_voltage_anomaly (docs/notify.md)"
+            "what fired; known types: area_high_loss, area_negative_loss, area_loss_jump, "
+            "area_incomplete, meter_zero_consumption, meter_consumption_drop, "
+            "meter_consumption_rise, meter_consumption_spike, meter_flat_line, "
+            "meter_register_rollback, meter_inactive_consumption, meter_missing, "
+            "meter_arrears_risk, meter_theft_suspect, meter_mapping_error (docs/detection.md)"
         ),
     ),
 ]
