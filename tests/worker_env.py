@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,3 +49,13 @@ def settings_for(env: dict[str, str]) -> Settings:
         for key, value in env.items():
             mp.setenv(key, value)
         return Settings()
+
+
+def areas_csv(city: Any, tmp: Path) -> str:
+    """A city's area classes as a deployment configures them (GRIDWATCH_AREAS_CSV); without it
+    the worker judges every area with the default class's bounds, unlike an offline oracle
+    that reads the city's own classes."""
+    path = tmp / "areas.csv"
+    rows = [f"{a},{city.topology.area_class(a)},," for a in city.area_ids]
+    path.write_text("area_id,area_class,loss_lower,loss_upper\n" + "\n".join(rows) + "\n")
+    return str(path)

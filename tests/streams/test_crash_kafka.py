@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from worker_env import settings_for, worker_env
+from worker_env import areas_csv, settings_for, worker_env
 
 from models.detection import Detection
 from simulator.city import CitySpec, aligned_start, build, messages
@@ -56,7 +56,7 @@ def test_ten_sigkills_during_a_replay_lose_nothing(kafka_broker, tmp_path: Path)
     expected_alerts = {(r["id"], r["event"]) for r in oracle.alerts}
     assert any(r["entity_id"] == stopped for r in oracle.alerts)
 
-    env = worker_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path, areas_csv=areas_csv(city, tmp_path))
     s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
     produce(

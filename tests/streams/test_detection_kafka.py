@@ -16,7 +16,7 @@ import msgspec
 import numpy as np
 import orjson
 import pytest
-from worker_env import settings_for, worker_env
+from worker_env import areas_csv, settings_for, worker_env
 
 from models.detection import Detection, window_intervals
 from simulator.city import City, CitySpec, aligned_start, build, messages
@@ -139,7 +139,7 @@ def test_offline_path_finds_the_injected_anomalies(sample: tuple[City, dict[str,
 
 def test_worker_publishes_the_offline_alerts(kafka_broker, sample, tmp_path: Path) -> None:
     city, inj = sample
-    env = worker_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path, areas_csv=areas_csv(city, tmp_path))
     s = settings_for(env)
     _publish(s, city)
     produce(s.bootstrap, _readings(s, city))
@@ -194,7 +194,7 @@ def test_sigkill_keeps_alert_state(kafka_broker, sample, tmp_path: Path) -> None
     """Killed after part of the stream, restarted: every expected alert is there and none was
     opened twice (alert state and detector state come back from the changelog)."""
     city, _ = sample
-    env = worker_env(kafka_broker.bootstrap, tmp_path)
+    env = worker_env(kafka_broker.bootstrap, tmp_path, areas_csv=areas_csv(city, tmp_path))
     s = settings_for(env)
     _publish(s, city)
     records = _readings(s, city)
