@@ -109,6 +109,7 @@ class GridwatchWorker:
         self._det_meters: dict[str, list[str]] = {}  # area -> meters in its latest window
         self._open_types: set[str] = set()
         self._det_saved: dict[str, int] = {}  # area -> newest interval end in its saved state
+        self._start_committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -534,6 +535,17 @@ class GridwatchWorker:
         self.metrics.detector_meters.set(det.meters)
         self.metrics.detector_state_bytes.set(det.state_bytes())
 
+    async def _committed_at_start(self, tps: list[Any]) -> dict[tuple[str, int], int]:
+        """The group's committed offsets of partitions this process has not read from yet
+        (Faust knows a partition's committed offset only after committing it itself)."""
+        missing = [tp for tp in tps if (tp.topic, tp.partition) not in self._start_committed]
+        if missing:
+            offsets = await asyncio.to_thread(_group_offsets, self.settings)
+            for tp in missing:
+                if (tp.topic, tp.partition) in offsets:
+                    self._start_committed[(tp.topic, tp.partition)] = offsets[(tp.topic, tp.partition)]
+        return self._start_committed
+
     async def _measure_lag(self) -> None:
         """Records on the broker not processed yet, per input topic (high watermark minus the
         next offset to process, summed over this worker's partitions)."""
@@ -578,13 +590,24 @@ class GridwatchWorker:
         if to_check:
             highwaters = await self.app.consumer.highwaters(*to_check)
             committed = getattr(self.app.consumer, "_committed_offset", {})
+            at_start = await self._committed_at_start(to_check)
             for tp in to_check:
                 last = self._last_offset.get((tp.partition, tp.topic))
-                position = max(last + 1 if last is not None else 0, committed.get(tp) or 0)
+                position = max(
+                    last + 1 if last is not None else 0,
+                    committed.get(tp) or 0,
+                    at_start.get((tp.topic, tp.partition), 0),
+                )
                 highwater = highwaters.get(tp)
                 if highwater is not None and position >= highwater:
                     self.engine.mark_idle(tp.partition, tp.topic)
+        recovery = self.app.tables.recovery
+        recovered = recovery.completed.is_set() and not recovery.in_recovery
         for partition in sorted({tp.partition for tp in assigned}):
+            if recovered and not self.engine.knows_partition(partition):
+                # A partition whose records were all processed before a restart gets none now:
+                # its last windows must still close, from the recovered table.
+                self.engine.recover_partition(partition)
             all_idle = all(
                 (partition, src) in quiet and self.engine.is_idle(partition, src)
                 for src in self.engine.sources
@@ -688,6 +711,21 @@ class SkippedRecords:
             if records and records[-1].offset >= end - 1:
                 break
         return out
+
+
+def _group_offsets(settings: Settings) -> dict[tuple[str, int], int]:
+    """The worker group's committed offsets, from the broker (blocking: run in a thread)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(**kafka_client_kwargs(settings))
+    try:
+        committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+    except KafkaError:
+        return {}
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in committed.items() if meta.offset >= 0}
 
 
 def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:
