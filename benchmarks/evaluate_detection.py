@@ -25,6 +25,7 @@ from models.meter_anomaly import MeterAnomalyDetector  # noqa: E402
 from simulator.anomalies import THEFTS, TYPES, AnomalySpec  # noqa: E402
 from simulator.synth import SimSpec  # noqa: E402
 from streams.evaluate import evaluate  # noqa: E402
+from streams.report import bar_chart  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BARS = {
@@ -93,26 +94,6 @@ def river_sizes() -> dict[str, int]:
         "pickle_bytes": sum(len(pickle.dumps(o)) for o in objs),
         "getsizeof_bytes": sum(sys.getsizeof(o) + sys.getsizeof(vars(o)) for o in objs),
     }
-
-
-def bar_chart(title: str, rows: list[tuple[str, float | None]], *, vmax: float, fmt: str = "{:.2f}") -> str:
-    w, row_h, left = 520, 18, 150
-    h = 30 + row_h * len(rows)
-    parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img">',
-        f'<text x="4" y="16" font-size="13" font-weight="bold">{html.escape(title)}</text>',
-    ]
-    for i, (name, v) in enumerate(rows):
-        y = 26 + i * row_h
-        parts.append(f'<text x="4" y="{y + 12}" font-size="11">{html.escape(name)}</text>')
-        if v is None:
-            parts.append(f'<text x="{left}" y="{y + 12}" font-size="11" fill="#888">n/a</text>')
-            continue
-        bw = max(1.0, (w - left - 60) * min(v, vmax) / vmax)
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{bw:.1f}" height="{row_h - 5}" fill="#4a7bb7"/>')
-        parts.append(f'<text x="{left + bw + 4:.1f}" y="{y + 12}" font-size="11">{fmt.format(v)}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def report_html(res: dict[str, Any]) -> str:
