@@ -25,7 +25,7 @@ from models.meter_anomaly import MeterAnomalyDetector  # noqa: E402
 from simulator.anomalies import THEFTS, TYPES, AnomalySpec  # noqa: E402
 from simulator.synth import SimSpec  # noqa: E402
 from streams.evaluate import evaluate  # noqa: E402
-from streams.report import bar_chart  # noqa: E402
+from streams.report import charts_and_rows  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BARS = {
@@ -97,26 +97,7 @@ def river_sizes() -> dict[str, int]:
 
 
 def report_html(res: dict[str, Any]) -> str:
-    by = res["by_type"]
-    names = sorted(by)
-    charts = [
-        bar_chart("Recall", [(t, by[t]["recall"]) for t in names], vmax=1.0),
-        bar_chart(
-            "Precision (alerts of the type's detectors)", [(t, by[t]["precision"]) for t in names], vmax=1.0
-        ),
-        bar_chart(
-            "Median detection delay (intervals)",
-            [(t, by[t]["median_delay_intervals"]) for t in names],
-            vmax=max([by[t]["median_delay_intervals"] or 0 for t in names] + [1]),
-            fmt="{:.0f}",
-        ),
-    ]
-    rows = "".join(
-        f"<tr><td>{t}</td><td>{e['labels']}</td><td>{e['scored']}</td><td>{e['detected']}</td>"
-        f"<td>{_f(e['precision'])}</td><td>{_f(e['recall'])}</td><td>{_f(e['f1'])}</td>"
-        f"<td>{_f(e.get('recall_within_bar'))}</td><td>{_f(e['median_delay_intervals'], 1)}</td></tr>"
-        for t, e in sorted(by.items())
-    )
+    charts, rows = charts_and_rows(res)
     bars = "".join(
         f"<tr><td>{html.escape(b['bar'])}</td><td>{_f(b['measured'])}</td>"
         f"<td>{'n/a' if b['met'] is None else ('met' if b['met'] else '<b>missed</b>')}</td>"

@@ -34,7 +34,8 @@ def bar_chart(title: str, rows: list[tuple[str, float | None]], *, vmax: float, 
     return "".join(parts)
 
 
-def report_html(res: dict[str, Any]) -> str:
+def charts_and_rows(res: dict[str, Any]) -> tuple[list[str], str]:
+    """The report's SVG charts (recall, precision, delay) and its per-type table rows."""
     by = res["by_type"]
     names = sorted(by)
     charts = [
@@ -55,6 +56,11 @@ def report_html(res: dict[str, Any]) -> str:
         f"<td>{_f(e.get('recall_within_bar'))}</td><td>{_f(e['median_delay_intervals'], 1)}</td></tr>"
         for t, e in sorted(by.items())
     )
+    return charts, rows
+
+
+def report_html(res: dict[str, Any]) -> str:
+    charts, rows = charts_and_rows(res)
     bars = "".join(f"<tr><td>{html.escape(k)}</td><td>{html.escape(v)}</td></tr>" for k, v in BARS.items())
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>gridwatch detection</title>
 <style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:2px 8px;text-align:right}}
