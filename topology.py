@@ -144,9 +144,18 @@ class Topology:
     _starts: dict[str, list[float]] = field(default_factory=dict)
     # area_id -> meter ids that were ever mapped to it (candidates; filtered by time on lookup)
     _area_meters: dict[str, set[str]] = field(default_factory=dict)
+    # (area_id, role) -> (valid from, valid until, members): every window of an area is judged
+    # against its members, which change only when an archive record takes effect; emptied by
+    # any change to the archive.
+    _members: dict[tuple[str, Role], tuple[float, float, dict[str, MeterRecord]]] = field(
+        default_factory=dict
+    )
+    version: int = 0  # bumped by every apply(): results judged before may be stale
 
     def apply(self, record: MeterRecord) -> None:
         """Add or replace (same meter and effective_from) one archive record."""
+        self._members.clear()
+        self.version += 1
         history = self._history.setdefault(record.meter_id, [])
         starts = self._starts.setdefault(record.meter_id, [])
         ts = record.effective_from.timestamp()
@@ -161,28 +170,58 @@ class Topology:
 
     def meter_at(self, meter_id: str, at: datetime) -> MeterRecord | None:
         """The archive record in force for ``meter_id`` at ``at``, or None if unknown then."""
+        return self.meter_at_ts(meter_id, at.timestamp())
+
+    def meter_at_ts(self, meter_id: str, ts: float) -> MeterRecord | None:
+        """:meth:`meter_at` for a POSIX timestamp (the engine's per-reading lookup)."""
         starts = self._starts.get(meter_id)
         if not starts:
             return None
-        i = bisect.bisect_right(starts, at.timestamp()) - 1
+        if len(starts) == 1:  # most meters: one record, no history to search
+            return self._history[meter_id][0] if starts[0] <= ts else None
+        i = bisect.bisect_right(starts, ts) - 1
         return self._history[meter_id][i] if i >= 0 else None
+
+    def meter_span_ts(self, meter_id: str, ts: float) -> tuple[MeterRecord | None, float]:
+        """The record in force at ``ts`` and when the next one takes effect (inf: none does),
+        so a caller can reuse one lookup for later times before that."""
+        starts = self._starts.get(meter_id)
+        if not starts:
+            return None, float("inf")
+        i = bisect.bisect_right(starts, ts) - 1
+        until = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        return (self._history[meter_id][i] if i >= 0 else None), until
 
     def knows(self, meter_id: str) -> bool:
         return meter_id in self._history
 
-    def _meters(self, area_id: str, at: datetime, role: Role) -> Iterator[MeterRecord]:
+    def _meters(self, area_id: str, at: datetime, role: Role) -> dict[str, MeterRecord]:
+        ts = at.timestamp()
+        cached = self._members.get((area_id, role))
+        if cached is not None and cached[0] <= ts < cached[1]:
+            return cached[2]
+        members = {}
+        valid_from, valid_until = float("-inf"), float("inf")
         for meter_id in self._area_meters.get(area_id, ()):
-            rec = self.meter_at(meter_id, at)
-            if rec is not None and rec.area_id == area_id and rec.role is role and rec.active:
-                yield rec
+            starts = self._starts[meter_id]
+            i = bisect.bisect_right(starts, ts) - 1
+            if i >= 0:
+                valid_from = max(valid_from, starts[i])
+                rec = self._history[meter_id][i]
+                if rec.area_id == area_id and rec.role is role and rec.active:
+                    members[meter_id] = rec
+            if i + 1 < len(starts):
+                valid_until = min(valid_until, starts[i + 1])
+        self._members[(area_id, role)] = (valid_from, valid_until, members)
+        return members
 
     def customer_meters(self, area_id: str, at: datetime) -> dict[str, MeterRecord]:
-        """Active customer meters mapped to ``area_id`` at ``at``."""
-        return {r.meter_id: r for r in self._meters(area_id, at, Role.CUSTOMER)}
+        """Active customer meters mapped to ``area_id`` at ``at`` (shared: do not modify)."""
+        return self._meters(area_id, at, Role.CUSTOMER)
 
     def supply_meters(self, area_id: str, at: datetime) -> dict[str, MeterRecord]:
-        """Active supply (check) meters of ``area_id`` at ``at``."""
-        return {r.meter_id: r for r in self._meters(area_id, at, Role.SUPPLY)}
+        """Active supply (check) meters of ``area_id`` at ``at`` (shared: do not modify)."""
+        return self._meters(area_id, at, Role.SUPPLY)
 
     def area_class(self, area_id: str) -> str:
         area = self.areas.get(area_id)

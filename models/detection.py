@@ -116,7 +116,7 @@ def window_intervals(
     after the archive multiplier; supply is NaN for an interval any supply meter missed.
     """
     at = datetime.fromtimestamp(window_start, UTC)
-    customers = topology.customer_meters(area_id, at)
+    customers = dict(topology.customer_meters(area_id, at))  # the archive's own is shared
     for meter_id in points.keys() - customers.keys():
         rec = topology.meter_at(meter_id, at)
         if rec is not None and rec.role is Role.CUSTOMER and rec.area_id == area_id and not rec.active:

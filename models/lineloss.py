@@ -61,15 +61,29 @@ def meter_window_energy(
     >>> meter_window_energy({900: (None, 0.7)}, 0, interval_s=900, window_s=900)
     MeterEnergy(kwh=0.7, complete=True, rollbacks=0)
     """
+    return MeterEnergy(*_energy(points, _end_pairs(window_start, interval_s, window_s)))
+
+
+_NO_POINT = (None, None)
+
+
+def _end_pairs(window_start: int, interval_s: int, window_s: int) -> list[tuple[int, int]]:
+    ends = interval_ends(window_start, interval_s=interval_s, window_s=window_s)
+    return [(end, end - interval_s) for end in ends]
+
+
+def _energy(points: MeterPoints, ends: list[tuple[int, int]]) -> tuple[float, bool, int]:
+    # meter_window_energy's sum over precomputed (interval end, previous end) pairs: the
+    # per-meter inner loop of evaluate_window, kept free of allocations.
     total = 0.0
     complete = True
     rollbacks = 0
-    for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
-        register, energy = points.get(end, (None, None))
+    for end, prev_end in ends:
+        register, energy = points.get(end, _NO_POINT)
         if energy is not None:
             total += energy
             continue
-        prev = points.get(end - interval_s)
+        prev = points.get(prev_end)
         if register is None or prev is None or prev[0] is None:
             complete = False
             continue
@@ -79,7 +93,7 @@ def meter_window_energy(
             complete = False
             continue
         total += delta
-    return MeterEnergy(total, complete, rollbacks)
+    return total, complete, rollbacks
 
 
 def judge(
@@ -179,6 +193,7 @@ def evaluate_window(
     window is judged against one consistent picture of the area.
     """
     at = datetime.fromtimestamp(window_start, UTC)
+    ends = _end_pairs(window_start, interval_s, window_s)
     totals = {}
     counts = {}
     rollbacks = 0
@@ -192,10 +207,10 @@ def evaluate_window(
             points = data.get(meter_id)
             if points is None:
                 continue
-            e = meter_window_energy(points, window_start, interval_s=interval_s, window_s=window_s)
-            rollbacks += e.rollbacks
-            if e.complete:
-                kwh += e.kwh * rec.multiplier
+            e_kwh, e_complete, e_rollbacks = _energy(points, ends)
+            rollbacks += e_rollbacks
+            if e_complete:
+                kwh += e_kwh * rec.multiplier
                 reported += 1
         totals[role] = round(kwh, 6)
         counts[role] = (len(meters), reported)
