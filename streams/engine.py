@@ -1,7 +1,12 @@
 """Event-time line-loss windows over a key-value store, with no Kafka in sight.
 
 The worker backs ``store`` with a Faust table (changelogged, so it survives a crash); tests back
-it with a dict. State is a pure function of the *set* of readings received: each window keeps,
+it with a dict. The engine works on its own in-memory copy of the windows; ``persist()`` writes
+the windows changed since the last call to the store (``write_behind=False``, the default, does
+so after every call; the worker persists once per offset commit, just before the offsets are
+chosen, so a committed offset never runs ahead of the stored state, and a window changed by a
+hundred readings between two commits is written once, not a hundred times).
+State is a pure function of the *set* of readings received: each window keeps,
 per meter, the points (register, interval energy) keyed by interval end, so a duplicate or
 re-sent reading replaces its point instead of adding to it, and replaying after a crash changes
 nothing. Watermarks, which windows were emitted, and revision counters are derived and kept in
@@ -16,14 +21,14 @@ watermark passes its end by ``allowed_lateness_s``. Readings for released window
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
 from models.lineloss import LossResult, evaluate_window
-from models.windows import window_of, windows_touched
+from models.windows import windows_touched
 from topology import Role, Topology
 
 REROUTED = "rerouted"
@@ -75,6 +80,10 @@ class Outcome:
     results: list[LossResult] = field(default_factory=list)
 
 
+# (partition, store key, value or None to delete)
+Writer = Callable[[int, str, Any], None]
+
+
 def window_key(area_id: str, window_start: int) -> str:
     return f"{area_id}|{window_start}"
 
@@ -97,8 +106,10 @@ class LineLossEngine:
         min_completeness: float,
         sources: tuple[str, ...] = ("readings",),
         track_closed: bool = False,
+        write_behind: bool = False,
     ) -> None:
         self.topology = topology
+        self.write_behind = write_behind
         self.track_closed = track_closed  # keep first-closed windows for pop_closed()
         self.sources = sources
         self.store = store
@@ -116,6 +127,18 @@ class LineLossEngine:
         self._emitted: dict[str, LossResult] = {}
         self._revision: dict[str, int] = {}
         self._closed: list[ClosedWindow] = []
+        self._windows: dict[str, dict[str, Any]] = {}  # key -> {"p": partition, "m": points}
+        self._dirty: dict[str, int] = {}  # key changed or released since persist() -> partition
+        self._wm_dirty: set[int] = set()
+        # Keys changed since they were last evaluated: a window emitted early (a quiet
+        # partition) and corrected afterwards is evaluated again at its next chance to close,
+        # not only if the correction arrives in the call that closes it.
+        self._stale: set[str] = set()
+        self._topology_version = topology.version
+        # Released windows: deleted from the store one persist later (see persist()).
+        self._released_since: dict[str, int] = {}  # released since the last persist
+        self._tombstones_due: dict[str, int] = {}  # released before it: delete next time
+        self._released_values: dict[str, dict[str, Any]] = {}  # their unpersisted last state
 
     # ---- partitions ------------------------------------------------------------------------
 
@@ -130,6 +153,11 @@ class LineLossEngine:
                 continue
             _, start = split_key(key)
             index.setdefault(start, set()).add(key)
+            # Stored as JSON, whose object keys are strings; in memory, interval ends are ints.
+            self._windows[key] = {
+                "p": partition,
+                "m": {m: {int(t): pair for t, pair in pts.items()} for m, pts in value["m"].items()},
+            }
         self._open[partition] = index
         saved = self.store.get(f"{_WM_PREFIX}{partition}") or {}
         self._source_wm[partition] = dict(saved.get("sources", {}))
@@ -144,7 +172,12 @@ class LineLossEngine:
         active = [seen.get(src, 0) for src in self.sources if (partition, src) not in self._idle_sources]
         candidate = min(active) if active else max(seen.values(), default=0)
         # Never backwards: a source returning from idle must not reopen released windows.
-        self.watermark[partition] = max(self.watermark.get(partition, 0), candidate)
+        before = self.watermark.get(partition, 0)
+        if candidate > before or partition not in self.watermark:
+            self.watermark[partition] = max(before, candidate)
+            # Persisted with the windows it releases: a restart that resumed with an older
+            # watermark would let replayed boundary reads re-create released windows.
+            self._wm_dirty.add(partition)
 
     def is_idle(self, partition: int, source: str) -> bool:
         return (partition, source) in self._idle_sources
@@ -162,14 +195,71 @@ class LineLossEngine:
                 for key in keys:
                     self._emitted.pop(key, None)
                     self._revision.pop(key, None)
+                    self._windows.pop(key, None)
+                    self._stale.discard(key)
             self.watermark.pop(p, None)
             self._source_wm.pop(p, None)
+            self._wm_dirty.discard(p)
+        # Their unpersisted changes go too: the new owner replays them from its offsets (and
+        # releases again the windows whose deletion was still due).
+        self._dirty = {k: p for k, p in self._dirty.items() if p not in partitions}
+        self._tombstones_due = {k: p for k, p in self._tombstones_due.items() if p not in partitions}
+        self._released_since = {k: p for k, p in self._released_since.items() if p not in partitions}
+        self._released_values = {k: v for k, v in self._released_values.items() if k in self._dirty}
 
     def partitions(self) -> list[int]:
         return sorted(self._open)
 
     def open_windows(self) -> int:
         return sum(len(keys) for idx in self._open.values() for keys in idx.values())
+
+    # ---- persistence -----------------------------------------------------------------------
+
+    def pending_writes(self) -> int:
+        """Writes the next :meth:`persist` makes at most (windows, deletions, watermarks)."""
+        return len(self._dirty) + len(self._wm_dirty) + len(self._tombstones_due) + len(self._released_since)
+
+    def persist(self, write: Writer | None = None) -> int:
+        """Write every window changed since the last call (None for a released one) and the
+        changed watermarks, through ``write`` or into the store; returns the writes made."""
+        put = write or self._store_write
+        n = 0
+        # Order (write-behind): deletions of windows released before the previous persist,
+        # then changed windows (a window released since then with its final points), then
+        # watermarks. A kill in the middle of a persist leaves a prefix of these writes (one
+        # partition's writes stay in order), and any prefix is safe:
+        # - a deletion never lands without the watermark that released it (that watermark
+        #   was in the previous, completed persist), so replayed reads cannot re-create a
+        #   released window half-filled;
+        # - a watermark never lands without every window change made before it, so reads it
+        #   makes late on replay are already in the stored windows.
+        if not self.write_behind:
+            self._tombstones_due.update(self._released_since)
+            self._released_since = {}
+        for key, partition in self._tombstones_due.items():
+            put(partition, key, None)
+            n += 1
+        dirty, self._dirty = self._dirty, {}
+        for key, partition in dirty.items():
+            value = self._windows.get(key) or self._released_values.get(key)
+            if value is not None:
+                put(partition, key, value)
+                n += 1
+        wm_dirty, self._wm_dirty = self._wm_dirty, set()
+        for partition in sorted(wm_dirty):
+            if partition in self._source_wm:
+                value = {"sources": dict(self._source_wm[partition]), "watermark": self.watermark[partition]}
+                put(partition, f"{_WM_PREFIX}{partition}", value)
+                n += 1
+        self._tombstones_due, self._released_since = self._released_since, {}
+        self._released_values = {}
+        return n
+
+    def _store_write(self, partition: int, key: str, value: Any) -> None:
+        if value is None:
+            self.store.pop(key, None)
+        else:
+            self.store[key] = value
 
     # ---- ingest ----------------------------------------------------------------------------
 
@@ -190,14 +280,19 @@ class LineLossEngine:
         watermark = self.watermark.get(partition, 0)
         changes: dict[str, dict[str, list[float | None]]] = {}
         forwards: dict[str, dict[str, Point]] = {}  # target area -> meter -> point
+        # Every point of a message shares ts: its windows, keys and lateness are worked out
+        # once per message, not per reading (the per-reading work is the archive lookup).
+        with_register = windows_touched(ts, interval_s=self.interval_s, window_s=self.window_s)
+        own = with_register[0]
+        released = {
+            start: start + self.window_s + self.allowed_lateness_s < watermark for start in with_register
+        }
+        keys = {start: window_key(area_id, start) for start in with_register}
+        meter_at = self.topology.meter_at_ts
+        meter_span = self.topology.meter_span_ts
         for point in points:
-            starts = (
-                windows_touched(ts, interval_s=self.interval_s, window_s=self.window_s)
-                if point.register_kwh is not None
-                else [window_of(ts, interval_s=self.interval_s, window_s=self.window_s)]
-            )
-            own = starts[0]
-            rec = self.topology.meter_at(point.meter_id, _dt(own))
+            starts = with_register if point.register_kwh is not None else with_register[:1]
+            rec, until = meter_span(point.meter_id, own)
             if rec is None:
                 out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
                 continue
@@ -209,10 +304,10 @@ class LineLossEngine:
             all_late = True
             misrouted = forwarded = False
             for start in starts:
-                target = rec if start == own else self.topology.meter_at(point.meter_id, _dt(start))
+                target = rec if start < until else meter_at(point.meter_id, start)
                 if target is None:
                     continue
-                if start + self.window_s + self.allowed_lateness_s < watermark:
+                if released[start]:
                     continue  # that window is released
                 all_late = False
                 if target.area_id != area_id:
@@ -223,8 +318,9 @@ class LineLossEngine:
                     else:
                         misrouted = True
                     continue
-                key = window_key(area_id, start)
-                meter_points = changes.setdefault(key, {})
+                meter_points = changes.get(keys[start])
+                if meter_points is None:
+                    meter_points = changes[keys[start]] = {}
                 meter_points[point.meter_id] = [point.register_kwh, point.energy_kwh]
                 applied = True
             if all_late:
@@ -244,7 +340,10 @@ class LineLossEngine:
             out.forwards.append(Forward(target_area, ts, list(fwd_points.values())))
         if changes:
             self._advance_source(partition, source, ts)
-        out.results = self._advance(partition, touched=set(changes))
+        self._stale.update(changes)
+        out.results = self._advance(partition)
+        if not self.write_behind:
+            self.persist()
         return out
 
     def _write(
@@ -253,17 +352,21 @@ class LineLossEngine:
         # A boundary register is stored in two windows but is one reading: count per meter.
         duplicates: set[str] = set()
         replaced: set[str] = set()
-        sts = str(ts)
         index = self._open.setdefault(partition, {})
         for key, meters in changes.items():
-            value = self.store.get(key) or {"p": partition, "m": {}}
+            value = self._windows.get(key)
+            if value is None:
+                value = self._windows[key] = {"p": partition, "m": {}}
+            points = value["m"]
             for meter_id, pair in meters.items():
-                meter_points = value["m"].setdefault(meter_id, {})
-                before = meter_points.get(sts)
+                meter_points = points.get(meter_id)
+                if meter_points is None:
+                    meter_points = points[meter_id] = {}
+                before = meter_points.get(ts)
                 if before is not None:
                     (duplicates if list(before) == pair else replaced).add(meter_id)
-                meter_points[sts] = pair
-            self.store[key] = value  # reassign: a Faust table changelogs on set, not on mutate
+                meter_points[ts] = pair
+            self._dirty[key] = partition
             index.setdefault(split_key(key)[1], set()).add(key)
         return len(duplicates), len(replaced - duplicates)
 
@@ -277,19 +380,21 @@ class LineLossEngine:
             # Persisted (one small write per interval and source) so a restart resumes with the
             # same watermark instead of one guessed from the newest point stored.
             self._update_watermark(partition)
-            self.store[f"{_WM_PREFIX}{partition}"] = {
-                "sources": dict(sources),
-                "watermark": self.watermark[partition],
-            }
+            self._wm_dirty.add(partition)
 
     # ---- closing ---------------------------------------------------------------------------
 
-    def _advance(self, partition: int, *, touched: set[str], idle: bool = False) -> list[LossResult]:
+    def _advance(self, partition: int, *, idle: bool = False) -> list[LossResult]:
         # idle=True runs from a timer, outside stream iteration, where a Faust table may be
         # read but not written: it closes windows but leaves releasing to the next record.
         watermark = self.watermark.get(partition, 0)
         index = self._open.get(partition, {})
         results: list[LossResult] = []
+        if self.topology.version != self._topology_version:
+            # The archive changed (a meter moved, a multiplier fixed): every result emitted so
+            # far may judge its area differently now.
+            self._topology_version = self.topology.version
+            self._stale.update(self._emitted)
         for start in sorted(index):
             end = start + self.window_s
             release = not idle and end + self.allowed_lateness_s < watermark
@@ -298,19 +403,25 @@ class LineLossEngine:
             if not close:
                 break  # later windows end later still
             for key in sorted(index[start]):
-                if key in self._emitted and key not in touched and not release:
-                    continue
+                if key in self._emitted and key not in self._stale:
+                    continue  # unchanged since its last result (at release too)
+                self._stale.discard(key)
                 evaluated = self._evaluate(key)
                 if evaluated is not None and self._emitted.get(key) != evaluated[0]:
                     result = evaluated[0]
                     if self.track_closed and key not in self._emitted:
-                        self._closed.append(ClosedWindow(result, partition, evaluated[1]))
+                        # A copy: the window may still take corrections before it is learned.
+                        points = {m: dict(pts) for m, pts in evaluated[1].items()}
+                        self._closed.append(ClosedWindow(result, partition, points))
                     self._emitted[key] = result
                     self._revision[key] = self._revision.get(key, -1) + 1
                     results.append(result)
             if release:
                 for key in index.pop(start):
-                    self.store.pop(key, None)
+                    value = self._windows.pop(key, None)
+                    if key in self._dirty and value is not None:
+                        self._released_values[key] = value  # its last points, then deleted
+                    self._released_since[key] = partition
                     self._emitted.pop(key, None)
                     self._revision.pop(key, None)
         return results
@@ -320,7 +431,7 @@ class LineLossEngine:
 
         Reads the store only, so it may run outside stream iteration (from a timer).
         """
-        return self._advance(partition, touched=set(), idle=True)
+        return self._advance(partition, idle=True)
 
     def pop_closed(self) -> list[ClosedWindow]:
         """Windows closed for the first time since the last call, in closing order (per
@@ -335,14 +446,11 @@ class LineLossEngine:
     def _evaluate(
         self, key: str
     ) -> tuple[LossResult, dict[str, dict[int, tuple[float | None, float | None]]]] | None:
-        value = self.store.get(key)
+        value = self._windows.get(key)
         if not value:
             return None
         area_id, start = split_key(key)
-        data = {
-            meter_id: {int(t): (pair[0], pair[1]) for t, pair in pts.items()}
-            for meter_id, pts in value["m"].items()
-        }
+        data = value["m"]  # meter -> interval end -> [register, interval energy]
         result = evaluate_window(
             area_id,
             start,
