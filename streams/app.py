@@ -89,6 +89,7 @@ class GridwatchWorker:
             min_completeness=settings.min_completeness,
             sources=(settings.topic_readings, settings.topic_supply),
             track_closed=settings.detect,
+            write_behind=True,  # persisted once per offset commit: _PersistOnCommit
         )
         # Detection (docs/detection.md, "In the worker"): state per area in the detector table,
         # restored on an area's first closed window in this process, written back from stream
@@ -110,6 +111,8 @@ class GridwatchWorker:
         self._open_types: set[str] = set()
         self._det_saved: dict[str, int] = {}  # area -> newest interval end in its saved state
         self._start_committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
+        self._recovered_since: float | None = None  # monotonic time table recovery last ended
+        self._changelog_sends: list[Any] = []  # window writes the next commit waits for
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -160,6 +163,8 @@ class GridwatchWorker:
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
         app.timer(interval=5.0)(self._measure_lag)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.sensors.add(_PersistOnCommit(self))
+        self._guard_commit_flush(app)
         app.task(self._serve_metrics)
         return app
 
@@ -167,8 +172,55 @@ class GridwatchWorker:
         start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
 
+    def persist_windows(self) -> int:
+        """Write the area-windows changed since the last commit to the window table and its
+        changelog (explicit partitions: this runs from the commit, outside stream context)."""
+        table = self.table
+
+        sends = self._changelog_sends
+
+        def write(partition: int, key: str, value: Any) -> None:
+            if value is None:
+                table.data.pop(key, None)
+                sends.append(table.send_changelog(partition, key, None, value_serializer="raw"))
+            else:
+                table.data[key] = value
+                sends.append(table.send_changelog(partition, key, value))
+
+        n = self.engine.persist(write)
+        if n:
+            self.metrics.window_writes.inc(n)
+        return n
+
+    def _guard_commit_flush(self, app: faust.App) -> None:
+        """Make the flush Faust awaits before committing offsets wait for every changelog
+        write really sent.
+
+        faust-streaming's ProducerBuffer.flush gives up when one message takes over 0.1 s
+        (flush_atmost returns on its first timeout), and a message its sender task has taken
+        off the buffer but not yet handed to aiokafka is in neither; offsets could then be
+        committed ahead of the window state they depend on, and a kill right after would lose
+        it. The window writes of this commit are awaited one by one (their futures resolve on
+        the broker's ack); the buffer is drained for the other tables' writes.
+        """
+        producer = app.producer
+        faust_flush = producer.flush
+
+        async def flush() -> None:
+            await faust_flush()
+            deadline = time.monotonic() + 60.0
+            while producer.buffer.size and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            sends, self._changelog_sends = self._changelog_sends, []
+            if sends:
+                await asyncio.gather(*sends)
+            await faust_flush()
+
+        producer.flush = flush  # type: ignore[method-assign]
+
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked}
+        self.persist_windows()  # a superset of the committed state: replay onto it is harmless
         self.engine.forget_partitions(partitions)
         for tp in revoked:
             self._next_offset.pop((tp.topic, tp.partition), None)
@@ -251,6 +303,8 @@ class GridwatchWorker:
         await self.topology_ready.wait()
         async for event in stream.events():
             msg = event.message
+            if msg.offset < self._next_offset.get((msg.topic, msg.partition), -1):
+                continue  # read again after a stalled partition was resumed: done already
             await self._fill_skipped(msg.topic, msg.partition, msg.offset)
             await self._handle_safely(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
 
@@ -587,10 +641,25 @@ class GridwatchWorker:
             for tp in assigned
             if (tp.partition, tp.topic) in quiet and not self.engine.is_idle(tp.partition, tp.topic)
         ]
+        # Table recovery is over only when no rebalance is under way too: Faust never clears
+        # recovery.completed, and a partition newly assigned by a second rebalance is in the
+        # assignment before its changelog is read back.
+        recovery = self.app.tables.recovery
+        recovered = (
+            recovery.completed.is_set()
+            and not recovery.in_recovery
+            and not self.app.rebalancing
+            and self.app.tables.actives_ready
+        )
+        if not recovered:
+            self._recovered_since = None
+        elif self._recovered_since is None:
+            self._recovered_since = now
         if to_check:
             highwaters = await self.app.consumer.highwaters(*to_check)
             committed = getattr(self.app.consumer, "_committed_offset", {})
             at_start = await self._committed_at_start(to_check)
+            stalled: list[tuple[Any, int]] = []
             for tp in to_check:
                 last = self._last_offset.get((tp.partition, tp.topic))
                 position = max(
@@ -601,20 +670,63 @@ class GridwatchWorker:
                 highwater = highwaters.get(tp)
                 if highwater is not None and position >= highwater:
                     self.engine.mark_idle(tp.partition, tp.topic)
-        recovery = self.app.tables.recovery
-        recovered = recovery.completed.is_set() and not recovery.in_recovery
+                elif highwater is not None and self._stalled(tp, now):
+                    stalled.append((tp, position))
+            for tp, position in stalled:
+                await self._resume_stalled(tp, position, highwaters[tp])
         for partition in sorted({tp.partition for tp in assigned}):
-            if recovered and not self.engine.knows_partition(partition):
-                # A partition whose records were all processed before a restart gets none now:
-                # its last windows must still close, from the recovered table.
-                self.engine.recover_partition(partition)
             all_idle = all(
                 (partition, src) in quiet and self.engine.is_idle(partition, src)
                 for src in self.engine.sources
             )
-            if all_idle and self.engine.knows_partition(partition):
-                await self._emit(self.engine.flush_idle(partition))
+            if not all_idle:
+                continue  # records are coming: the first one loads the partition's windows
+            if not self.engine.knows_partition(partition):
+                if not recovered:
+                    continue
+                # A partition whose records were all processed before a restart gets none now:
+                # its last windows must still close, from the recovered table.
+                self.engine.recover_partition(partition)
+            await self._emit(self.engine.flush_idle(partition))
         self._detection_gauges()
+
+    def _stalled(self, tp: Any, now: float) -> bool:
+        """Records wait on the broker, recovery is over, yet the stream has delivered nothing
+        of this partition for a long while (stall_s past both its last record and the end
+        of recovery)."""
+        if self._recovered_since is None:
+            return False
+        stall_s = max(10.0, 3 * self.settings.idle_close_s)
+        last = max(self._last_event_wall.get((tp.partition, tp.topic), 0.0), self._recovered_since)
+        return now - last >= stall_s
+
+    async def _resume_stalled(self, tp: Any, position: int, highwater: int) -> None:
+        """Put a stalled partition back in the fetch set and read it again from the next
+        offset to process.
+
+        faust-streaming can leave an assigned partition out of its active set after a
+        rebalance during recovery (and drops what it fetched for it meanwhile); its records
+        are then never delivered and its windows never close. Re-reading from our own
+        position repeats nothing: records processed already are skipped in _process.
+        """
+        consumer = self.app.consumer
+        log.warning(
+            "%s[%d]: no record delivered for a while with %d waiting (next %d, end %d; "
+            "active=%s paused=%s); resuming it and reading again from %d",
+            tp.topic,
+            tp.partition,
+            highwater - position,
+            position,
+            highwater,
+            tp in (getattr(consumer, "_active_partitions", None) or ()),
+            tp in (getattr(consumer, "_paused_partitions", None) or ()),
+            position,
+        )
+        self.metrics.stalled_partitions.inc()
+        getattr(consumer, "_buffered_partitions", set()).discard(tp)
+        consumer.resume_partitions([tp])
+        await consumer.seek(tp, position)
+        self._last_event_wall[(tp.partition, tp.topic)] = time.monotonic()  # one try per stall_s
 
     async def _refuse(
         self,
@@ -682,6 +794,24 @@ class GridwatchWorker:
             )
             await self.deadletter_topic.send(key=dl_key, value=body)
         self.metrics.rejected.labels(reason=reason).inc()
+
+
+class _PersistOnCommit(faust.Sensor):
+    """Persists changed windows when an offset commit starts.
+
+    Faust calls ``on_commit_initiated`` synchronously right before it picks the acked offsets
+    to commit, and flushes the producer before committing them; so every window change of a
+    committed record is in the changelog first (changes of later records may be too: replay
+    onto a superset changes nothing, the engine's state being a set of readings).
+    """
+
+    def __init__(self, worker: GridwatchWorker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def on_commit_initiated(self, consumer: Any) -> Any:
+        self.worker.persist_windows()
+        return None
 
 
 class SkippedRecords:

@@ -134,6 +134,18 @@ class Metrics:
             "Ranges of records the Faust stream skipped that were read back and processed",
             registry=registry,
         )
+        self.window_writes = Counter(
+            "gridwatch_window_writes_total",
+            "Area-window and watermark entries written to the window table's changelog "
+            "(once per changed window per offset commit)",
+            registry=registry,
+        )
+        self.stalled_partitions = Counter(
+            "gridwatch_stalled_partitions_resumed_total",
+            "Input partitions with records waiting that the Faust stream stopped delivering, "
+            "resumed and re-read from the next offset to process",
+            registry=registry,
+        )
         self.anomalies_open = Gauge(
             "gridwatch_anomalies_open",
             "Alerts open now on this worker's areas and meters, by alert type",

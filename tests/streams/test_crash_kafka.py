@@ -23,7 +23,7 @@ from worker_env import areas_csv, settings_for, worker_env
 
 from models.detection import Detection
 from simulator.city import CitySpec, aligned_start, build, messages
-from streams.kafkaio import create_topics, produce, read_topic
+from streams.kafkaio import create_topics, end_offsets, produce, read_topic
 from streams.localrun import WorkerProcess
 from streams.offline import run_records
 from streams.topics import topic_specs
@@ -39,6 +39,32 @@ def _final_results(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
         start = int(datetime.fromisoformat(str(v["window_start"]).replace("Z", "+00:00")).timestamp())
         final[f"{v['area_id']}|{start}"] = v
     return final
+
+
+def _diagnosis(s: Any, worker: WorkerProcess, want: dict[str, Any], final: dict[str, Any]) -> str:
+    """Where a stalled run stands: missing windows per area, windows that differ, the group's
+    committed offsets against the end offsets, and the worker's own gauges."""
+    from streams.app import _group_offsets
+
+    by_area = Counter(k.split("|")[0] for k in want if k not in final)
+    differ = [
+        f"{k}: {[(f, final[k][f], w[f]) for f in FIELDS if final[k][f] != w[f]]}"
+        for k, w in sorted(want.items())
+        if k in final and any(final[k][f] != w[f] for f in FIELDS)
+    ]
+    committed = _group_offsets(s)
+    lines = [f"missing windows by area: {dict(sorted(by_area.items()))}"]
+    lines.append(f"{len(differ)} windows differ (field, got, want): {differ[:8]}")
+    for topic in (s.topic_readings, s.topic_supply):
+        for part, end in sorted(end_offsets(s.bootstrap, topic).items()):
+            lines.append(f"{topic}[{part}]: committed {committed.get((topic, part))} of {end}")
+    for name in (
+        "gridwatch_consumer_lag_records",
+        "gridwatch_open_area_windows",
+        "gridwatch_offset_gaps_healed_total",
+    ):
+        lines.append(f"{name}: {worker.metric_values(name)}")
+    return "\n".join(lines)
 
 
 FIELDS = ("state", "loss_rate", "supply_kwh", "sales_kwh", "customers_reported", "supplies_reported")
@@ -93,7 +119,8 @@ def test_ten_sigkills_during_a_replay_lose_nothing(kafka_broker, tmp_path: Path)
                 break
             assert time.monotonic() < deadline, (
                 f"after {KILLS} kills: {sum(k not in final for k in want)} windows missing, "
-                f"{len(expected_alerts - got_alerts)} alerts missing\n{worker.log_tail()}"
+                f"{len(expected_alerts - got_alerts)} alerts missing\n"
+                f"{_diagnosis(s, worker, want, final)}\n{worker.log_tail()}"
             )
             time.sleep(2.0)
         time.sleep(4.0)  # anything extra would follow closely
