@@ -133,6 +133,9 @@ class Area:
     bounds: Bounds | None = None  # per-area override of the class bounds
 
 
+_INF = float("inf")
+
+
 @dataclass
 class Topology:
     """Meter-to-area mapping over time, and the bounds each area is judged against."""
@@ -151,6 +154,8 @@ class Topology:
         default_factory=dict
     )
     version: int = 0  # bumped by every apply(): results judged before may be stale
+    # meter_id -> (effective from, record) for meters with one archive record: most of them
+    _only: dict[str, tuple[float, MeterRecord]] = field(default_factory=dict)
 
     def apply(self, record: MeterRecord) -> None:
         """Add or replace (same meter and effective_from) one archive record."""
@@ -167,6 +172,10 @@ class Topology:
             starts.insert(i, ts)
         self._area_meters.setdefault(record.area_id, set()).add(record.meter_id)
         self.areas.setdefault(record.area_id, Area(record.area_id))
+        if len(history) == 1:
+            self._only[record.meter_id] = (starts[0], history[0])
+        else:
+            self._only.pop(record.meter_id, None)
 
     def meter_at(self, meter_id: str, at: datetime) -> MeterRecord | None:
         """The archive record in force for ``meter_id`` at ``at``, or None if unknown then."""
@@ -185,6 +194,9 @@ class Topology:
     def meter_span_ts(self, meter_id: str, ts: float) -> tuple[MeterRecord | None, float]:
         """The record in force at ``ts`` and when the next one takes effect (inf: none does),
         so a caller can reuse one lookup for later times before that."""
+        only = self._only.get(meter_id)
+        if only is not None and only[0] <= ts:
+            return only[1], _INF
         starts = self._starts.get(meter_id)
         if not starts:
             return None, float("inf")

@@ -71,6 +71,14 @@ class GridwatchWorker:
         self.mask.remember(*(r.meter_id for r in self.topology.records() if r.role is Role.CUSTOMER))
         self.registry = registry or CollectorRegistry()
         self.metrics = Metrics(self.registry, top_k=settings.top_k_areas)
+        # Labelled children looked up once (a labels() call per record showed in profiles),
+        # and created at 0 so every series exists from the start.
+        self._messages_by_kind = {k: self.metrics.messages.labels(kind=k) for k in ("reading", "batch")}
+        self._readings_by = {
+            (outcome, role): self.metrics.readings.labels(outcome=outcome, role=role.value)
+            for outcome in ("accepted", "duplicate", "replaced")
+            for role in Role
+        }
         self.topology_ready = asyncio.Event()
         self._last_event_wall: dict[tuple[int, str], float] = {}
         self._last_offset: dict[tuple[int, str], int] = {}
@@ -363,7 +371,7 @@ class GridwatchWorker:
             await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
             return
         # Counted by kind as soon as it is decoded, so refusals below are counted too.
-        self.metrics.messages.labels(kind="reading" if isinstance(msg, Reading) else "batch").inc()
+        self._messages_by_kind["reading" if isinstance(msg, Reading) else "batch"].inc()
         key_area = key.decode("utf-8", "replace") if key else None
         if key_area is not None and key_area != msg.area_id:
             detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
@@ -415,9 +423,14 @@ class GridwatchWorker:
         single: bytes | None,
     ) -> None:
         readings = self.metrics.readings
-        readings.labels(outcome="accepted", role=role.value).inc(out.accepted)
-        readings.labels(outcome="duplicate", role=role.value).inc(out.duplicates)
-        readings.labels(outcome="replaced", role=role.value).inc(out.replaced)
+        counted = self._readings_by
+        for outcome, n in (
+            ("accepted", out.accepted),
+            ("duplicate", out.duplicates),
+            ("replaced", out.replaced),
+        ):
+            if n:
+                counted[(outcome, role)].inc(n)
         for refusal in out.refused:
             point = refusal.point
             body = single if single is not None else _reading_bytes(point, area_id, ts)
