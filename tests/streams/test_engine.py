@@ -563,7 +563,7 @@ def _crash_run(seed: int, kills: int) -> tuple[dict[str, LossResult], dict[str, 
                 # order, one partition), the offsets were not committed
                 landed = rng.randrange(engine.pending_writes() + 1)
                 writes: list[tuple[str, Any]] = []
-                engine.persist(lambda _p, key, value: writes.append((key, value)))
+                engine.persist(lambda _p, key, value, sink=writes: sink.append((key, value)))
                 for key, value in writes[:landed]:
                     changelog(0, key, value)
             elif rng.random() < 0.03:  # an offset commit (rare: replays span the lateness)
