@@ -1,7 +1,8 @@
 """Throughput of the gridwatch worker against a bare consumer and a trivial Faust agent.
 
-    python benchmarks/throughput.py                       # defaults: a few minutes on 2 cores
+    python benchmarks/throughput.py                       # defaults: ~10 minutes on 2 cores
     python benchmarks/throughput.py --areas 40 --meters 150 --intervals 96 --kafka-version 4.1.1
+    python benchmarks/throughput.py --no-profile --no-latency --no-scaling --out /tmp/gw-quick
 
 Starts its own Kafka broker (streams.broker.LocalKafka in a temporary directory), builds a
 deterministic city (simulator.city) and pre-fills two topic sets with the SAME readings:
@@ -20,12 +21,29 @@ Each runs in its own child process. readings/s is counted from the first record 
 until (a) the consumer has read everything, (b)/(c) the consumer group's committed offsets
 equal the end offsets (so it includes up to one commit interval, 1 s here, plus 0.25 s of
 polling; ``processed_readings_per_s`` stops at the last record instead). CPU seconds are the
-child's utime+stime over the same span, peak RSS its VmHWM. For the worker, p50/p99 are the
-per-record processing time (histogram gridwatch_processing_seconds, interpolated within
-buckets): NOT end-to-end latency, which pre-filled topics cannot measure.
+child's utime+stime over the same span, peak RSS its VmHWM. For the worker,
+processing_p50_ms/processing_p99_ms are the per-record processing time (histogram
+gridwatch_processing_seconds, interpolated within buckets), which pre-filled topics can measure;
+p50_ms/p99_ms are END-TO-END latency, reading produced to area result emitted, from the
+latency runs below (None for a kind whose latency run is off).
 
-Writes benchmarks/results/throughput.json and throughput.md; with --profile (default on) a
-separate worker run per message kind is sampled with py-spy and the top hot spots go in the report.
+(d) latency (benchmarks/latency.py, skipped with --no-latency): a fresh worker on fresh topics,
+    a producer child sending the city at a steady --latency-rate readings/s (batches, default
+    20k/s; and singles at --latency-singles-rate, 0: off), CreateTime of the input record that
+    let a window close -> timestamp of the window's lineloss record, and of the alerts it
+    emitted. The definitions are in benchmarks/latency.py's docstring.
+(e) scaling (skipped with --no-scaling): a larger batch set (--scaling-intervals) pre-filled,
+    read once by one worker and once by two workers in one consumer group (fresh group each,
+    topics of Settings.partitions = 4 partitions); readings/s from the first record either
+    worker processes until the group's committed offsets equal the end offsets, so a
+    rebalance when the second worker joins is part of it. The broker runs with
+    group.initial.rebalance.delay.ms = 3000 (the local broker's default is 0), so two workers
+    started together usually join one initial rebalance; single-worker runs, measured from
+    their first record, are not affected. ``two_workers_over_one`` (target >= 1.5) is the ratio.
+
+Writes benchmarks/results/throughput.json and throughput.md (another directory with --out);
+with --profile-s > 0 (default 15; --no-profile: 0) a separate worker run per message kind is
+sampled with py-spy and the top hot spots go in the report.
 """
 
 from __future__ import annotations
@@ -55,7 +73,10 @@ TARGETS = {
     "worker_over_baseline_batches": 0.5,
     "worker_over_trivial_singles": 0.6,
     "worker_batches_readings_per_s": 500_000,
+    "two_workers_over_one": 1.5,
+    "window_close_to_pass_rate_metric_p99_ms": 1000,
 }
+SCALING_REBALANCE_DELAY_MS = "3000"
 
 
 # --- process accounting -------------------------------------------------------------------------
@@ -125,7 +146,9 @@ def settings_for(bootstrap: str, names: dict[str, str], topology: str) -> Any:
     )
 
 
-def prefill(bootstrap: str, city: Any, run_id: str) -> dict[str, Any]:
+def prefill(
+    bootstrap: str, city: Any, run_id: str, kinds: tuple[str, ...] = ("batches", "singles")
+) -> dict[str, Any]:
     """Topology once; then the same readings as batches and as singles, in two topic sets."""
     import orjson
 
@@ -135,7 +158,7 @@ def prefill(bootstrap: str, city: Any, run_id: str) -> dict[str, Any]:
 
     topology = f"{run_id}.topology"
     sets: dict[str, Any] = {}
-    for kind in ("batches", "singles"):
+    for kind in kinds:
         names = topic_names(f"{run_id}.{kind}")
         s = settings_for(bootstrap, names, topology)
         create_topics(bootstrap, topic_specs(s))
@@ -486,14 +509,101 @@ def run_worker(
         worker.stop()
     cpu = cpu1 - cpu0 if cpu0 is not None and cpu1 is not None else None
     r = row("gridwatch worker", kind, st, committed - first, (processed or committed) - first, cpu, hwm)
-    r["p50_ms"] = round(qs[0.5] * 1000, 3) if qs[0.5] is not None else None
-    r["p99_ms"] = round(qs[0.99] * 1000, 3) if qs[0.99] is not None else None
-    r["latency_kind"] = "per-record processing (gridwatch_processing_seconds), not end-to-end"
+    r["processing_p50_ms"] = round(qs[0.5] * 1000, 3) if qs[0.5] is not None else None
+    r["processing_p99_ms"] = round(qs[0.99] * 1000, 3) if qs[0.99] is not None else None
+    r["latency_kind"] = "p50_ms/p99_ms: end to end from the latency run (filled in by main)"
     r["accepted_readings"], r["rejected_readings"], r["area_windows_emitted"] = accepted, rejected, emitted
     r["changelog_bytes"] = changelog_bytes
     r["input_bytes"] = input_bytes
     r["changelog_over_input_bytes"] = round(changelog_bytes / input_bytes, 2) if input_bytes else None
     return r, hot
+
+
+# --- (e) one worker vs two workers in one group ---------------------------------------------------
+
+
+def run_group(
+    bootstrap: str, st: dict[str, Any], topology: str, tmp: Path, areas_csv: Path, workers: int
+) -> dict[str, Any]:
+    """``workers`` gridwatch workers in one fresh consumer group over a pre-filled set:
+    readings/s from the first record any of them processes until the group's committed offsets
+    equal the end offsets."""
+    from streams.localrun import WorkerProcess
+
+    envs = [worker_env(bootstrap, st, topology, f"group{workers}", tmp, areas_csv) for _ in range(workers)]
+    app_id = envs[0]["GRIDWATCH_APP_ID"]
+    for i, env in enumerate(envs[1:], 2):  # one group; own ports (from worker_env) and data dir
+        env["GRIDWATCH_APP_ID"] = app_id
+        env["GRIDWATCH_DATA_DIR"] = str(tmp / f"{app_id}-{i}")
+    procs = [WorkerProcess(env, tmp / f"{app_id}-{i}.log").start() for i, env in enumerate(envs, 1)]
+    names = st["names"]
+    lag = GroupLag(bootstrap, app_id, [names["readings"], names["supply"]])
+    firsts: list[float | None] = [None] * workers
+    try:
+        pids = [w.proc.pid for w in procs if w.proc is not None]
+        cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+        deadline = time.monotonic() + 900
+        while True:
+            now = time.time()
+            for i, w in enumerate(procs):
+                if firsts[i] is None and (w.metric_sum("gridwatch_processing_seconds_count") or 0) > 0:
+                    firsts[i] = now
+            if any(f is not None for f in firsts) and lag.lag() == 0:
+                break
+            for w in procs:
+                if not w.alive() or time.monotonic() > deadline:
+                    raise RuntimeError(f"worker stalled or exited:\n{w.log_tail()}")
+            time.sleep(0.1 if not any(firsts) else 0.25)
+        committed = time.time()
+        cpu1 = {pid: cpu_seconds(pid) for pid in pids}
+        rss = [peak_rss_mb(pid) for pid in pids]
+        processed = [w.metric_sum("gridwatch_processing_seconds_count") or 0 for w in procs]
+    finally:
+        lag.close()
+        for w in procs:
+            w.stop()
+    first = min(f for f in firsts if f is not None)
+    span = committed - first
+    cpus = [cpu1[p] - cpu0[p] for p in cpu1 if cpu0.get(p) is not None and cpu1[p] is not None]
+    return {
+        "workers": workers,
+        "seconds": round(span, 3),
+        "readings_per_s": round(st["readings"] / span) if span > 0 else None,
+        "messages_processed_per_worker": [int(n) for n in processed],
+        "worker_started_after_s": [round(f - first, 2) if f is not None else None for f in firsts],
+        "cpu_s": round(sum(cpus), 2) if cpus else None,
+        "peak_rss_mb": [round(r, 1) if r is not None else None for r in rss],
+    }
+
+
+def run_scaling(bootstrap: str, city: Any, tmp: Path, areas_csv: Path) -> dict[str, Any]:
+    """The same pre-filled batch set read by one worker, then by two in one group."""
+    from streams.kafkaio import end_offsets
+
+    data = prefill(bootstrap, city, f"scale-{uuid.uuid4().hex[:6]}", kinds=("batches",))
+    st = data["sets"]["batches"]
+    parts = {
+        topic: dict(sorted(end_offsets(bootstrap, st["names"][topic]).items()))
+        for topic in ("readings", "supply")
+    }
+    one = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 1)
+    print(f"    1 worker:  {one['readings_per_s']:,} readings/s ({one['seconds']:.1f}s)", flush=True)
+    two = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 2)
+    print(
+        f"    2 workers: {two['readings_per_s']:,} readings/s ({two['seconds']:.1f}s; second worker's "
+        f"first record {max(x or 0 for x in two['worker_started_after_s']):.1f}s after the first's)",
+        flush=True,
+    )
+    ratio = two["readings_per_s"] / one["readings_per_s"] if one["readings_per_s"] else None
+    return {
+        "message_kind": "batches",
+        "messages": st["messages"],
+        "readings": st["readings"],
+        "messages_per_partition": parts,
+        "one_worker": one,
+        "two_workers": two,
+        "two_workers_over_one": round(ratio, 4) if ratio is not None else None,
+    }
 
 
 def topic_bytes(tmp: Path, topic: str) -> int:
@@ -626,17 +736,92 @@ def fmt(v: Any, nd: int = 0) -> str:
 def table(runs: list[dict[str, Any]]) -> str:
     head = (
         "| run | messages | readings/s | msgs/s | readings/s to last record | CPU s | readings/CPU s "
-        "| p50 ms | p99 ms | peak RSS MB |"
+        "| end-to-end p50 ms | end-to-end p99 ms | processing p50 ms | processing p99 ms | peak RSS MB |"
     )
-    lines = [head, "|" + " --- |" * 10]
+    lines = [head, "|" + " --- |" * 12]
     for r in runs:
         lines.append(
             f"| {r['name']} / {r['message_kind']} | {fmt(r['messages'])} | {fmt(r['readings_per_s'])} "
             f"| {fmt(r['messages_per_s'])} | {fmt(r['processed_readings_per_s'])} | {fmt(r['cpu_s'], 2)} "
-            f"| {fmt(r['readings_per_cpu_s'])} | {fmt(r['p50_ms'], 3)} | {fmt(r['p99_ms'], 3)} "
+            f"| {fmt(r['readings_per_cpu_s'])} | {fmt(r['p50_ms'], 1)} | {fmt(r['p99_ms'], 1)} "
+            f"| {fmt(r.get('processing_p50_ms'), 3)} | {fmt(r.get('processing_p99_ms'), 3)} "
             f"| {fmt(r['peak_rss_mb'], 1)} |"
         )
     return "\n".join(lines)
+
+
+def by_type(r: dict[str, Any]) -> dict[str, int]:
+    return dict(r["anomaly_to_alert"]["by_type"])
+
+
+def latency_md(latency: dict[str, Any]) -> list[str]:
+    if not latency:
+        return ["(not run: --no-latency)", ""]
+    out = [
+        "Full worker on fresh topics, a producer child sending at a steady rate (definitions: "
+        "benchmarks/latency.py). (i) reading produced -> area result emitted: CreateTime of the "
+        "input record that let the window close (the later of the first readings and the first "
+        "supply record at or past window end + close_delay_s on the area's partition) -> the "
+        "window's first lineloss record's timestamp. (ii) anomalous reading -> alert: the same, "
+        "for the window each alert was found in. (iii) window close -> pass-rate metric: the "
+        "gauges are set in the same call right after the lineloss records, so (i) is also that; "
+        "the scraped figure adds up to one scrape period of sampling delay.",
+        "",
+        "| kind | readings/s target | achieved | worker CPU share | (i) p50 ms | (i) p99 ms | windows "
+        "| (ii) p50 ms | (ii) p99 ms | alerts | (iii) scraped p50 ms | (iii) scraped p99 ms "
+        "| backlog growth |",
+        "|" + " --- |" * 13,
+    ]
+    for kind, r in latency.get("runs", {}).items():
+        w, a = r["reading_to_result"], r["anomaly_to_alert"]
+        m = r["window_close_to_pass_rate_metric"]["scraped"]
+        out.append(
+            f"| {kind} | {fmt(r['target_readings_per_s'])} | {fmt(r['achieved_readings_per_s'])} "
+            f"| {fmt(r['worker_cpu_share'], 2)} | {fmt(w['p50_ms'], 1)} | {fmt(w['p99_ms'], 1)} "
+            f"| {fmt(w['n'])} | {fmt(a['p50_ms'], 1)} | {fmt(a['p99_ms'], 1)} | {fmt(a['n'])} "
+            f"| {fmt(m['p50_ms'], 1)} | {fmt(m['p99_ms'], 1)} | {fmt(r['backlog_growth'], 2)} |"
+        )
+    out.append("")
+    for kind, r in latency.get("runs", {}).items():
+        c = r["city"]
+        out.append(
+            f"- {kind}: {c['areas']} areas x {c['meters_per_area']} meters x {c['intervals']} intervals, "
+            f"{r['readings']:,} readings in {r['messages']:,} messages over {r['produce_seconds']}s "
+            f"(event time x{r['event_time_speedup']:,}); producer at most "
+            f"{r['producer_max_behind_schedule_s']}s behind its schedule; "
+            f"{r['reading_to_result']['idle_closed_windows_excluded']} idle-closed windows left out; "
+            f"alerts by type: {', '.join(f'{k} {v}' for k, v in sorted(by_type(r).items()))}"
+            f" ({r['anomaly_to_alert']['left_out']} left out)."
+        )
+    return [*out, ""]
+
+
+def scaling_md(scaling: dict[str, Any]) -> list[str]:
+    if not scaling:
+        return ["(not run: --no-scaling)", ""]
+    one, two = scaling["one_worker"], scaling["two_workers"]
+    c = scaling.get("city", {})
+    return [
+        f"City: {c.get('areas')} areas x {c.get('meters_per_area')} meters x {c.get('intervals')} intervals. "
+        f"{scaling['readings']:,} readings in {scaling['messages']:,} batch messages, pre-filled; "
+        "readings/s from the first record either worker processed until the group's committed "
+        "offsets = end offsets (a rebalance when the second worker joins is included).",
+        "",
+        "| workers | readings/s | seconds | CPU s (all workers) | messages processed per worker "
+        "| first record per worker, s after the first | peak RSS MB |",
+        "|" + " --- |" * 7,
+        *[
+            f"| {g['workers']} | {fmt(g['readings_per_s'])} | {fmt(g['seconds'], 1)} | {fmt(g['cpu_s'], 2)} "
+            f"| {', '.join(map(str, g['messages_processed_per_worker']))} "
+            f"| {', '.join(map(str, g['worker_started_after_s']))} "
+            f"| {', '.join(map(str, g['peak_rss_mb']))} |"
+            for g in (one, two)
+        ],
+        "",
+        f"two_workers_over_one: {fmt(scaling['two_workers_over_one'], 3)} (target >= 1.5). Messages per "
+        f"partition: {scaling['messages_per_partition']}.",
+        "",
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -653,8 +838,26 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile-s", type=float, default=15.0, help="py-spy a 2nd worker run on batches; 0: off"
     )
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--no-profile", action="store_true", help="same as --profile-s 0")
+    ap.add_argument("--no-latency", action="store_true", help="skip the end-to-end latency runs")
+    ap.add_argument("--latency-rate", type=float, default=20_000.0, help="readings/s, batches")
+    ap.add_argument(
+        "--latency-singles-rate",
+        type=float,
+        default=600.0,
+        help="readings/s of the singles latency run (the worker tops out near 1.2k/s on 2 cores); 0: off",
+    )
+    ap.add_argument("--latency-duration-s", type=float, default=30.0, help="producer time per latency run")
+    ap.add_argument("--no-scaling", action="store_true", help="skip the one vs two workers run")
+    ap.add_argument(
+        "--scaling-intervals", type=int, default=288, help="intervals of the scaling run's batch set"
+    )
+    ap.add_argument("--scaling-areas", type=int, default=64, help="areas of the scaling run's city")
+    ap.add_argument("--scaling-meters", type=int, default=50, help="meters per area, scaling run")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="directory for throughput.json and .md")
     args = ap.parse_args(argv)
+    if args.no_profile:
+        args.profile_s = 0.0
 
     from streams.broker import DEFAULT_VERSION, LocalKafka
 
@@ -664,7 +867,11 @@ def main(argv: list[str] | None = None) -> int:
     broker = None
     try:
         print(f"starting Kafka {version} in {tmp}", flush=True)
-        broker = LocalKafka.start(tmp / "kafka", version=version)
+        broker = LocalKafka.start(
+            tmp / "kafka",
+            version=version,
+            overrides={"group.initial.rebalance.delay.ms": SCALING_REBALANCE_DELAY_MS},
+        )
         bootstrap = broker.bootstrap
         city = build_city(args.areas, args.meters, args.intervals)
         areas_csv = tmp / "areas.csv"
@@ -707,6 +914,78 @@ def main(argv: list[str] | None = None) -> int:
                     areas_csv,
                     profile_s=args.profile_s,
                 )[1]
+        latency: dict[str, Any] = {}
+        if not args.no_latency:
+            import latency as lat
+
+            lat_runs: dict[str, Any] = {}
+            rates = {"batches": args.latency_rate, "singles": args.latency_singles_rate}
+            for kind, rate in rates.items():
+                if rate <= 0:
+                    continue
+                print(f"  latency / {kind} at {rate:,.0f} readings/s ...", flush=True)
+                lr = lat.run_latency(
+                    bootstrap,
+                    tmp,
+                    areas=args.areas,
+                    meters=args.meters,
+                    rate=rate,
+                    duration_s=args.latency_duration_s,
+                    message_kind=kind,
+                    log=lambda m: print(m, flush=True),
+                )
+                lat_runs[kind] = lr
+                w, a = lr["reading_to_result"], lr["anomaly_to_alert"]
+                print(
+                    f"    achieved {lr['achieved_readings_per_s']:,} readings/s; reading->result p50 "
+                    f"{w['p50_ms']} ms p99 {w['p99_ms']} ms ({w['n']} windows); anomaly->alert p50 "
+                    f"{a['p50_ms']} ms p99 {a['p99_ms']} ms ({a['n']} alerts)",
+                    flush=True,
+                )
+            for r in runs:
+                lr = lat_runs.get(r["message_kind"])
+                if r["name"] == "gridwatch worker" and lr is not None:
+                    r["p50_ms"] = lr["reading_to_result"]["p50_ms"]
+                    r["p99_ms"] = lr["reading_to_result"]["p99_ms"]
+                    r["latency_kind"] = (
+                        f"p50_ms/p99_ms: end to end, reading produced -> area result emitted, at a steady "
+                        f"{lr['achieved_readings_per_s']:,} readings/s (latency run); processing_*: per "
+                        "record, this run"
+                    )
+                elif r["name"] == "gridwatch worker":
+                    r["latency_kind"] = "no latency run for this kind; processing_*: per record, this run"
+            head = lat_runs.get("batches") or next(iter(lat_runs.values()), None)
+            if head is not None:
+                latency = {
+                    "message_kind": head["message_kind"],
+                    "steady_readings_per_s": head["achieved_readings_per_s"],
+                    "target_readings_per_s": head["target_readings_per_s"],
+                    "reading_to_result": head["reading_to_result"],
+                    "anomaly_to_alert": head["anomaly_to_alert"],
+                    "window_close_to_pass_rate_metric": head["window_close_to_pass_rate_metric"],
+                    "runs": lat_runs,
+                }
+        scaling: dict[str, Any] = {}
+        if not args.no_scaling:
+            print(
+                f"  scaling: one vs two workers, {args.scaling_areas} areas x {args.scaling_meters} meters x "
+                f"{args.scaling_intervals} intervals of batches ...",
+                flush=True,
+            )
+            # Its own city: enough areas that the 4 partitions get near-equal shares (20 areas
+            # hash 867 to 2,312 messages a partition, capping two workers near 1.8x).
+            scity = build_city(args.scaling_areas, args.scaling_meters, args.scaling_intervals)
+            scaling_csv = tmp / "scaling-areas.csv"
+            scaling_csv.write_text(
+                "area_id,area_class,loss_lower,loss_upper\n"
+                + "".join(f"{a},{scity.topology.area_class(a)},,\n" for a in scity.area_ids)
+            )
+            scaling = run_scaling(bootstrap, scity, tmp, scaling_csv)
+            scaling["city"] = {
+                "areas": args.scaling_areas,
+                "meters_per_area": args.scaling_meters,
+                "intervals": args.scaling_intervals,
+            }
         by = {(r["name"].split(" ")[0], r["message_kind"]): r for r in runs}
         wb, bb = by[("gridwatch", "batches")], by[("baseline", "batches")]
         ws, ts = by[("gridwatch", "singles")], by[("trivial", "singles")]
@@ -721,6 +1000,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "worker_batches_over_500k_target": round(wb["readings_per_s"] / 500_000, 4),
         }
+        if scaling:
+            ratios["two_workers_over_one"] = scaling["two_workers_over_one"]
         result: dict[str, Any] = {
             "generated": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -736,8 +1017,10 @@ def main(argv: list[str] | None = None) -> int:
             "method": (
                 "topics pre-filled, no producer while measuring; readings/s from the first record "
                 "processed until committed offsets = end offsets (baseline: until all read); "
-                f"commit interval {COMMIT_INTERVAL_S}s; p50/p99 = worker per-record processing time "
-                "from gridwatch_processing_seconds, not end-to-end latency"
+                f"commit interval {COMMIT_INTERVAL_S}s; worker p50_ms/p99_ms = end-to-end latency "
+                "(reading produced -> area result emitted) from the latency run of the same message "
+                "kind at a steady rate, processing_p50_ms/processing_p99_ms = per-record processing "
+                "time from gridwatch_processing_seconds"
             ),
             "runs": runs,
             "profile": (
@@ -747,6 +1030,8 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "ratios": ratios,
             "targets": TARGETS,
+            "latency": latency,
+            "scaling": scaling,
             "hot_spots": {
                 k: [{"function": f, "self_share": round(s, 4)} for f, s in v] for k, v in hot.items()
             },
@@ -758,12 +1043,21 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "throughput.json").write_text(json.dumps(result, indent=2) + "\n")
+        skipped = [
+            flag
+            for flag, on in (
+                ("--no-profile", args.profile_s <= 0),
+                ("--no-latency", args.no_latency),
+                ("--no-scaling", args.no_scaling),
+            )
+            if on
+        ]
         md = [
             "# gridwatch throughput",
             "",
             f"`python benchmarks/throughput.py --areas {args.areas} --meters {args.meters} "
-            f"--intervals {args.intervals}` on {os.cpu_count()} CPUs, Kafka {version}, "
-            f"{result['city']['readings']:,} readings "
+            f"--intervals {args.intervals}{''.join(' ' + s for s in skipped)}` on {os.cpu_count()} CPUs, "
+            f"Kafka {version}, {result['city']['readings']:,} readings "
             f"({result['city']['messages']['batches']:,} batch messages / "
             f"{result['city']['messages']['singles']:,} single messages), {result['generated']}.",
             "",
@@ -774,13 +1068,14 @@ def main(argv: list[str] | None = None) -> int:
             "Batch runs are short at the default size (the batch set is read in well under 10 s), so the "
             "commit-bound end (up to one commit interval plus polling) weighs heavily on them: compare the "
             "'to last record' and 'readings/CPU s' columns, and use a larger --areas/--intervals for stable "
-            "batch figures. The worker's p50/p99 are per consumed record (a batch is one record). "
+            "batch figures. The worker's processing p50/p99 are per consumed record (a batch is one "
+            "record); its end-to-end p50/p99 come from the latency runs below. "
             "Interpretation and scaling: docs/scaling.md.",
             "",
             "## Ratios (targets: worker/baseline on batches >= 0.5, worker/trivial on singles >= 0.6, "
-            "worker >= 500k readings/s on batches)",
+            "worker >= 500k readings/s on batches, two workers/one >= 1.5)",
             "",
-            *[f"- {k}: {v:.3f}" for k, v in ratios.items()],
+            *[f"- {k}: {fmt(v, 3)}" for k, v in ratios.items()],
             "",
             *[
                 f"Worker / {r['message_kind']}: window-table changelog {r['changelog_bytes'] / 1e6:.1f} MB "
@@ -792,6 +1087,12 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"state_bytes_per_meter (models.meter_anomaly): {result['state_bytes_per_meter']}",
             "",
+            "## End-to-end latency (target: window close -> pass-rate metric p99 <= 1 s)",
+            "",
+            *latency_md(latency),
+            "## One worker vs two workers in one consumer group",
+            "",
+            *scaling_md(scaling),
             "## Hot spots (py-spy, gridwatch worker)",
             "",
             result["profile"] + ".",
@@ -803,11 +1104,13 @@ def main(argv: list[str] | None = None) -> int:
         print(table(runs))
         print()
         for k, v in ratios.items():
-            print(f"{k}: {v:.3f}")
+            print(f"{k}: {fmt(v, 3)}")
         for kind, spots in hot.items():
             print(f"\nhot spots, worker / {kind} (self time):")
             for f, s in spots:
                 print(f"  {s:6.1%}  {f}")
+        if latency:
+            print("\n" + "\n".join(latency_md(latency)[2:-1]))
         print(f"\nwrote {args.out / 'throughput.json'} and throughput.md in {result['total_seconds']}s")
     finally:
         if broker is not None:
