@@ -608,9 +608,12 @@ class GridwatchWorker:
         missing = [tp for tp in tps if (tp.topic, tp.partition) not in self._start_committed]
         if missing:
             offsets = await asyncio.to_thread(_group_offsets, self.settings)
+            if offsets is None:
+                return self._start_committed  # asked again next tick
             for tp in missing:
-                if (tp.topic, tp.partition) in offsets:
-                    self._start_committed[(tp.topic, tp.partition)] = offsets[(tp.topic, tp.partition)]
+                # No committed offset: the group starts it from the beginning. Remembered too,
+                # or every tick would open an admin client again (0.5-2 s timer runs seen).
+                self._start_committed[(tp.topic, tp.partition)] = offsets.get((tp.topic, tp.partition), 0)
         return self._start_committed
 
     async def _measure_lag(self) -> None:
@@ -856,16 +859,20 @@ class SkippedRecords:
         return out
 
 
-def _group_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    """The worker group's committed offsets, from the broker (blocking: run in a thread)."""
+def _group_offsets(settings: Settings) -> dict[tuple[str, int], int] | None:
+    """The worker group's committed offsets, from the broker (blocking: run in a thread);
+    None if the broker could not be asked."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
-    admin = KafkaAdminClient(**kafka_client_kwargs(settings))
+    try:
+        admin = KafkaAdminClient(**kafka_client_kwargs(settings))
+    except KafkaError:
+        return None
     try:
         committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
     except KafkaError:
-        return {}
+        return None
     finally:
         admin.close()
     return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in committed.items() if meta.offset >= 0}

@@ -52,7 +52,7 @@ def _diagnosis(s: Any, worker: WorkerProcess, want: dict[str, Any], final: dict[
         for k, w in sorted(want.items())
         if k in final and any(final[k][f] != w[f] for f in FIELDS)
     ]
-    committed = _group_offsets(s)
+    committed = _group_offsets(s) or {}
     lines = [f"missing windows by area: {dict(sorted(by_area.items()))}"]
     lines.append(f"{len(differ)} windows differ (field, got, want): {differ[:8]}")
     for topic in (s.topic_readings, s.topic_supply):
