@@ -29,7 +29,7 @@ from models.windows import snap
 from streams import contracts
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
-from streams.kafkaio import faust_broker_kwargs, from_beginning, kafka_client_kwargs
+from streams.kafkaio import faust_broker_kwargs, from_beginning, group_offsets, kafka_client_kwargs
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -607,7 +607,7 @@ class GridwatchWorker:
         (Faust knows a partition's committed offset only after committing it itself)."""
         missing = [tp for tp in tps if (tp.topic, tp.partition) not in self._start_committed]
         if missing:
-            offsets = await asyncio.to_thread(_group_offsets, self.settings)
+            offsets = await asyncio.to_thread(group_offsets, self.settings)
             if offsets is None:
                 return self._start_committed  # asked again next tick
             for tp in missing:
@@ -857,25 +857,6 @@ class SkippedRecords:
             if records and records[-1].offset >= end - 1:
                 break
         return out
-
-
-def _group_offsets(settings: Settings) -> dict[tuple[str, int], int] | None:
-    """The worker group's committed offsets, from the broker (blocking: run in a thread);
-    None if the broker could not be asked."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    try:
-        admin = KafkaAdminClient(**kafka_client_kwargs(settings))
-    except KafkaError:
-        return None
-    try:
-        committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
-    except KafkaError:
-        return None
-    finally:
-        admin.close()
-    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in committed.items() if meta.offset >= 0}
 
 
 def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:

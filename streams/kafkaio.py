@@ -296,3 +296,20 @@ def end_offsets(bootstrap: str, topic: str, **kw: Any) -> dict[int, int]:
         return {tp.partition: off for tp, off in consumer.end_offsets(tps).items()}
     finally:
         consumer.close()
+
+
+def group_offsets(settings: Settings) -> dict[tuple[str, int], int] | None:
+    """The committed offsets of the worker group ``settings.app_id``, (topic, partition) ->
+    offset; None if the broker could not be asked (no coordinator yet, unreachable).
+    Blocking: run it in a thread from async code."""
+    try:
+        admin = KafkaAdminClient(**kafka_client_kwargs(settings))
+    except KafkaError:
+        return None
+    try:
+        committed = admin.list_group_offsets(settings.app_id).get(settings.app_id, {})
+    except KafkaError:
+        return None
+    finally:
+        admin.close()
+    return {(tp.topic, tp.partition): int(meta.offset) for tp, meta in committed.items() if meta.offset >= 0}

@@ -4,11 +4,13 @@ broker without seeing each other's data, and short Faust timings, which belong t
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from streams.kafkaio import end_offsets, group_offsets
 from streams.localrun import free_port
 from streams.settings import Settings
 
@@ -59,3 +61,18 @@ def areas_csv(city: Any, tmp: Path) -> str:
     rows = [f"{a},{city.topology.area_class(a)},," for a in city.area_ids]
     path.write_text("area_id,area_class,loss_lower,loss_upper\n" + "\n".join(rows) + "\n")
     return str(path)
+
+
+def committed_lag(s: Settings, topics: Iterable[str]) -> int | None:
+    """Records of ``topics`` the worker's group has not committed yet (None: the group has no
+    coordinator yet, or a non-empty partition has no commit yet)."""
+    done = group_offsets(s)
+    if done is None:
+        return None
+    lag = 0
+    for topic in topics:
+        for partition, end in end_offsets(s.bootstrap, topic).items():
+            if end > 0 and (topic, partition) not in done:
+                return None
+            lag += end - done.get((topic, partition), 0)
+    return lag

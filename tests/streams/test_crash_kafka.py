@@ -23,7 +23,7 @@ from worker_env import areas_csv, settings_for, worker_env
 
 from models.detection import Detection
 from simulator.city import CitySpec, aligned_start, build, messages
-from streams.kafkaio import create_topics, end_offsets, produce, read_topic
+from streams.kafkaio import create_topics, end_offsets, group_offsets, produce, read_topic
 from streams.localrun import WorkerProcess
 from streams.offline import run_records
 from streams.topics import topic_specs
@@ -44,15 +44,13 @@ def _final_results(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
 def _diagnosis(s: Any, worker: WorkerProcess, want: dict[str, Any], final: dict[str, Any]) -> str:
     """Where a stalled run stands: missing windows per area, windows that differ, the group's
     committed offsets against the end offsets, and the worker's own gauges."""
-    from streams.app import _group_offsets
-
     by_area = Counter(k.split("|")[0] for k in want if k not in final)
     differ = [
         f"{k}: {[(f, final[k][f], w[f]) for f in FIELDS if final[k][f] != w[f]]}"
         for k, w in sorted(want.items())
         if k in final and any(final[k][f] != w[f] for f in FIELDS)
     ]
-    committed = _group_offsets(s) or {}
+    committed = group_offsets(s) or {}
     lines = [f"missing windows by area: {dict(sorted(by_area.items()))}"]
     lines.append(f"{len(differ)} windows differ (field, got, want): {differ[:8]}")
     for topic in (s.topic_readings, s.topic_supply):

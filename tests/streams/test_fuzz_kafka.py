@@ -36,7 +36,7 @@ import random
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -46,7 +46,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
-from worker_env import settings_for, worker_env
+from worker_env import committed_lag, settings_for, worker_env
 
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from streams.kafkaio import create_topics, end_offsets, produce, read_topic
@@ -613,28 +613,6 @@ def _dead_letters(s: Settings) -> tuple[dict[tuple[str, int, int], list[Dead]], 
         )
         n += 1
     return by_pos, n
-
-
-def committed_lag(s: Settings, topics: Iterable[str]) -> int | None:
-    """Records of ``topics`` the worker's group has not committed yet (None: nothing yet)."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
-    try:
-        committed = admin.list_group_offsets(s.app_id).get(s.app_id, {})
-    except KafkaError:
-        return None
-    finally:
-        admin.close()
-    done = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
-    lag = 0
-    for topic in topics:
-        for partition, end in end_offsets(s.bootstrap, topic).items():
-            if end > 0 and (topic, partition) not in done:
-                return None
-            lag += end - done.get((topic, partition), 0)
-    return lag
 
 
 def _wait(cond: Callable[[], bool], timeout: float, worker: WorkerProcess, what: Callable[[], str]) -> None:

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import orjson
 import pytest
-from worker_env import settings_for, worker_env
+from worker_env import committed_lag, settings_for, worker_env
 
 from models.lineloss import LossState, judge, pass_rate
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from simulator.faults import Faulted, FaultSpec, apply_faults
-from streams.kafkaio import create_topics, end_offsets, produce, read_topic
+from streams.kafkaio import create_topics, produce, read_topic
 from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import topic_specs
@@ -140,28 +140,6 @@ def _records(s: Settings, sc: Scenario) -> list[tuple[str, bytes, bytes]]:
     return [(topic[kind], key, value) for kind, key, value in sc.faulted.records]
 
 
-def consumer_lag(s: Settings, topics: list[str]) -> int | None:
-    """Records of ``topics`` not yet committed by the worker's consumer group (None: no commit)."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    admin = KafkaAdminClient(bootstrap_servers=s.bootstrap)
-    try:
-        committed = admin.list_group_offsets(s.app_id).get(s.app_id, {})
-    except KafkaError:  # the group has no coordinator yet: the worker has not joined
-        return None
-    finally:
-        admin.close()
-    done = {(tp.topic, tp.partition): meta.offset for tp, meta in committed.items()}
-    lag = 0
-    for topic in topics:
-        for partition, end in end_offsets(s.bootstrap, topic).items():
-            if (topic, partition) not in done and end > 0:
-                return None
-            lag += end - done.get((topic, partition), 0)
-    return lag
-
-
 def _final_results(s: Settings) -> dict[tuple[str, int], dict[str, object]]:
     final = {}
     for rec in read_topic(s.bootstrap, s.topic_lineloss):
@@ -189,11 +167,11 @@ def _wait(
 
 def _wait_complete(s: Settings, sc: Scenario, worker: WorkerProcess, timeout: float = 300) -> dict:
     def caught_up() -> bool:
-        lag = consumer_lag(s, [s.topic_readings, s.topic_supply])
+        lag = committed_lag(s, [s.topic_readings, s.topic_supply])
         return lag == 0 and len(_final_results(s)) >= len(sc.expected)
 
     def progress() -> str:
-        lag = consumer_lag(s, [s.topic_readings, s.topic_supply])
+        lag = committed_lag(s, [s.topic_readings, s.topic_supply])
         return f"lag={lag}, results={len(_final_results(s))} of {len(sc.expected)}"
 
     _wait(caught_up, timeout, worker, "all area-windows", progress)
