@@ -134,6 +134,12 @@ class LineLossEngine:
         # partition) and corrected afterwards is evaluated again at its next chance to close,
         # not only if the correction arrives in the call that closes it.
         self._stale: set[str] = set()
+        # Keys whose points dict a ClosedWindow holds (handed out, not copied): the next write
+        # to one copies it first, so what the detectors learn is the window as it closed.
+        self._lent: set[str] = set()
+        # partition -> window starts holding stale keys: _advance() visits only these and the
+        # starts due for release, not every closed window on every call.
+        self._pending: dict[int, set[int]] = {}
         self._topology_version = topology.version
         # Released windows: deleted from the store one persist later (see persist()).
         self._released_since: dict[str, int] = {}  # released since the last persist
@@ -153,12 +159,15 @@ class LineLossEngine:
                 continue
             _, start = split_key(key)
             index.setdefault(start, set()).add(key)
+            self._stale.add(key)  # not emitted in this process yet: evaluated at its close
+            self._lent.discard(key)
             # Stored as JSON, whose object keys are strings; in memory, interval ends are ints.
             self._windows[key] = {
                 "p": partition,
                 "m": {m: {int(t): pair for t, pair in pts.items()} for m, pts in value["m"].items()},
             }
         self._open[partition] = index
+        self._pending[partition] = set(index)
         saved = self.store.get(f"{_WM_PREFIX}{partition}") or {}
         self._source_wm[partition] = dict(saved.get("sources", {}))
         self.watermark[partition] = int(saved.get("watermark", 0))
@@ -197,7 +206,9 @@ class LineLossEngine:
                     self._revision.pop(key, None)
                     self._windows.pop(key, None)
                     self._stale.discard(key)
+                    self._lent.discard(key)
             self.watermark.pop(p, None)
+            self._pending.pop(p, None)
             self._source_wm.pop(p, None)
             self._wm_dirty.discard(p)
         # Their unpersisted changes go too: the new owner replays them from its offsets (and
@@ -211,7 +222,8 @@ class LineLossEngine:
         return sorted(self._open)
 
     def open_windows(self) -> int:
-        return sum(len(keys) for idx in self._open.values() for keys in idx.values())
+        """Windows held (open, or closed and not yet released) in the owned partitions."""
+        return len(self._windows)  # every indexed key has its window, and only those
 
     # ---- persistence -----------------------------------------------------------------------
 
@@ -278,33 +290,49 @@ class LineLossEngine:
             self.recover_partition(partition)
         out = Outcome()
         watermark = self.watermark.get(partition, 0)
-        changes: dict[str, dict[str, list[float | None]]] = {}
         forwards: dict[str, dict[str, Point]] = {}  # target area -> meter -> point
         # Every point of a message shares ts: its windows, keys and lateness are worked out
         # once per message, not per reading (the per-reading work is the archive lookup).
         with_register = windows_touched(ts, interval_s=self.interval_s, window_s=self.window_s)
-        own = with_register[0]
+        own, last = with_register[0], with_register[-1]
         released = {
             start: start + self.window_s + self.allowed_lateness_s < watermark for start in with_register
         }
-        keys = {start: window_key(area_id, start) for start in with_register}
+        by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
+        # The windows a point feeds when its archive record covers them all and maps it here
+        # (nearly every reading): with a register, every window touched; without, its own.
+        open_register = [by_start[s] for s in with_register if not released[s]]
+        open_own = open_register[:1] if not released[own] else []
         meter_at = self.topology.meter_at_ts
         meter_span = self.topology.meter_span_ts
+        accepted = 0
         for point in points:
-            starts = with_register if point.register_kwh is not None else with_register[:1]
-            rec, until = meter_span(point.meter_id, own)
+            meter_id = point.meter_id
+            rec, until = meter_span(meter_id, own)
             if rec is None:
                 out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
                 continue
             if rec.role is not role:
-                detail = f"meter {point.meter_id!r} is a {rec.role.value} meter in the archive"
+                detail = f"meter {meter_id!r} is a {rec.role.value} meter in the archive"
                 out.refused.append(Refusal(point, "role_mismatch", detail))
                 continue
+            if until > last and rec.area_id == area_id:
+                fed = open_register if point.register_kwh is not None else open_own
+                if fed:
+                    for meters in fed:
+                        meters[meter_id] = [point.register_kwh, point.energy_kwh]
+                    accepted += 1
+                else:
+                    out.late += 1
+                    detail = f"ts {_dt(ts).isoformat()} is beyond the allowed lateness"
+                    out.refused.append(Refusal(point, "late", detail))
+                continue
+            starts = with_register if point.register_kwh is not None else with_register[:1]
             applied = False
             all_late = True
             misrouted = forwarded = False
             for start in starts:
-                target = rec if start < until else meter_at(point.meter_id, start)
+                target = rec if start < until else meter_at(meter_id, start)
                 if target is None:
                     continue
                 if released[start]:
@@ -313,27 +341,26 @@ class LineLossEngine:
                 if target.area_id != area_id:
                     # Forward once: a forwarded reading only feeds its own area's windows.
                     if REROUTED not in point.flags:
-                        forwards.setdefault(target.area_id, {})[point.meter_id] = point
+                        forwards.setdefault(target.area_id, {})[meter_id] = point
                         forwarded = True
                     else:
                         misrouted = True
                     continue
-                meter_points = changes.get(keys[start])
-                if meter_points is None:
-                    meter_points = changes[keys[start]] = {}
-                meter_points[point.meter_id] = [point.register_kwh, point.energy_kwh]
+                by_start[start][meter_id] = [point.register_kwh, point.energy_kwh]
                 applied = True
             if all_late:
                 out.late += 1
                 detail = f"ts {_dt(ts).isoformat()} is beyond the allowed lateness"
                 out.refused.append(Refusal(point, "late", detail))
             elif applied:
-                out.accepted += 1
+                accepted += 1
             elif misrouted and not forwarded:
                 # Flagged as our own forward, yet under an area the meter is not in: a forward
                 # is only ever sent to the meter's area, so this one is forged or stale.
-                detail = f"meter {point.meter_id!r} is not in area {area_id!r}, yet flagged {REROUTED!r}"
+                detail = f"meter {meter_id!r} is not in area {area_id!r}, yet flagged {REROUTED!r}"
                 out.refused.append(Refusal(point, "misrouted", detail))
+        out.accepted = accepted
+        changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
         seen_kinds = self._write(partition, ts, changes)
         out.duplicates, out.replaced = seen_kinds
         for target_area, fwd_points in forwards.items():
@@ -353,11 +380,15 @@ class LineLossEngine:
         duplicates: set[str] = set()
         replaced: set[str] = set()
         index = self._open.setdefault(partition, {})
+        pending = self._pending.setdefault(partition, set())
         for key, meters in changes.items():
             value = self._windows.get(key)
             if value is None:
                 value = self._windows[key] = {"p": partition, "m": {}}
             points = value["m"]
+            if key in self._lent:
+                self._lent.discard(key)
+                points = value["m"] = {m: dict(pts) for m, pts in points.items()}
             for meter_id, pair in meters.items():
                 meter_points = points.get(meter_id)
                 if meter_points is None:
@@ -367,7 +398,9 @@ class LineLossEngine:
                     (duplicates if list(before) == pair else replaced).add(meter_id)
                 meter_points[ts] = pair
             self._dirty[key] = partition
-            index.setdefault(split_key(key)[1], set()).add(key)
+            start = split_key(key)[1]
+            index.setdefault(start, set()).add(key)
+            pending.add(start)
         return len(duplicates), len(replaced - duplicates)
 
     def _advance_source(self, partition: int, source: str, ts: int) -> None:
@@ -395,35 +428,50 @@ class LineLossEngine:
             # far may judge its area differently now.
             self._topology_version = self.topology.version
             self._stale.update(self._emitted)
-        for start in sorted(index):
+            for p, starts in self._open.items():
+                self._pending.setdefault(p, set()).update(starts)
+        pending = self._pending.setdefault(partition, set())
+        lateness = self.window_s + self.allowed_lateness_s
+        visit = pending
+        if not idle and index and min(index) + lateness < watermark:
+            visit = pending | {start for start in index if start + lateness < watermark}
+        for start in sorted(visit):
             end = start + self.window_s
             release = not idle and end + self.allowed_lateness_s < watermark
             ended = end + self.close_delay_s <= watermark or (idle and end <= watermark)
             close = release or ended or end + self.allowed_lateness_s < watermark
             if not close:
                 break  # later windows end later still
-            for key in sorted(index[start]):
-                if key in self._emitted and key not in self._stale:
-                    continue  # unchanged since its last result (at release too)
-                self._stale.discard(key)
-                evaluated = self._evaluate(key)
-                if evaluated is not None and self._emitted.get(key) != evaluated[0]:
-                    result = evaluated[0]
-                    if self.track_closed and key not in self._emitted:
-                        # A copy: the window may still take corrections before it is learned.
-                        points = {m: dict(pts) for m, pts in evaluated[1].items()}
-                        self._closed.append(ClosedWindow(result, partition, points))
-                    self._emitted[key] = result
-                    self._revision[key] = self._revision.get(key, -1) + 1
-                    results.append(result)
+            keys = index.get(start)
+            if keys is None:
+                pending.discard(start)
+                continue
+            if start in pending:
+                # Only windows changed since their last result (or never evaluated in this
+                # process: new, or recovered) are evaluated; the others are unchanged.
+                pending.discard(start)
+                for key in sorted(keys & self._stale):
+                    self._stale.discard(key)
+                    evaluated = self._evaluate(key)
+                    if evaluated is not None and self._emitted.get(key) != evaluated[0]:
+                        result = evaluated[0]
+                        if self.track_closed and key not in self._emitted:
+                            # Lent, not copied: a correction before it is learned copies it first.
+                            self._lent.add(key)
+                            self._closed.append(ClosedWindow(result, partition, evaluated[1]))
+                        self._emitted[key] = result
+                        self._revision[key] = self._revision.get(key, -1) + 1
+                        results.append(result)
             if release:
                 for key in index.pop(start):
                     value = self._windows.pop(key, None)
+                    self._lent.discard(key)
                     if key in self._dirty and value is not None:
                         self._released_values[key] = value  # its last points, then deleted
                     self._released_since[key] = partition
                     self._emitted.pop(key, None)
                     self._revision.pop(key, None)
+                    self._stale.discard(key)
         return results
 
     def flush_idle(self, partition: int) -> list[LossResult]:
