@@ -36,10 +36,16 @@ from models.mapping import MappingErrorFinder
 from models.meter_anomaly import MeterAnomalyDetector
 from models.suspects import Suspect, SuspectRanker
 from models.windows import interval_ends
-from topology import Role, Topology
+from topology import MeterRecord, Role, Topology
 
 # A meter's points in a window: interval end -> (register kWh, interval kWh), as the engine keeps them.
 WindowPoints = dict[int, tuple[float | None, float | None]]
+
+# An area's customer meters for the detectors (see Detection.roster): ids in order, dense
+# indices, multipliers, in service, peer groups.
+Roster = tuple[
+    list[str], npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.bool_], npt.NDArray[np.int64]
+]
 
 # Peer groups of the meter detector, by the archive's customer class.
 CLASS_CODES: dict[str, int] = {"residential": 0, "commercial": 1, "industrial": 2}
@@ -116,49 +122,67 @@ def window_intervals(
     after the archive multiplier; supply is NaN for an interval any supply meter missed.
     """
     at = datetime.fromtimestamp(window_start, UTC)
-    customers = dict(topology.customer_meters(area_id, at))  # the archive's own is shared
-    for meter_id in points.keys() - customers.keys():
+    members = topology.customer_meters(area_id, at)  # shared, cached by the archive
+    extra = []
+    for meter_id in points.keys() - members.keys():
         rec = topology.meter_at(meter_id, at)
         if rec is not None and rec.role is Role.CUSTOMER and rec.area_id == area_id and not rec.active:
-            customers[meter_id] = rec
+            extra.append(rec)
+    ids, idx, mult, active, group = detection.roster(area_id, members, extra)
     supplies = topology.supply_meters(area_id, at)
-    ids = sorted(customers)
-    idx = detection.index(ids)
-    recs = [customers[m] for m in ids]
-    mult = np.array([r.multiplier for r in recs], dtype=np.float64)
-    active = np.array([r.active for r in recs], dtype=bool)
-    group = np.array([class_code(r.customer_class) for r in recs], dtype=np.int64)
     bounds = topology.bounds_for(area_id)
-    empty: WindowPoints = {}
     out: list[AreaInterval] = []
     learned = detection.learned.get(area_id, -1)
     last_reg = detection.last_register
+    nan = math.nan
+    per_meter = [points.get(m) for m in ids]
     for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
-        energy = np.empty(len(ids))
-        back = np.zeros(len(ids), dtype=bool)
-        for i, m in enumerate(ids):
-            pts = points.get(m, empty)
-            energy[i], back[i] = interval_energy(pts, end, interval_s)
-            register = pts.get(end, (None, None))[0]
-            if register is None or end <= learned:
+        prev_end = end - interval_s
+        energy: list[float] = []
+        back: list[bool] = []
+        registers: list[float] = []
+        # interval_energy(), inlined: this loop runs once per reading.
+        for pts in per_meter:
+            if pts is None:
+                energy.append(nan)
+                back.append(False)
+                registers.append(nan)
                 continue
+            register, kwh = pts.get(end, _NO_POINT)
+            registers.append(nan if register is None else register)
+            if kwh is not None:
+                energy.append(float(kwh))
+                back.append(False)
+                continue
+            prev = pts.get(prev_end)
+            if register is None or prev is None or prev[0] is None:
+                energy.append(nan)
+                back.append(False)
+            elif register < prev[0]:
+                energy.append(nan)
+                back.append(True)
+            else:
+                energy.append(float(register - prev[0]))
+                back.append(False)
+        backwards = np.array(back, dtype=bool)
+        if end > learned and ids:
             # A register below the last one read went backwards, even across missing reads
             # (a meter swapped while it was not reading restarts low).
-            j = idx[i]
-            if register < last_reg[j]:
-                back[i] = True
-            last_reg[j] = register
+            reg = np.array(registers, dtype=np.float64)
+            read = ~np.isnan(reg)
+            backwards |= read & (reg < last_reg[idx])
+            last_reg[idx[read]] = reg[read]
         supply = 0.0 if supplies else math.nan
         for m, rec in supplies.items():
-            e, _ = interval_energy(points.get(m, empty), end, interval_s)
+            e, _ = interval_energy(points.get(m, _EMPTY), end, interval_s)
             supply += e * rec.multiplier
         out.append(
             AreaInterval(
                 area_id,
                 end,
                 idx,
-                energy * mult,
-                back,
+                np.array(energy, dtype=np.float64) * mult,
+                backwards,
                 active,
                 group,
                 supply_kwh=supply,
@@ -167,6 +191,10 @@ def window_intervals(
             )
         )
     return out
+
+
+_NO_POINT: tuple[None, None] = (None, None)
+_EMPTY: WindowPoints = {}
 
 
 class Detection:
@@ -218,6 +246,7 @@ class Detection:
         self.learned: dict[str, int] = {}
         self._index: dict[str, int] = {}
         self._names: list[str] = []
+        self._rosters: dict[str, tuple[dict[str, MeterRecord], tuple[str, ...], Roster]] = {}
         # Last register read per meter (kWh, before multiplier; NaN = none yet): 8 bytes a meter.
         self.last_register: npt.NDArray[np.float64] = np.full(max(1, capacity), np.nan)
 
@@ -237,6 +266,32 @@ class Detection:
             grown[: len(self.last_register)] = self.last_register
             self.last_register = grown
         return out
+
+    def roster(
+        self, area_id: str, members: dict[str, MeterRecord], extra: Sequence[MeterRecord] = ()
+    ) -> Roster:
+        """An area's customer meters in id order, with their dense indices, multipliers,
+        in-service flags and peer groups: ``members`` (the archive's active customers, a dict
+        the archive shares until it changes) plus ``extra`` records. Built once per archive
+        state of the area, not per window (profiled: a tenth of learning a window)."""
+        key = tuple(sorted(r.meter_id for r in extra))
+        cached = self._rosters.get(area_id)
+        if cached is not None and cached[0] is members and cached[1] == key:
+            return cached[2]
+        recs = dict(members)
+        for r in extra:
+            recs[r.meter_id] = r
+        ids = sorted(recs)
+        ordered = [recs[m] for m in ids]
+        roster = (
+            ids,
+            self.index(ids),
+            np.array([r.multiplier for r in ordered], dtype=np.float64),
+            np.array([r.active for r in ordered], dtype=bool),
+            np.array([class_code(r.customer_class) for r in ordered], dtype=np.int64),
+        )
+        self._rosters[area_id] = (members, key, roster)
+        return roster
 
     def meter_name(self, index: int) -> str:
         return self._names[index]

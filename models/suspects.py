@@ -54,7 +54,6 @@ loss.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -256,13 +255,11 @@ class SuspectRanker:
         # while a young meter's mean moves): median of energy / own mean over the group.
         ratio = energy / np.where(mean > 0, mean, np.nan)[:, None]
         level = np.full(energy.shape, np.nan)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing bin has no level
-            overall = np.nanmedian(ratio, axis=0)
-            for g in np.unique(st.group):
-                peers = st.group == g
-                enough = (~np.isnan(ratio[peers])).sum(axis=0) >= self.min_peers
-                level[peers] = np.where(enough, np.nanmedian(ratio[peers], axis=0), overall)
+        overall = nanmedian_columns(ratio)
+        for g in np.unique(st.group):
+            peers = st.group == g
+            enough = (~np.isnan(ratio[peers])).sum(axis=0) >= self.min_peers
+            level[peers] = np.where(enough, nanmedian_columns(ratio[peers]), overall)
         expected = mean[:, None] * level
         missing = np.isnan(energy)
         sales = np.where(missing, expected, energy).sum(axis=0)
@@ -525,3 +522,21 @@ def drop_evidence(
         llr[rows] = np.maximum(z[np.arange(len(z)), best], 0.0) ** 2 / 2
         lo[rows], hi[rows] = np.divmod(best, n + 1)
     return llr, lo, hi
+
+
+def nanmedian_columns(x: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """``np.nanmedian(x, axis=0)`` without its masked-array path and warnings (profiled: 40% of
+    ranking an area): NaN for a column with no value.
+
+    >>> nanmedian_columns(np.array([[1.0, np.nan, 5.0], [3.0, np.nan, np.nan], [2.0, np.nan, 4.0]]))
+    array([2. , nan, 4.5])
+    >>> nanmedian_columns(np.zeros((0, 2)))
+    array([nan, nan])
+    """
+    if x.shape[0] == 0:
+        return np.full(x.shape[1], np.nan)
+    s = np.sort(x, axis=0)  # NaN sorts last
+    n = (~np.isnan(x)).sum(axis=0)
+    cols = np.arange(x.shape[1])
+    lo, hi = s[np.maximum(n - 1, 0) // 2, cols], s[n // 2, cols]  # the middle one or two
+    return np.where(n > 0, (lo + hi) / 2, np.nan)
