@@ -71,6 +71,12 @@ class Settings(BaseSettings):
     web_port: int = 6066
     data_dir: Path = Path(".gridwatch/worker")
 
+    # Records taken from the stream at a time (Faust's take_events): consecutive readings of one
+    # partition, area and interval end in a chunk are ingested together. A chunk is processed
+    # when full or after chunk_within_s, which bounds the wait it adds to a quiet stream.
+    chunk_records: int = Field(500, ge=1, le=100_000)
+    chunk_within_s: float = Field(0.05, gt=0, le=5.0)
+
     # Faust timings; tests shorten these, production keeps Faust's defaults
     broker_session_timeout_s: float = 60.0
     broker_heartbeat_interval_s: float = 3.0
