@@ -12,7 +12,7 @@ configured through BENCH_* environment variables:
     BENCH_WEB_PORT      Faust web port
 
 Same Faust settings as the gridwatch worker where they matter for throughput (raw value
-serializer, earliest offset reset, commit interval), so that the gap between this and
+serializer, earliest offset reset, commit interval, fetch wait), so that the gap between this and
 ``gridwatch worker`` is gridwatch's own work.
 """
 
@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faust  # noqa: E402
 
 from streams.contracts import InvalidRecord, Reading, decode_readings  # noqa: E402
+from streams.kafkaio import set_faust_fetch_wait  # noqa: E402
+from streams.settings import Settings  # noqa: E402
 
 APP_ID = os.environ.get("BENCH_APP_ID", "bench-trivial")
 TOPICS = [t for t in os.environ.get("BENCH_TOPICS", "").split(",") if t]
@@ -51,6 +53,8 @@ app = faust.App(
     broker_commit_interval=float(os.environ.get("BENCH_COMMIT_INTERVAL_S", "1.0")),
     consumer_auto_offset_reset="earliest",
 )
+
+set_faust_fetch_wait(app, Settings().fetch_max_wait_ms)  # as the worker's consumer
 
 source = app.topic(*TOPICS) if TOPICS else app.topic("bench-none")
 

@@ -31,7 +31,13 @@ from streams import contracts
 from streams.chunks import Group, Prepared
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
-from streams.kafkaio import faust_broker_kwargs, from_beginning, group_offsets, kafka_client_kwargs
+from streams.kafkaio import (
+    faust_broker_kwargs,
+    from_beginning,
+    group_offsets,
+    kafka_client_kwargs,
+    set_faust_fetch_wait,
+)
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -148,6 +154,7 @@ class GridwatchWorker:
             consumer_auto_offset_reset="earliest",
             producer_acks=-1,
         )
+        set_faust_fetch_wait(app, s.fetch_max_wait_ms)
         self.readings_topic = app.topic(s.topic_readings, partitions=s.partitions)
         self.supply_topic = app.topic(s.topic_supply, partitions=s.partitions)
         self.lineloss_topic = app.topic(s.topic_lineloss, partitions=s.partitions)

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     chunk_records: int = Field(500, ge=1, le=100_000)
     chunk_within_s: float = Field(0.05, gt=0, le=5.0)
 
+    # Longest a fetch waits at the broker for new records (Faust hard-codes 1500 ms, which
+    # holds up every other partition behind a fetch of quiet ones: streams.kafkaio).
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000)
+
     # Faust timings; tests shorten these, production keeps Faust's defaults
     broker_session_timeout_s: float = 60.0
     broker_heartbeat_interval_s: float = 3.0
