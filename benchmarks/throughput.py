@@ -845,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         "--latency-singles-rate",
         type=float,
         default=600.0,
-        help="readings/s of the singles latency run (the worker tops out near 1.2k/s on 2 cores); 0: off",
+        help="readings/s of the singles latency run; 0: off",
     )
     ap.add_argument("--latency-duration-s", type=float, default=30.0, help="producer time per latency run")
     ap.add_argument("--no-scaling", action="store_true", help="skip the one vs two workers run")
