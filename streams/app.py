@@ -355,14 +355,7 @@ class GridwatchWorker:
                     msg.acked = True
                     continue
                 started = time.perf_counter()
-                try:
-                    prepared = await self._prepare(topic, partition, msg.offset, msg.key, msg.value)
-                except Exception as exc:  # the worker never dies on one record
-                    log.exception("unexpected error on %s[%d]@%d", topic, partition, msg.offset)
-                    await self._dead_letter(
-                        "internal_error", repr(exc), topic, partition, msg.offset, msg.key, msg.value
-                    )
-                    prepared = None
+                prepared = await self._prepare_safely(topic, partition, msg.offset, msg.key, msg.value)
                 elapsed = time.perf_counter() - started
                 if prepared is None:
                     self.metrics.latency.observe(elapsed)
@@ -380,18 +373,23 @@ class GridwatchWorker:
     ) -> None:
         """One record on its own (records read back after a gap)."""
         started = time.perf_counter()
-        try:
-            prepared = await self._prepare(topic, partition, offset, key, value)
-        except Exception as exc:  # the worker never dies on one record
-            log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            await self._dead_letter("internal_error", repr(exc), topic, partition, offset, key, value)
-            prepared = None
+        prepared = await self._prepare_safely(topic, partition, offset, key, value)
         if prepared is None:
             self.metrics.latency.observe(time.perf_counter() - started)
             return
         group = Group(prepared)
         group.prepare_s.append(time.perf_counter() - started)
         await self._apply_safely(group)
+
+    async def _prepare_safely(
+        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
+    ) -> Prepared | None:
+        try:
+            return await self._prepare(topic, partition, offset, key, value)
+        except Exception as exc:  # the worker never dies on one record
+            log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
+            await self._dead_letter("internal_error", repr(exc), topic, partition, offset, key, value)
+            return None
 
     async def _apply_safely(self, group: Group | None) -> None:
         if group is None:
@@ -400,8 +398,16 @@ class GridwatchWorker:
         try:
             await self._apply(group)
         except Exception as exc:  # the worker never dies on a record
+            offsets = [offset for offset, _, _ in group.records]
+            log.exception(
+                "unexpected error on %s[%d]@%d..%d (%d records)",
+                group.topic,
+                group.partition,
+                offsets[0],
+                offsets[-1],
+                len(offsets),
+            )
             for offset, key, value in group.records:
-                log.exception("unexpected error on %s[%d]@%d", group.topic, group.partition, offset)
                 await self._dead_letter(
                     "internal_error", repr(exc), group.topic, group.partition, offset, key, value
                 )
