@@ -363,26 +363,16 @@ def run_trivial(bootstrap: str, st: dict[str, Any], kind: str, tmp: Path) -> dic
 def worker_env(
     bootstrap: str, st: dict[str, Any], topology: str, kind: str, tmp: Path, areas_csv: Path
 ) -> dict[str, str]:
-    """As tests/worker_env.worker_env, but the topics are the pre-filled set's."""
-    from streams.localrun import free_port
+    """latency.worker_env on the pre-filled set's topics (the inspections topic stays the
+    default), with test timings: short session, commit every COMMIT_INTERVAL_S."""
+    from latency import worker_env as latency_worker_env
 
-    names = st["names"]
+    from streams.settings import Settings
+
+    names = {**st["names"], "topology": topology, "inspections": Settings().topic_inspections}
     app_id = f"bench-worker-{kind}-{uuid.uuid4().hex[:6]}"
     return {
-        "GRIDWATCH_BOOTSTRAP": bootstrap,
-        "GRIDWATCH_APP_ID": app_id,
-        "GRIDWATCH_TOPIC_READINGS": names["readings"],
-        "GRIDWATCH_TOPIC_SUPPLY": names["supply"],
-        "GRIDWATCH_TOPIC_TOPOLOGY": topology,
-        "GRIDWATCH_TOPIC_LINELOSS": names["lineloss"],
-        "GRIDWATCH_TOPIC_DEADLETTER": names["deadletter"],
-        "GRIDWATCH_TOPIC_ALERTS": names["alerts"],
-        "GRIDWATCH_TOPIC_ALERTS_DEADLETTER": names["alerts_deadletter"],
-        "GRIDWATCH_METRICS_PORT": str(free_port()),
-        "GRIDWATCH_WEB_PORT": str(free_port()),
-        "GRIDWATCH_DATA_DIR": str(tmp / app_id),
-        "GRIDWATCH_AREAS_CSV": str(areas_csv),
-        "GRIDWATCH_IDLE_CLOSE_S": "3",
+        **latency_worker_env(bootstrap, names, app_id, tmp, areas_csv),
         "GRIDWATCH_BROKER_SESSION_TIMEOUT_S": "10",
         "GRIDWATCH_BROKER_HEARTBEAT_INTERVAL_S": "1",
         "GRIDWATCH_BROKER_COMMIT_INTERVAL_S": COMMIT_INTERVAL_S,
