@@ -7,12 +7,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 WORKDIR /app
+# The locked runtime set first, in a layer of its own: a code change does not reinstall it.
 # Every dependency ships a manylinux wheel for 3.11: no compiler in the image.
+COPY requirements/runtime.lock requirements/runtime.lock
+RUN pip install --require-hashes -r requirements/runtime.lock
+# Then gridwatch itself, without resolving anything again.
 COPY pyproject.toml README.md topology.py ./
 COPY models ./models
 COPY streams ./streams
 COPY simulator ./simulator
-RUN pip install .
+RUN pip install --no-deps --no-build-isolation .
 
 # The sample city: areas.csv (area classes and bounds) for the worker, meters.csv for the simulator.
 COPY data/sample ./data/sample

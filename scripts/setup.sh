@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian machine, run as root (also what CI runs first):
-#   1. the gridwatch package + dev tools (pip install -e '.[dev]')
+#   1. the locked dependency set (requirements/dev.lock), then the gridwatch package (editable)
 #   2. Java 17 and Maven, which the local Kafka broker needs (apt, only if missing)
 #   3. the Kafka broker jars, fetched once from Maven Central into ~/.cache/gridwatch
 # Safe to re-run: each step checks before it acts.
@@ -53,8 +53,12 @@ fi
 pip_flags=(-q)
 stdlib=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("stdlib"))')
 if [[ -f "$stdlib/EXTERNALLY-MANAGED" ]]; then pip_flags+=(--break-system-packages); fi
-say "$PYTHON -m pip install -e '.[dev]'"
-"$PYTHON" -m pip install "${pip_flags[@]}" -e '.[dev]'
+# Exactly the locked versions (hashes checked), then gridwatch itself with no dependency resolution,
+# so nothing floats with what the registry serves that day. `make lock` refreshes the lock.
+say "$PYTHON -m pip install -r requirements/dev.lock (locked, hashes checked)"
+"$PYTHON" -m pip install "${pip_flags[@]}" --require-hashes -r requirements/dev.lock
+say "$PYTHON -m pip install --no-deps -e ."
+"$PYTHON" -m pip install "${pip_flags[@]}" --no-deps --no-build-isolation -e .
 
 # --- Kafka broker jars (cached; a no-op when already there) ------------------------------------
 for v in 3.9.2 ${GRIDWATCH_KAFKA_VERSION:-}; do

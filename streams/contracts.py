@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import inspect
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -407,7 +408,7 @@ def json_schemas() -> dict[str, dict[str, Any]]:
     """JSON Schema (2020-12) of every contract, as committed in docs/contracts/."""
     out = {}
     for name, typ in CONTRACTS.items():
-        schema = msgspec.json.schema(typ)
+        schema = _clean_descriptions(msgspec.json.schema(typ))
         schema = {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
             "$id": f"https://gridwatch.dev/contracts/{name}.v{SCHEMA_VERSION}.schema.json",
@@ -416,3 +417,16 @@ def json_schemas() -> dict[str, dict[str, Any]]:
         }
         out[f"{name}.v{SCHEMA_VERSION}.schema.json"] = schema
     return out
+
+
+def _clean_descriptions(node: Any) -> Any:
+    """Descriptions dedented by ``inspect.cleandoc``, so the committed schemas do not depend on
+    how a msgspec release copies docstrings (0.22 kept their indentation, 0.23 strips it)."""
+    if isinstance(node, dict):
+        return {
+            k: inspect.cleandoc(v) if k == "description" and isinstance(v, str) else _clean_descriptions(v)
+            for k, v in node.items()
+        }
+    if isinstance(node, list | tuple):
+        return [_clean_descriptions(v) for v in node]
+    return node

@@ -153,7 +153,8 @@ def test_jsonl_file_holds_every_record(tmp_path: Path) -> None:
 
 
 def test_parquet_rows_are_the_readings(tmp_path: Path) -> None:
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow.parquet as pq  # in the dev lock: the Parquet path is tested, never skipped
+
     from simulator.files import ParquetSink
 
     spec = SimSpec(seed=6, areas=2, days=0.25)
