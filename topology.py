@@ -117,7 +117,7 @@ class Bounds:
         return self.lower <= loss_rate <= self.upper
 
 
-# Common practice (DOMAIN.md): small negative tolerance for clock misalignment, tighter upper
+# Common practice (docs/domain.md): small negative tolerance for clock misalignment, tighter upper
 # bound in dense urban areas than on long rural feeders. Overridable per class and per area.
 DEFAULT_CLASS_BOUNDS: dict[str, Bounds] = {
     "urban": Bounds(-0.01, 0.07),

@@ -1,6 +1,6 @@
 """Line loss of a transformer area over a window, and the pass rate of a population of areas.
 
-Formulas and states follow DOMAIN.md:
+Formulas and states follow docs/domain.md:
 ``loss_rate = (supply - sales) / supply`` with supply and sales the sums of register deltas x
 multiplier over the area's supply and customer meters. Everything here is pure and
 order-independent: a window's result depends on the *set* of readings it holds, so streaming,

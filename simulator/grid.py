@@ -19,7 +19,7 @@ from topology import Area, MeterRecord, Role, Topology
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 AREA_CLASSES = ("urban", "rural")
 URBAN, RURAL = 0, 1
-# (min, max) customer meters of an area by class (DOMAIN.md: 50-300 typical)
+# (min, max) customer meters of an area by class (docs/domain.md: 50-300 typical)
 AREA_SIZES = ((100, 300), (50, 150))
 # Customer class mix by area class, and each class's mean power (lognormal median kW, sigma).
 CLASS_MIX = ((0.85, 0.13, 0.02), (0.92, 0.06, 0.02))

@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     ssl_check_hostname: bool = True
 
     # Windows (seconds). The pass rate is judged on window_s; 15 min by default, daily in
-    # production judging (DOMAIN.md: short windows are noisy).
+    # production judging (docs/domain.md: short windows are noisy).
     interval_s: int = Field(900, ge=60, description="metering interval of the load curve")
     window_s: int = Field(900, ge=60)
     allowed_lateness_s: int = Field(7200, ge=0, description="how long a closed window accepts corrections")
