@@ -617,6 +617,30 @@ def _ours(frame: str) -> bool:
 HOT_INCLUSIVE: dict[str, list[tuple[str, float]]] = {}  # gridwatch's own functions, inclusive time
 
 
+# Leaves of a sample that is waiting, not working. A thread-pool worker blocked in the C
+# ``SimpleQueue.get`` shows as ``_worker (concurrent/futures/thread.py)`` itself: the old
+# classifier counted it as busy, 20-30% of the worker's profiles (issue #17).
+_IDLE_LEAVES = (
+    "EpollSelector.select", "_PollLikeSelector.select", "select (", "Condition.wait", "Event.wait"
+)
+_IDLE_FUNCS_IN = {
+    "_worker": "concurrent/futures/thread.py", "get": "queue.py", "_wait_for_tstate_lock": "threading.py"
+}
+
+
+IDLE_LABEL = "(idle: event loop in select or threads waiting, excluded above)"
+
+
+def is_idle(leaf: str) -> bool:
+    """True when a py-spy leaf frame ``func (path:line)`` is a thread or event loop waiting."""
+    if leaf.startswith(_IDLE_LEAVES):
+        return True
+    func, _, where = leaf.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    suffix = _IDLE_FUNCS_IN.get(func)
+    return suffix is not None and path.endswith(suffix)
+
+
 def hot_spots(raw: Path, kind: str, top: int = 5) -> list[tuple[str, float]]:
     """Self time per function from py-spy's collapsed stacks, as a share of the non-idle samples;
     a last entry gives the idle share (event loop in select) of all samples."""
@@ -630,9 +654,7 @@ def hot_spots(raw: Path, kind: str, top: int = 5) -> list[tuple[str, float]]:
         if not stack or not n.isdigit():
             continue
         leaf = stack.split(";")[-1]
-        if leaf.startswith(
-            ("EpollSelector.select", "_PollLikeSelector.select", "select (", "Condition.wait", "Event.wait")
-        ):
+        if is_idle(leaf):
             idle += int(n)  # the event loop or a thread waiting: not work
             continue
         # "func (path/file.py:123)" -> "func (file.py)"
@@ -651,7 +673,7 @@ def hot_spots(raw: Path, kind: str, top: int = 5) -> list[tuple[str, float]]:
         return []
     HOT_INCLUSIVE[kind] = [(k, v / total) for k, v in inclusive.most_common(top + 3)]
     return [(k, v / total) for k, v in own.most_common(top)] + [
-        ("(event loop idle in select, excluded above)", idle / (total + idle))
+        (IDLE_LABEL, idle / (total + idle))
     ]
 
 
