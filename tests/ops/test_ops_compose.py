@@ -247,7 +247,11 @@ def test_dockerfile_installs_the_package_and_runs_a_worker() -> None:
     lines = [ln.strip() for ln in (REPO / "Dockerfile").read_text().splitlines() if ln.strip()]
     instructions = [ln for ln in lines if not ln.startswith("#")]
     assert instructions[0] == "FROM python:3.11-slim"
-    assert "RUN pip install ." in instructions
+    # the locked runtime set in its own layer, before any source; gridwatch itself without deps
+    lock = instructions.index("RUN pip install --require-hashes -r requirements/runtime.lock")
+    first_source = min(i for i, ln in enumerate(instructions) if ln.startswith("COPY") and ".lock" not in ln)
+    assert lock < first_source
+    assert "RUN pip install --no-deps --no-build-isolation ." in instructions[first_source:]
     assert instructions[-1] == 'CMD ["gridwatch", "worker"]'
     dockerignore = (REPO / ".dockerignore").read_text().splitlines()
     ignored = {ln for ln in dockerignore if ln and not ln.startswith("#")}
