@@ -248,6 +248,16 @@ def test_cli_round_trip(kafka_broker: LocalKafka, tmp_path: Path) -> None:
     assert list(_by_partition(first).values()) == list(_by_partition(second).values())
     res = runner.invoke(app, ["replay", str(first), "--rename", "nonsense", "--bootstrap", bootstrap])
     assert res.exit_code == 2
+    # into a topic that does not exist yet, moved to now: the command says both
+    (fresh,) = _names("cli-now")
+    res = runner.invoke(
+        app,
+        ["replay", str(first), "--rename", f"{src}={fresh}", "--shift-to", "now", "--bootstrap", bootstrap],
+    )
+    assert (
+        res.exit_code == 0
+        and f"replayed 12 records ({fresh}: 12); created {fresh}; shifted by +" in res.output
+    )
 
 
 def test_replay_creates_missing_topics_like_the_recorded_ones(
