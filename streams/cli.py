@@ -280,15 +280,19 @@ def record(
     bootstrap: Bootstrap = None,
     timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
 ) -> None:
-    """Dump topics to a file: key, value, timestamp, partition, offset, headers (docs/simulator.md)."""
+    """Dump topics to a file: key, value, timestamp, partition, offset, headers, and each topic's
+    partition count and settings (docs/simulator.md). Progress on stderr."""
     from streams.kafkaio import security_kwargs
-    from streams.replay import ReplayError, quiet_kafka_logs
+    from streams.replay import ReplayError, progress_bars, quiet_kafka_logs
     from streams.replay import record as record_topics
 
     quiet_kafka_logs()
     s = _settings(bootstrap)
     try:
-        counts = record_topics(s.bootstrap, topics, out, timeout_s=timeout, **security_kwargs(s))
+        with progress_bars() as bars:
+            counts = record_topics(
+                s.bootstrap, topics, out, timeout_s=timeout, progress=bars, **security_kwargs(s)
+            )
     except ReplayError as exc:
         typer.echo(f"gridwatch record: {exc}", err=True)
         raise typer.Exit(1) from None
@@ -303,12 +307,18 @@ def replay(
     file: Path = typer.Argument(..., help="a file written by gridwatch record"),
     rename: list[str] = typer.Option([], help="OLD=NEW: replay topic OLD into NEW (repeatable)"),
     speed: float = typer.Option(0.0, help="x the recorded pace (by timestamps); 0 = as fast as possible"),
+    shift_to: str | None = typer.Option(
+        None, help="'now' or an ISO 8601 time: move every event time so the last one lands there"
+    ),
+    shift_by: str | None = typer.Option(None, help="move every event time by this much (30d, -2h, 1w2d)"),
     bootstrap: Bootstrap = None,
     timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
 ) -> None:
-    """Write a recording back to Kafka: same keys, values, timestamps, partitions."""
+    """Write a recording back to Kafka: same keys, values, timestamps, partitions; missing topics
+    are created like the recorded ones. --shift-to now replays an old recording as current: event
+    times and Kafka timestamps move by whole windows (GRIDWATCH_WINDOW_S). Progress on stderr."""
     from streams.kafkaio import security_kwargs
-    from streams.replay import ReplayError, quiet_kafka_logs
+    from streams.replay import ReplayError, parse_duration, parse_instant, progress_bars, quiet_kafka_logs
     from streams.replay import replay as replay_file
 
     quiet_kafka_logs()
@@ -319,17 +329,32 @@ def replay(
             typer.echo(f"gridwatch replay: --rename {item!r}: expected OLD=NEW", err=True)
             raise typer.Exit(2)
         mapping[old] = new
+    to = by = None
+    try:
+        flag = "--shift-to"
+        to = None if shift_to is None else parse_instant(shift_to)
+        flag = "--shift-by"
+        by = None if shift_by is None else parse_duration(shift_by)
+        if to is not None and by is not None:
+            raise ValueError("give --shift-to or --shift-by, not both")
+    except ValueError as exc:
+        typer.echo(f"gridwatch replay: {flag}: {exc}", err=True)
+        raise typer.Exit(2) from None
     s = _settings(bootstrap)
     try:
-        result = replay_file(
-            s.bootstrap, file, rename=mapping, speed=speed, timeout_s=timeout, **security_kwargs(s)
-        )
+        with progress_bars() as bars:
+            result = replay_file(
+                s.bootstrap, file, rename=mapping, speed=speed, shift_to=to, shift_by=by,
+                align_s=s.window_s, timeout_s=timeout, progress=bars, **security_kwargs(s),
+            )
     except ReplayError as exc:
         typer.echo(f"gridwatch replay: {exc}", err=True)
         raise typer.Exit(1) from None
     sent = ", ".join(f"{t}: {n:,}" for t, n in result.sent.items())
     moved = f"; {result.repartitioned:,} placed by key (partition missing)" if result.repartitioned else ""
-    typer.echo(f"replayed {sum(result.sent.values()):,} records ({sent}){moved}")
+    created = f"; created {', '.join(result.created)}" if result.created else ""
+    shifted = f"; {result.describe_shift()}" if result.shift else ""
+    typer.echo(f"replayed {sum(result.sent.values()):,} records ({sent}){moved}{created}{shifted}")
 
 
 @app.command()

@@ -8,16 +8,13 @@ import shutil
 from typing import Any
 
 import pytest
-from ops_support import REPO, interpolate_compose, load_yaml, metric_families
-from ruamel.yaml import YAML
+from ops_support import REPO, load_compose, load_yaml, metric_families
 
 
 @pytest.fixture(scope="session")
 def compose() -> dict[str, Any]:
-    """docker-compose.yml as Compose sees it with no variable set (defaults applied)."""
-    doc = YAML(typ="safe", pure=True).load(interpolate_compose((REPO / "docker-compose.yml").read_text()))
-    assert isinstance(doc, dict)
-    return doc
+    """docker-compose.yml as Compose sees it with only the required variables set (defaults applied)."""
+    return load_compose()
 
 
 @pytest.fixture(scope="session")

@@ -21,16 +21,39 @@ def load_yaml(path: Path) -> Any:
     return YAML(typ="safe", pure=True).load(path.read_text())
 
 
-def interpolate_compose(text: str) -> str:
-    """Compose's own interpolation with an empty environment: ${VAR:-default} -> default,
-    ${VAR} -> "" and $$ -> $ (what `docker compose config` does with no variable set)."""
+class ComposeVariableMissing(ValueError):
+    """A ``${VAR:?message}`` whose variable is not set: compose refuses the file."""
+
+
+def interpolate_compose(text: str, env: dict[str, str] | None = None) -> str:
+    """Compose's own interpolation (what `docker compose config` does) with the variables in
+    ``env``: ${VAR:-default} -> VAR or default, ${VAR} -> VAR or "", $$ -> $, and
+    ${VAR:?message} -> VAR, or ComposeVariableMissing naming VAR and the message."""
+    env = env or {}
 
     def sub(m: re.Match[str]) -> str:
         if m.group(0) == "$$":
             return "$"
-        return m.group("default") or ""
+        name, op, arg = m.group("name"), m.group("op") or "", m.group("arg") or ""
+        value = env.get(name)
+        if op.endswith("?") and not value:
+            raise ComposeVariableMissing(f"{name}: {arg}")
+        return value if value else arg if op.endswith("-") else ""
 
-    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}", sub, text)
+    return re.sub(r"\$\$|\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<arg>[^}]*))?\}", sub, text)
+
+
+# The variables docker-compose.yml requires (``${VAR:?...}``), as a test sets them.
+COMPOSE_REQUIRED = {"GF_ADMIN_PASSWORD": "not-a-default"}
+
+
+def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
+    """docker-compose.yml as Compose sees it with ``env`` (default: only the required variables)."""
+    env = COMPOSE_REQUIRED if env is None else env
+    text = interpolate_compose((REPO / "docker-compose.yml").read_text(), env)
+    doc = YAML(typ="safe", pure=True).load(text)
+    assert isinstance(doc, dict)
+    return doc
 
 
 def metric_families() -> dict[str, str]:

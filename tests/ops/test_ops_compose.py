@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
 import re
@@ -11,7 +12,14 @@ from typing import Any
 
 import jsonschema
 import pytest
-from ops_support import REPO, interpolate_compose, load_yaml
+from ops_support import (
+    COMPOSE_REQUIRED,
+    REPO,
+    ComposeVariableMissing,
+    interpolate_compose,
+    load_compose,
+    load_yaml,
+)
 
 from streams.broker import DEFAULT_VERSION
 from streams.settings import Settings
@@ -76,9 +84,30 @@ def test_long_running_services_have_healthchecks(compose: dict[str, Any], name: 
     assert check["test"] and not check.get("disable", False)
 
 
+GRIDWATCH_SERVICES = ("worker", "notify", "archive-load", "simulator")
+
+
+def test_one_image_is_built_once_and_runs_every_gridwatch_service(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    built = [name for name, s in services.items() if "build" in s]
+    assert built == ["worker"], "the same image would be built once per service"
+    image = services["worker"]["image"]
+    assert image == "gridwatch:local"
+    for name in GRIDWATCH_SERVICES:
+        assert services[name]["image"] == image, name
+        assert services[name]["command"][0] == "gridwatch", name
+        if name != "worker":
+            # the tag exists only on this machine: compose must never try a registry for it
+            assert services[name]["pull_policy"] == "never", name
+            # and it is built before them: `up` of any one of them starts (so builds) the worker
+            assert name == "notify" or "worker" in depends_on(services[name]), name
+    others = {s.get("image", "").split(":")[0] for n, s in services.items() if n not in GRIDWATCH_SERVICES}
+    assert "gridwatch" not in others
+
+
 def test_worker_is_built_here_and_can_be_scaled(compose: dict[str, Any]) -> None:
     worker = compose["services"]["worker"]
-    assert "build" in worker
+    assert worker["build"] == "."
     assert "container_name" not in worker
     assert "ports" not in worker, "a host port would collide as soon as the worker is scaled"
     assert worker["command"] == ["gridwatch", "worker"]
@@ -91,7 +120,7 @@ def test_worker_is_built_here_and_can_be_scaled(compose: dict[str, Any]) -> None
 def test_notify_runs_from_the_worker_image_once_the_topics_exist(compose: dict[str, Any]) -> None:
     services = compose["services"]
     notify, worker = services["notify"], services["worker"]
-    assert notify["build"] == worker["build"]
+    assert notify["image"] == worker["image"] and "build" not in notify
     assert notify["command"] == ["gridwatch", "notify"]
     assert depends_on(notify) == {"kafka": "service_healthy", "topic-init": "service_completed_successfully"}
     env = notify["environment"]
@@ -133,11 +162,93 @@ def test_host_ports_do_not_collide(compose: dict[str, Any]) -> None:
     assert len(published) == len(set(published)), published
 
 
-def test_simulator_only_runs_with_the_sim_profile(compose: dict[str, Any]) -> None:
-    simulator = compose["services"]["simulator"]
-    assert simulator["profiles"] == ["sim"]
-    assert "topology load data/sample/meters.csv" in " ".join(simulator["command"])
-    assert all("profiles" not in s for n, s in compose["services"].items() if n != "simulator")
+def test_optional_services_only_run_with_their_profile(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services["simulator"]["profiles"] == ["sim"]
+    assert services["archive-load"]["profiles"] == ["load"]
+    optional = {"simulator", "archive-load"}
+    assert all("profiles" not in s for n, s in services.items() if n not in optional)
+    for name in optional:
+        assert services[name]["restart"] == "no", f"{name} is a one-shot"
+
+
+def test_the_sim_profile_streams_a_demo_city_into_the_worker_topics(compose: dict[str, Any]) -> None:
+    sim = compose["services"]["simulator"]
+    args = sim["command"]
+    assert args[:4] == ["gridwatch", "simulate", "--to=kafka", "--speed=60"]
+    # each option is one the simulate command has, spelled as typer parses it
+    from typer.main import get_command
+
+    from streams.cli import app
+
+    simulate = get_command(app).commands["simulate"]  # type: ignore[attr-defined]
+    known = {opt for p in simulate.params for opt in p.opts + p.secondary_opts}
+    for arg in args[2:]:
+        assert arg.split("=", 1)[0] in known, arg
+    worker = compose["services"]["worker"]["environment"]
+    assert sim["environment"]["GRIDWATCH_BOOTSTRAP"] == worker["GRIDWATCH_BOOTSTRAP"]
+    assert sim["environment"]["GRIDWATCH_PARTITIONS"] == worker["GRIDWATCH_PARTITIONS"]
+    assert depends_on(sim)["topic-init"] == "service_completed_successfully"
+
+
+ARCHIVE = "/etc/gridwatch"
+
+
+def test_the_utilitys_areas_and_meters_are_mounted(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    worker, load = services["worker"], services["archive-load"]
+    for service in (worker, load):
+        assert volume(service, ARCHIVE) == "./data/sample"
+        assert f"{ARCHIVE}:ro" in " ".join(service["volumes"]), "read-only"
+    assert Path(worker["environment"]["GRIDWATCH_AREAS_CSV"]) == Path(ARCHIVE) / "areas.csv"
+    assert load["command"] == ["gridwatch", "topology", "load", f"{ARCHIVE}/meters.csv"]
+    # the default directory holds both files
+    for name in ("areas.csv", "meters.csv"):
+        assert (REPO / "data" / "sample" / name).is_file(), name
+    # one variable moves both services to the utility's own directory
+    doc = load_compose({**COMPOSE_REQUIRED, "GRIDWATCH_ARCHIVE_DIR": "/srv/utility"})
+    for name in ("worker", "archive-load"):
+        assert volume(doc["services"][name], ARCHIVE) == "/srv/utility", name
+
+
+@pytest.mark.parametrize(
+    ("name", "target"),
+    [
+        ("kafka", "/var/lib/kafka/data"),
+        ("prometheus", "/prometheus"),
+        ("alertmanager", "/alertmanager"),
+        ("grafana", "/var/lib/grafana"),
+    ],
+)
+def test_state_survives_a_restart_in_named_volumes(compose: dict[str, Any], name: str, target: str) -> None:
+    service = compose["services"][name]
+    source = volume(service, target)
+    assert source in compose["volumes"], f"{source} is not a named volume"
+    # ... and the service writes its state there
+    written = {
+        "kafka": lambda: service["environment"]["KAFKA_LOG_DIRS"],
+        "prometheus": lambda: flag(service, "storage.tsdb.path"),
+        "alertmanager": lambda: flag(service, "storage.path"),
+        "grafana": lambda: "/var/lib/grafana",  # the image's GF_PATHS_DATA
+    }[name]()
+    assert written == target
+
+
+def test_kafka_keeps_its_cluster_id_across_restarts(compose: dict[str, Any]) -> None:
+    """The image formats an empty log directory with CLUSTER_ID and refuses a directory
+    formatted with another one: a fixed id, 16 bytes in URL-safe base64 as Kafka's Uuid."""
+    cluster_id = compose["services"]["kafka"]["environment"]["CLUSTER_ID"]
+    assert len(base64.urlsafe_b64decode(cluster_id + "==")) == 16
+
+
+def test_grafana_admin_password_is_required_from_the_environment(compose: dict[str, Any]) -> None:
+    raw = load_yaml(REPO / "docker-compose.yml")
+    password = raw["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    assert password == "${GF_ADMIN_PASSWORD:?set GF_ADMIN_PASSWORD}"
+    with pytest.raises(ComposeVariableMissing, match="GF_ADMIN_PASSWORD: set GF_ADMIN_PASSWORD"):
+        interpolate_compose((REPO / "docker-compose.yml").read_text())
+    assert compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "not-a-default"
+    assert "admin" not in re.findall(r":-([^}]*)\}", (REPO / "docker-compose.yml").read_text())
 
 
 def test_kafka_runs_the_version_the_local_broker_runs(compose: dict[str, Any]) -> None:
@@ -243,24 +354,10 @@ def test_local_prometheus_scrapes_the_default_worker_endpoint() -> None:
     assert job["static_configs"][0]["targets"] == [f"{s.metrics_host}:{s.metrics_port}"]
 
 
-def test_dockerfile_installs_the_package_and_runs_a_worker() -> None:
-    lines = [ln.strip() for ln in (REPO / "Dockerfile").read_text().splitlines() if ln.strip()]
-    instructions = [ln for ln in lines if not ln.startswith("#")]
-    assert instructions[0] == "FROM python:3.11-slim"
-    # the locked runtime set in its own layer, before any source; gridwatch itself without deps
-    lock = instructions.index("RUN pip install --require-hashes -r requirements/runtime.lock")
-    first_source = min(i for i, ln in enumerate(instructions) if ln.startswith("COPY") and ".lock" not in ln)
-    assert lock < first_source
-    assert "RUN pip install --no-deps --no-build-isolation ." in instructions[first_source:]
-    assert instructions[-1] == 'CMD ["gridwatch", "worker"]'
-    dockerignore = (REPO / ".dockerignore").read_text().splitlines()
-    ignored = {ln for ln in dockerignore if ln and not ln.startswith("#")}
-    for ln in instructions:
-        if ln.startswith("COPY"):
-            for source in ln.split()[1:-1]:
-                assert (REPO / source).exists(), source
-                assert source.split("/")[0] not in ignored, f"{source} is in .dockerignore"
-
-
 def test_interpolation_follows_compose_rules() -> None:
     assert interpolate_compose("a ${X:-4} $${y} ${Z}") == "a 4 ${y} "
+    assert interpolate_compose("a ${X:-4} ${Z} ${P:?no}", {"X": "5", "Z": "z", "P": "p"}) == "a 5 z p"
+    assert interpolate_compose("${X-4}${Y:-}", {}) == "4"
+    for text in ("${P:?set P}", "${P?set P}"):
+        with pytest.raises(ComposeVariableMissing, match="P: set P"):
+            interpolate_compose(text)
