@@ -86,7 +86,7 @@ def read_table(path: Path, *, required: Sequence[str]) -> CsvTable:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise CsvError(path, [(None, f"not UTF-8 (byte {exc.start}): save it as \"CSV UTF-8\"")]) from None
+        raise CsvError(path, [(None, f'not UTF-8 (byte {exc.start}): save it as "CSV UTF-8"')]) from None
     if not text.strip():
         expected = f"expected a header ({', '.join(required)}) and rows"
         raise CsvError(path, [(None, f"the file is empty: {expected}")])
