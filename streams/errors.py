@@ -10,6 +10,9 @@ import sys
 from dataclasses import dataclass
 
 
+HINT_NO_BROKER = "start one with `gridwatch broker start` or set GRIDWATCH_BOOTSTRAP"
+
+
 class CommandError(Exception):
     """A failure a command expects and can explain; ``exit_code`` 1 (runtime) or 2 (usage)."""
 
@@ -26,7 +29,7 @@ class BrokerUnavailable(CommandError):
     """No Kafka broker answered at the bootstrap address within the connect time-out."""
 
     def __init__(self, bootstrap: str, timeout_s: float) -> None:
-        super().__init__(f"no Kafka broker at {bootstrap} (waited {timeout_s:g}s): {HINT_NO_BROKER}")
+        super().__init__(f"no Kafka broker reachable at {bootstrap} within {timeout_s:g}s: {HINT_NO_BROKER}")
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,6 @@ KNOWN: tuple[tuple[str, str, int], ...] = (
     ("streams.offline", "OfflineInputError", 1),
     ("streams.broker", "BrokerError", 1),
 )
-HINT_NO_BROKER = "start one with `gridwatch broker start` or set GRIDWATCH_BOOTSTRAP"
 
 
 def explain(exc: BaseException) -> Explained | None:
