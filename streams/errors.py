@@ -9,7 +9,6 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-
 HINT_NO_BROKER = "start one with `gridwatch broker start` or set GRIDWATCH_BOOTSTRAP"
 
 
