@@ -87,6 +87,14 @@ def _require_broker(s: Settings) -> None:
     admin.close()
 
 
+def _require_free_port(host: str, port: int, variable: str) -> None:
+    """An endpoint's port must be free before the service starts (else: a traceback later)."""
+    from streams.broker import port_taken
+
+    if port_taken(port, host):
+        raise CommandError(f"port {port} on {host} is in use (another worker?): stop it, or set {variable}")
+
+
 Bootstrap = Annotated[
     str | None, typer.Option(help="Kafka bootstrap host:port (default GRIDWATCH_BOOTSTRAP, 127.0.0.1:9092)")
 ]
@@ -99,6 +107,8 @@ def worker(
 ) -> None:
     """Run one gridwatch worker in the foreground (stop with Ctrl-C)."""
     s = _settings(bootstrap)
+    _require_free_port(s.metrics_host, s.metrics_port, "GRIDWATCH_METRICS_PORT")
+    _require_free_port(s.web_host, s.web_port, "GRIDWATCH_WEB_PORT")
     _require_broker(s)
     s.data_dir.mkdir(parents=True, exist_ok=True)  # Faust's table state; a fresh directory has none
 
@@ -112,6 +122,8 @@ def worker(
 def notify(bootstrap: Bootstrap = None) -> None:
     """Deliver the alerts topic to the duty webhook: HMAC-signed, retried, rate-limited."""
     s = _settings(bootstrap)
+    if s.notify_metrics_port:
+        _require_free_port(s.metrics_host, s.notify_metrics_port, "GRIDWATCH_NOTIFY_METRICS_PORT")
     _require_broker(s)
 
     from streams.notify import run_notify

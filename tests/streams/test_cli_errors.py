@@ -164,6 +164,22 @@ def test_port_in_use_is_said_before_starting_kafka(tmp_path: Path, taken_port: i
     assert "--port" in line
 
 
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        ("worker", "GRIDWATCH_METRICS_PORT"),
+        ("worker", "GRIDWATCH_WEB_PORT"),
+        ("notify", "GRIDWATCH_NOTIFY_METRICS_PORT"),
+    ],
+)
+def test_endpoint_port_in_use_names_the_variable(
+    tmp_path: Path, taken_port: int, command: str, variable: str
+) -> None:
+    run = gridwatch(command, cwd=tmp_path, env={variable: str(taken_port)})
+    line = one_line_error(run, 1, f"gridwatch {command}: port {taken_port} on 127.0.0.1 is in use")
+    assert line.endswith(f"set {variable}")
+
+
 # ---- settings ----------------------------------------------------------------------------------
 
 
