@@ -120,7 +120,11 @@ def worker(
 
 @app.command()
 def notify(bootstrap: Bootstrap = None) -> None:
-    """Deliver the alerts topic to the duty webhook: HMAC-signed, retried, rate-limited."""
+    """Deliver alerts to the duty webhook: signed, retried, paced.
+
+    HMAC-signed POSTs, retried with backoff, rate-limited, dead-lettered when undeliverable
+    (docs/notify.md).
+    """
     s = _settings(bootstrap)
     if s.notify_metrics_port:
         _require_free_port(s.metrics_host, s.notify_metrics_port, "GRIDWATCH_NOTIFY_METRICS_PORT")
@@ -155,7 +159,11 @@ def topology_load(
     ),
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Publish a meters CSV to the compacted topology topic (one record per meter version)."""
+    """Publish a meters CSV to the topology topic.
+
+    One record per meter version on the compacted topic. Excel's CSVs are read (BOM, CRLF, `;` or
+    tab); every bad row is reported with its line number and nothing is published then.
+    """
     from archive_csv import read_meters
     from streams.kafkaio import produce, security_kwargs
 
@@ -173,7 +181,11 @@ def topology_load(
 
 @app.command("settings")
 def show_settings() -> None:
-    """Print the effective settings (environment, .env, defaults), secrets hidden."""
+    """Print the effective settings, secrets hidden.
+
+    One line per GRIDWATCH_* variable: its value and where it came from (environment, .env or
+    default). Secrets show only whether they are set.
+    """
     from streams.settings import effective
 
     rows = effective(_settings())
@@ -186,7 +198,10 @@ def show_settings() -> None:
 def schemas(
     out: Path = typer.Option(REPO / "docs" / "contracts", help="Directory the *.schema.json files go to."),
 ) -> None:
-    """Write the JSON Schema of every contract (generated from streams/contracts.py)."""
+    """Write the JSON Schema of every message contract.
+
+    Generated from streams/contracts.py into docs/contracts by default.
+    """
     from streams.contracts import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
@@ -203,7 +218,10 @@ def sample(
     days: float = typer.Option(1.0, help="Days of 15-minute readings."),
     seed: int = typer.Option(7, help="Random seed (the committed sample uses 7)."),
 ) -> None:
-    """Write the small committed demo city: meters.csv, areas.csv, readings.jsonl.gz."""
+    """Write the small demo city committed in data/sample.
+
+    meters.csv, areas.csv, readings.jsonl.gz and labels.json, from a fixed seed.
+    """
     from simulator.city import CitySpec, build, messages
     from simulator.files import write_city
 
@@ -271,7 +289,10 @@ def simulate(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     bootstrap: Bootstrap = None,
 ) -> None:
-    """A synthetic city with labelled anomalies: to files (JSONL, Parquet) or to the topics."""
+    """Simulate a city with labelled anomalies, to files or to Kafka.
+
+    Files: JSONL or Parquet readings beside meters.csv, areas.csv and labels (docs/simulator.md).
+    """
     from simulator.anomalies import AnomalySpec
     from simulator.city import aligned_start
     from simulator.faults import TransportSpec
@@ -423,7 +444,11 @@ def run(
     port: int = typer.Option(9092, help="the local broker's port on 127.0.0.1"),
     keep: bool = typer.Option(False, "--keep", help="leave broker and worker running at the end"),
 ) -> None:
-    """The main job, locally: broker, topics, topology, worker, demo stream, live summary."""
+    """The main job, locally: broker, worker, demo, summary.
+
+    Starts the local broker, creates the topics, publishes the sample's archive, starts a worker,
+    streams the sample shifted to end now and shows a summary; stops both at the end.
+    """
     from streams.localrun import run_local
 
     run_local(sample_dir=SAMPLE, speed=speed, port=port, keep=keep)
