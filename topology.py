@@ -18,8 +18,7 @@ from the effective time on, while late readings from before still count in the o
 from __future__ import annotations
 
 import bisect
-import csv
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -265,24 +264,23 @@ class Topology:
     # ---- loading ---------------------------------------------------------------------------
 
     def load_meters_csv(self, path: Path) -> int:
-        """Apply every row of a meters CSV (columns as MeterRecord); returns rows applied."""
-        n = 0
-        for row in _read_csv(path):
-            self.apply(MeterRecord.from_dict(row))
-            n += 1
-        return n
+        """Apply every row of a meters CSV (archive_csv.read_meters: all bad rows reported at
+        once, nothing applied then); returns rows applied."""
+        from archive_csv import read_meters  # archive_csv builds on this module's records
+
+        records, _ = read_meters(path)
+        for record in records:
+            self.apply(record)
+        return len(records)
 
     def load_areas_csv(self, path: Path) -> int:
         """Areas CSV: ``area_id,area_class[,loss_lower,loss_upper]`` (empty bounds: class's)."""
-        n = 0
-        for row in _read_csv(path):
-            if not row.get("area_id"):
-                raise ValueError(f"{path}: row {n + 2} has no area_id")
-            lo, hi = row.get("loss_lower") or "", row.get("loss_upper") or ""
-            bounds = Bounds(float(lo), float(hi)) if lo and hi else None
-            self.set_area(Area(row["area_id"], row.get("area_class") or "urban", bounds))
-            n += 1
-        return n
+        from archive_csv import read_areas
+
+        areas, _ = read_areas(path)
+        for area in areas:
+            self.set_area(area)
+        return len(areas)
 
     @classmethod
     def from_csv(cls, meters: Path, areas: Path | None = None) -> Topology:
@@ -318,8 +316,3 @@ def _parse_bool(value: object) -> bool:
     if s in {"0", "false", "no", "n", "f"}:
         return False
     raise ValueError(f"not a boolean: {value!r}")
-
-
-def _read_csv(path: Path) -> Iterator[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
-        yield from csv.DictReader(f)

@@ -209,6 +209,21 @@ def _free_port(exclude: int = 0) -> int:
             return port
 
 
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """True if something listens on (or holds) ``host:port``, so a broker could not bind it.
+
+    SO_REUSEADDR as the JVM's server sockets set it: a port with only TIME_WAIT connections
+    left by a stopped broker counts as free, as it is for Kafka.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
 def _cluster_id() -> str:
     """Kafka's Uuid text form; like Uuid.randomUuid, avoid a leading '-' (read as a CLI flag)."""
     while True:
@@ -433,7 +448,10 @@ class LocalKafka:
             rc = self.process.poll()
             if rc is not None:
                 self.process = None
-                raise BrokerError(f"Kafka {self.version} exited with {rc} while starting{self._logs(offset)}")
+                raise BrokerError(
+                    f"Kafka {self.version} exited with {rc} while starting{self._cause(offset)} "
+                    f"(log: {self.log_file}){self._logs(offset)}"
+                )
             if time.monotonic() > deadline:
                 self.kill()
                 raise BrokerError(
@@ -449,14 +467,25 @@ class LocalKafka:
         except FileNotFoundError:
             return False
 
-    def _logs(self, offset: int) -> str:
-        """The run's ERROR/FATAL lines first: the tail alone is mostly shutdown noise."""
+    def _run_lines(self, offset: int) -> list[str]:
         try:
             with open(self.log_file, "rb") as f:
                 f.seek(offset)
-                run = f.read().decode(errors="replace").splitlines()
+                return f.read().decode(errors="replace").splitlines()
         except FileNotFoundError:
-            run = []
+            return []
+
+    def _cause(self, offset: int) -> str:
+        """': <the run's first ERROR message>' (without timestamp and logger), or ''."""
+        for line in self._run_lines(offset):
+            m = re.match(r"^\[[^\]]*\] (?:ERROR|FATAL) (.*?)(?: \([\w.$]+\))?$", line)
+            if m:
+                return f": {m.group(1)[:200]}"
+        return ""
+
+    def _logs(self, offset: int) -> str:
+        """The run's ERROR/FATAL lines first: the tail alone is mostly shutdown noise."""
+        run = self._run_lines(offset)
         errors = [line for line in run if " ERROR " in line or " FATAL " in line][:10]
         stdout = self.workdir / "stdout.log"
         return (
@@ -582,6 +611,14 @@ def start_background(
         controller_port = int(json.loads((sd / "broker.json").read_text())["controller_port"])
     except (OSError, ValueError, KeyError):
         pass
+    # Checked first: Kafka would only say so in server.log, after a 55-line Java stack.
+    if port and port_taken(port):
+        raise BrokerError(
+            f"port {port} on 127.0.0.1 is in use (another Kafka? see `ss -ltnp 'sport = :{port}'`): "
+            "stop it, or use another port (--port)"
+        )
+    if controller_port and port_taken(controller_port):
+        controller_port = 0  # a fresh one; the voters are rewritten into server.properties
     broker = LocalKafka.start(
         sd,
         port=port,

@@ -1,58 +1,138 @@
-"""The ``gridwatch`` command: worker, topics, topology, sample data, schemas, and the local run."""
+"""gridwatch: live line loss of transformer areas and meter anomalies, on Kafka.
+
+Settings come from GRIDWATCH_* environment variables or a .env file in the working directory
+(`gridwatch settings` shows them). Exit codes: 0 done, 1 a runtime failure (no broker, a port in
+use), 2 bad usage, settings or input file. Every failure is reported in one line on stderr.
+"""
 
 from __future__ import annotations
 
 import gzip
 import json
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import orjson
 import typer
+from typer._click.exceptions import NoArgsIsHelpError as NoArgsIsHelp  # typer 0.29 vendors click
+from typer._click.exceptions import UsageError as BadUsage
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from streams.settings import REPO, Settings
+from streams.errors import BrokerUnavailable, CommandError, UsageError, explain
+from streams.settings import REPO, Settings, load_settings
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help=__doc__,
+    rich_markup_mode=None,  # plain text: help reads the same in a terminal, a pipe or a file
+    pretty_exceptions_enable=False,  # main() reports errors, one line each
+)
 topology_app = typer.Typer(no_args_is_help=True, help="The grid model on the topology topic.")
-broker_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker.")
+broker_app = typer.Typer(no_args_is_help=True, help="The local single-node Kafka broker (.gridwatch/broker).")
 app.add_typer(topology_app, name="topology")
 app.add_typer(broker_app, name="broker")
 
 SAMPLE = REPO / "data" / "sample"
 
 
-def _settings(bootstrap: str | None) -> Settings:
-    s = Settings()
-    if bootstrap:
-        s = s.model_copy(update={"bootstrap": bootstrap})
-    return s
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            typer.echo(f"gridwatch {version('gridwatch')}")
+        except PackageNotFoundError:
+            typer.echo("gridwatch (not installed: run from a checkout)")
+        raise typer.Exit()
 
 
-Bootstrap = Annotated[str | None, typer.Option(help="Kafka bootstrap (default from settings)")]
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
+def _settings(bootstrap: str | None = None) -> Settings:
+    """Settings from the environment and .env, --bootstrap on top (raises SettingsError)."""
+    return load_settings(**({"bootstrap": bootstrap} if bootstrap else {}))
+
+
+def _require_broker(s: Settings) -> None:
+    """Fail in GRIDWATCH_CONNECT_TIMEOUT_S, in one line, when no broker answers: the clients
+    would otherwise retry for 30 s or more (Faust: a 71-line traceback) before saying so."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError, KafkaTimeoutError
+
+    from streams.kafkaio import security_kwargs
+
+    wait_ms = int(s.connect_timeout_s * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=s.bootstrap,
+            bootstrap_timeout_ms=wait_ms,
+            request_timeout_ms=max(wait_ms, 1000),
+            **security_kwargs(s),
+        )
+    except KafkaTimeoutError:
+        raise BrokerUnavailable(s.bootstrap, s.connect_timeout_s) from None
+    except KafkaError as exc:  # reached, but refused: authentication, TLS, protocol
+        raise UsageError(f"Kafka at {s.bootstrap} refused the connection: {exc}") from None
+    admin.close()
+
+
+def _require_free_port(host: str, port: int, variable: str) -> None:
+    """An endpoint's port must be free before the service starts (else: a traceback later)."""
+    from streams.broker import port_taken
+
+    if port_taken(port, host):
+        raise CommandError(f"port {port} on {host} is in use (another worker?): stop it, or set {variable}")
+
+
+Bootstrap = Annotated[
+    str | None, typer.Option(help="Kafka bootstrap host:port (default GRIDWATCH_BOOTSTRAP, 127.0.0.1:9092)")
+]
 
 
 @app.command()
-def worker(bootstrap: Bootstrap = None, loglevel: str = "info") -> None:
-    """Run one gridwatch worker in the foreground."""
+def worker(
+    bootstrap: Bootstrap = None,
+    loglevel: str = typer.Option("info", help="Log level: debug, info, warning or error."),
+) -> None:
+    """Run one gridwatch worker in the foreground (stop with Ctrl-C)."""
+    s = _settings(bootstrap)
+    _require_free_port(s.metrics_host, s.metrics_port, "GRIDWATCH_METRICS_PORT")
+    _require_free_port(s.web_host, s.web_port, "GRIDWATCH_WEB_PORT")
+    _require_broker(s)
+    s.data_dir.mkdir(parents=True, exist_ok=True)  # Faust's table state; a fresh directory has none
+
     from streams.app import run_worker
 
     sys.argv = [sys.argv[0], "worker"]  # Faust parses argv; keep ours out of it
-    run_worker(_settings(bootstrap), loglevel=loglevel)
+    run_worker(s, loglevel=loglevel)
 
 
 @app.command()
 def notify(bootstrap: Bootstrap = None) -> None:
-    """Deliver the alerts topic to the duty webhook: HMAC-signed, retried, rate-limited."""
-    from streams.notify import NotifyConfigError, run_notify
+    """Deliver alerts to the duty webhook: signed, retried, paced.
 
-    try:
-        run_notify(_settings(bootstrap))
-    except NotifyConfigError as exc:
-        typer.echo(f"gridwatch notify: {exc}", err=True)
-        raise typer.Exit(1) from None
+    HMAC-signed POSTs, retried with backoff, rate-limited, dead-lettered when undeliverable
+    (docs/notify.md).
+    """
+    s = _settings(bootstrap)
+    if s.notify_metrics_port:
+        _require_free_port(s.metrics_host, s.notify_metrics_port, "GRIDWATCH_NOTIFY_METRICS_PORT")
+    _require_broker(s)
+
+    from streams.notify import run_notify
+
+    run_notify(s)
 
 
 @app.command()
@@ -62,34 +142,66 @@ def topics(bootstrap: Bootstrap = None) -> None:
     from streams.topics import topic_specs
 
     s = _settings(bootstrap)
-    created = create_topics(s.bootstrap, topic_specs(s), **security_kwargs(s))
+    _require_broker(s)
+    created = create_topics(
+        s.bootstrap,
+        topic_specs(s),
+        bootstrap_timeout_ms=int(s.connect_timeout_s * 1000),
+        **security_kwargs(s),
+    )
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
 @topology_app.command("load")
 def topology_load(
-    meters_csv: Path = typer.Argument(..., exists=True, dir_okay=False),
+    meters_csv: Path = typer.Argument(
+        ..., metavar="METERS_CSV", help="The meter archive: meter_id, area_id, multiplier, ... columns."
+    ),
     bootstrap: Bootstrap = None,
 ) -> None:
-    """Publish a meters CSV to the compacted topology topic (one record per meter version)."""
+    """Publish a meters CSV to the topology topic.
+
+    One record per meter version on the compacted topic. Excel's CSVs are read (BOM, CRLF, `;` or
+    tab); every bad row is reported with its line number and nothing is published then.
+    """
+    from archive_csv import read_meters
     from streams.kafkaio import produce, security_kwargs
-    from topology import MeterRecord, _read_csv
 
     s = _settings(bootstrap)
-    records = []
-    for i, row in enumerate(_read_csv(meters_csv), start=2):
-        try:
-            rec = MeterRecord.from_dict(row)
-        except ValueError as exc:
-            raise typer.BadParameter(f"{meters_csv}:{i}: {exc}") from None
-        records.append((s.topic_topology, rec.topic_key(), orjson.dumps(rec.to_dict())))
-    n = produce(s.bootstrap, records, **security_kwargs(s))
-    typer.echo(f"published {n} meter records to {s.topic_topology}")
+    records, table = read_meters(meters_csv)  # every bad row reported before Kafka is asked
+    _require_broker(s)
+    n = produce(
+        s.bootstrap,
+        ((s.topic_topology, r.topic_key(), orjson.dumps(r.to_dict())) for r in records),
+        bootstrap_timeout_ms=int(s.connect_timeout_s * 1000),
+        **security_kwargs(s),
+    )
+    typer.echo(f"published {n} meter records to {s.topic_topology} (read {meters_csv}: {table.dialect()})")
+
+
+@app.command("settings")
+def show_settings() -> None:
+    """Print the effective settings, secrets hidden.
+
+    One line per GRIDWATCH_* variable: its value and where it came from (environment, .env or
+    default). Secrets show only whether they are set.
+    """
+    from streams.settings import effective
+
+    rows = effective(_settings())
+    widths = [max(len(row[i]) for row in rows) for i in (0, 1)]
+    for name, value, source in rows:
+        typer.echo(f"{name:<{widths[0]}}  {value:<{widths[1]}}  {source}".rstrip())
 
 
 @app.command()
-def schemas(out: Path = typer.Option(REPO / "docs" / "contracts")) -> None:
-    """Write the JSON Schema of every contract (generated from streams/contracts.py)."""
+def schemas(
+    out: Path = typer.Option(REPO / "docs" / "contracts", help="Directory the *.schema.json files go to."),
+) -> None:
+    """Write the JSON Schema of every message contract.
+
+    Generated from streams/contracts.py into docs/contracts by default.
+    """
     from streams.contracts import json_schemas
 
     out.mkdir(parents=True, exist_ok=True)
@@ -100,13 +212,16 @@ def schemas(out: Path = typer.Option(REPO / "docs" / "contracts")) -> None:
 
 @app.command("sample")
 def sample(
-    out: Path = typer.Option(SAMPLE),
-    areas: int = 12,
-    meters: int = 60,
-    days: float = 1.0,
-    seed: int = 7,
+    out: Path = typer.Option(SAMPLE, help="Directory the sample city goes to."),
+    areas: int = typer.Option(12, help="Transformer areas."),
+    meters: int = typer.Option(60, help="Customer meters per area."),
+    days: float = typer.Option(1.0, help="Days of 15-minute readings."),
+    seed: int = typer.Option(7, help="Random seed (the committed sample uses 7)."),
 ) -> None:
-    """Write the small committed demo city: meters.csv, areas.csv, readings.jsonl.gz."""
+    """Write the small demo city committed in data/sample.
+
+    meters.csv, areas.csv, readings.jsonl.gz and labels.json, from a fixed seed.
+    """
     from simulator.city import CitySpec, build, messages
     from simulator.files import write_city
 
@@ -154,10 +269,10 @@ SIM_TARGETS = ("jsonl", "jsonl.gz", "parquet", "kafka")
 def simulate(
     to: str = typer.Option("jsonl", help=f"where readings go: {' | '.join(SIM_TARGETS)}"),
     out: Path = typer.Option(Path(".gridwatch/sim"), help="directory for archive, labels (and readings)"),
-    seed: int = 7,
+    seed: int = typer.Option(7, help="random seed: the same seed gives the same city"),
     areas: int = typer.Option(20, help="transformer areas (ignored when --meters is set)"),
     meters: int | None = typer.Option(None, help="total customer meters; areas follow"),
-    days: float = 1.0,
+    days: float = typer.Option(1.0, help="days of readings"),
     interval: int = typer.Option(900, help="metering interval, seconds"),
     start: str | None = typer.Option(
         None, help="first read, ISO 8601 (default 2026-01-01T00:00Z; with --to kafka, so the data ends now)"
@@ -171,10 +286,13 @@ def simulate(
         False, "--clean", help="no anomalies (except --anomaly ones), no transport faults"
     ),
     speed: float = typer.Option(0.0, help="x real time by arrival; 0 = as fast as possible"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="show a progress bar"),
     bootstrap: Bootstrap = None,
 ) -> None:
-    """A synthetic city with labelled anomalies: to files (JSONL, Parquet) or to the topics."""
+    """Simulate a city with labelled anomalies, to files or to Kafka.
+
+    Files: JSONL or Parquet readings beside meters.csv, areas.csv and labels (docs/simulator.md).
+    """
     from simulator.anomalies import AnomalySpec
     from simulator.city import aligned_start
     from simulator.faults import TransportSpec
@@ -183,8 +301,6 @@ def simulate(
     from simulator.run import Sink
     from simulator.run import simulate as run_simulation
     from simulator.synth import SimSpec
-    from streams.kafkaio import KafkaUnavailable
-    from streams.replay import quiet_kafka_logs
     from topology import parse_time
 
     if to not in SIM_TARGETS:
@@ -219,20 +335,20 @@ def simulate(
             transport=TransportSpec.none() if clean else TransportSpec(),
         )
         sink: Sink
-        if to == "kafka":
-            quiet_kafka_logs()
-            sink = KafkaSink(_settings(bootstrap))
-        elif to == "parquet":
+        if to == "parquet":
             sink = ParquetSink(out / "readings.parquet")
-        else:
+        elif to != "kafka":
             sink = JsonlSink(out / f"readings.{to}")
     except (ValueError, RuntimeError) as exc:
         raise typer.BadParameter(str(exc)) from None
+    if to == "kafka":
+        s = _settings(bootstrap)
+        _require_broker(s)
+        sink = KafkaSink(s)
     try:
         summary = run_simulation(spec, out, sink, speed=speed, progress=progress)
-    except (KafkaUnavailable, RuntimeError) as exc:
-        typer.echo(f"gridwatch simulate: {exc}", err=True)
-        raise typer.Exit(1) from None
+    except RuntimeError as exc:  # the sink's own: a send the broker refused
+        raise CommandError(str(exc)) from None
     typer.echo(
         f"{summary.readings:,} readings in {summary.messages:,} records ({summary.areas} areas, "
         f"{summary.meters:,} meters) to {to}; {summary.labels:,} labels in {out / 'labels.jsonl'}; "
@@ -273,29 +389,26 @@ def evaluate(
     )
 
 
+WAIT_HELP = "seconds to wait for the broker (default GRIDWATCH_CONNECT_TIMEOUT_S)"
+
+
 @app.command()
 def record(
     topics: list[str] = typer.Argument(..., help="topics to dump, from the beginning to their current end"),
     out: Path = typer.Option(..., "--out", "-o", help="recording file (.jsonl, or .jsonl.gz to compress)"),
     bootstrap: Bootstrap = None,
-    timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
+    timeout: float | None = typer.Option(None, help=WAIT_HELP),
 ) -> None:
     """Dump topics to a file: key, value, timestamp, partition, offset, headers, and each topic's
     partition count and settings (docs/simulator.md). Progress on stderr."""
     from streams.kafkaio import security_kwargs
-    from streams.replay import ReplayError, progress_bars, quiet_kafka_logs
+    from streams.replay import progress_bars
     from streams.replay import record as record_topics
 
-    quiet_kafka_logs()
     s = _settings(bootstrap)
-    try:
-        with progress_bars() as bars:
-            counts = record_topics(
-                s.bootstrap, topics, out, timeout_s=timeout, progress=bars, **security_kwargs(s)
-            )
-    except ReplayError as exc:
-        typer.echo(f"gridwatch record: {exc}", err=True)
-        raise typer.Exit(1) from None
+    wait = s.connect_timeout_s if timeout is None else timeout
+    with progress_bars() as bars:
+        counts = record_topics(s.bootstrap, topics, out, timeout_s=wait, progress=bars, **security_kwargs(s))
     typer.echo(
         f"recorded {sum(counts.values()):,} records ({', '.join(f'{t}: {n:,}' for t, n in counts.items())}) "
         f"to {out}"
@@ -312,22 +425,20 @@ def replay(
     ),
     shift_by: str | None = typer.Option(None, help="move every event time by this much (30d, -2h, 1w2d)"),
     bootstrap: Bootstrap = None,
-    timeout: float = typer.Option(10.0, help="seconds to wait for the broker"),
+    timeout: float | None = typer.Option(None, help=WAIT_HELP),
 ) -> None:
     """Write a recording back to Kafka: same keys, values, timestamps, partitions; missing topics
     are created like the recorded ones. --shift-to now replays an old recording as current: event
     times and Kafka timestamps move by whole windows (GRIDWATCH_WINDOW_S). Progress on stderr."""
     from streams.kafkaio import security_kwargs
-    from streams.replay import ReplayError, parse_duration, parse_instant, progress_bars, quiet_kafka_logs
+    from streams.replay import parse_duration, parse_instant, progress_bars
     from streams.replay import replay as replay_file
 
-    quiet_kafka_logs()
     mapping = {}
     for item in rename:
         old, sep, new = item.partition("=")
         if not (sep and old and new):
-            typer.echo(f"gridwatch replay: --rename {item!r}: expected OLD=NEW", err=True)
-            raise typer.Exit(2)
+            raise typer.BadParameter(f"--rename {item!r}: expected OLD=NEW")
         mapping[old] = new
     to = by = None
     try:
@@ -338,18 +449,14 @@ def replay(
         if to is not None and by is not None:
             raise ValueError("give --shift-to or --shift-by, not both")
     except ValueError as exc:
-        typer.echo(f"gridwatch replay: {flag}: {exc}", err=True)
-        raise typer.Exit(2) from None
+        raise typer.BadParameter(f"{flag}: {exc}") from None
     s = _settings(bootstrap)
-    try:
-        with progress_bars() as bars:
-            result = replay_file(
-                s.bootstrap, file, rename=mapping, speed=speed, shift_to=to, shift_by=by,
-                align_s=s.window_s, timeout_s=timeout, progress=bars, **security_kwargs(s),
-            )
-    except ReplayError as exc:
-        typer.echo(f"gridwatch replay: {exc}", err=True)
-        raise typer.Exit(1) from None
+    wait = s.connect_timeout_s if timeout is None else timeout
+    with progress_bars() as bars:
+        result = replay_file(
+            s.bootstrap, file, rename=mapping, speed=speed, shift_to=to, shift_by=by,
+            align_s=s.window_s, timeout_s=wait, progress=bars, **security_kwargs(s),
+        )
     sent = ", ".join(f"{t}: {n:,}" for t, n in result.sent.items())
     moved = f"; {result.repartitioned:,} placed by key (partition missing)" if result.repartitioned else ""
     created = f"; created {', '.join(result.created)}" if result.created else ""
@@ -360,41 +467,117 @@ def replay(
 @app.command()
 def run(
     speed: float = typer.Option(0.0, help="x real time; 0 = as fast as possible"),
-    port: int = 9092,
-    keep: bool = typer.Option(False, help="leave broker and worker running at the end"),
+    port: int = typer.Option(9092, help="the local broker's port on 127.0.0.1"),
+    keep: bool = typer.Option(False, "--keep", help="leave broker and worker running at the end"),
 ) -> None:
-    """The main job, locally: broker, topics, topology, worker, demo stream, live summary."""
+    """The main job, locally: broker, worker, demo, summary.
+
+    Starts the local broker, creates the topics, publishes the sample's archive, starts a worker,
+    streams the sample shifted to end now and shows a summary; stops both at the end.
+    """
     from streams.localrun import run_local
 
     run_local(sample_dir=SAMPLE, speed=speed, port=port, keep=keep)
 
 
+BROKER_DIR = Path(".gridwatch/broker")
+
+
 @broker_app.command("start")
-def broker_start(port: int = 9092, version: str = "3.9.2") -> None:
+def broker_start(
+    port: int = typer.Option(9092, help="the broker's port on 127.0.0.1"),
+    version: str = typer.Option(
+        "3.9.2",
+        envvar="GRIDWATCH_KAFKA_VERSION",
+        help="Kafka version (3.9.x or 4.x; jars from Maven Central)",
+    ),
+) -> None:
     """Start the local broker in the background (state in .gridwatch/broker)."""
     from streams import broker
 
-    b = broker.start_background(Path(".gridwatch/broker"), port=port, version=version)
+    b = broker.start_background(BROKER_DIR, port=port, version=version)
     typer.echo(f"broker at {b}")
 
 
 @broker_app.command("stop")
 def broker_stop() -> None:
+    """Stop the local broker started by `gridwatch broker start`."""
     from streams import broker
 
-    broker.stop_background(Path(".gridwatch/broker"))
+    typer.echo("stopped" if broker.stop_background(BROKER_DIR) else "no broker was running")
 
 
 @broker_app.command("status")
 def broker_status() -> None:
+    """Say whether the local broker runs, and where (exit 1 when it does not)."""
     from streams import broker
 
-    typer.echo(broker.status(Path(".gridwatch/broker")))
+    st = broker.status(BROKER_DIR)
+    typer.echo(st)
+    if not st.running:
+        raise typer.Exit(1)
 
 
-def main() -> None:
-    app()
+class _Command(TyperCommand):
+    """Usage lines as click writes them (`gridwatch evaluate [OPTIONS] DIRECTORY`), not typer
+    0.29's `{directory}`."""
+
+    def collect_usage_pieces(self, ctx: typer.Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper() + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+for _typer in (app, topology_app, broker_app):
+    for _info in _typer.registered_commands:
+        _info.cls = _Command
+
+
+def _command_path(argv: Sequence[str]) -> str:
+    """`gridwatch topology load` for argv ["topology", "load", ...]: the prefix of the errors."""
+    group = typer.main.get_command(app)
+    words = ["gridwatch"]
+    for arg in argv:
+        if not isinstance(group, TyperGroup) or arg not in group.commands:
+            break
+        group = group.commands[arg]
+        words.append(arg)
+    return " ".join(words)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; every failure it can explain is one line on stderr and exit 1 or 2."""
+    import logging
+
+    # kafka-python logs each failed connection attempt itself; the command says it once.
+    logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = app(args=args, prog_name="gridwatch", standalone_mode=False)
+    except NoArgsIsHelp as exc:  # `gridwatch`, `gridwatch topology`: the help, as click shows it
+        typer.echo(exc.format_message())
+        return 2
+    except BadUsage as exc:  # bad options or arguments (click's own, BadParameter)
+        where = exc.ctx.command_path if exc.ctx else _command_path(args)
+        typer.echo(f"{where}: {exc.format_message()} (see `{where} --help`)", err=True)
+        return 2
+    except typer.Abort:
+        typer.echo(f"{_command_path(args)}: interrupted", err=True)
+        return 130
+    except Exception as exc:
+        explained = explain(exc)
+        if explained is None:
+            raise  # a bug: the traceback is what its report needs
+        # One line per problem, each with the command; indented lines detail the one above.
+        prefix = _command_path(args)
+        lines = explained.message.splitlines() or [type(exc).__name__]
+        typer.echo("\n".join(line if line[:1].isspace() else f"{prefix}: {line}" for line in lines), err=True)
+        return explained.exit_code
+    return code if isinstance(code, int) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,12 +1,18 @@
 """One typed settings object for a gridwatch worker: env vars (GRIDWATCH_*) or a .env file,
-with defaults that run against the local broker."""
+with defaults that run against the local broker; `load_settings` is how commands read it."""
 
 from __future__ import annotations
 
+import difflib
+import os
+import sys
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TextIO
 
-from pydantic import Field, SecretStr
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO = Path(__file__).resolve().parent.parent
@@ -17,6 +23,9 @@ class Settings(BaseSettings):
 
     # Kafka
     bootstrap: str = "127.0.0.1:9092"
+    # How long a command (topics, topology load, notify, record, replay, the worker's start)
+    # waits for the broker before saying there is none: short, a missing broker is the common case.
+    connect_timeout_s: float = Field(5.0, gt=0, le=600, description="seconds to wait for the broker")
     app_id: str = "gridwatch"
     partitions: int = Field(4, ge=1)
     topic_readings: str = "gridwatch.readings"
@@ -103,6 +112,16 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(10.0, gt=0, description="one POST, connect to response")
     notify_metrics_port: int = Field(9309, ge=0, description="0: no metrics endpoint")
 
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        """Comma-separated host:port (Kafka clients fail on anything else only when they connect)."""
+        for entry in value.split(","):
+            host, _, port = entry.strip().rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port[,host:port...], got {entry.strip()!r}")
+        return value
+
     @property
     def max_past(self) -> timedelta:
         return timedelta(seconds=self.max_past_s)
@@ -114,4 +133,124 @@ class Settings(BaseSettings):
     def check(self) -> None:
         """Refuse window settings that cannot work together."""
         if self.window_s % self.interval_s:
-            raise ValueError(f"window_s {self.window_s} is not a multiple of interval_s {self.interval_s}")
+            raise ValueError(
+                f"GRIDWATCH_WINDOW_S={self.window_s} is not a multiple of "
+                f"GRIDWATCH_INTERVAL_S={self.interval_s}"
+            )
+
+
+PREFIX = "GRIDWATCH_"
+# GRIDWATCH_* variables read by tooling, not by Settings: not typos.
+TOOLING_VARIABLES = frozenset(
+    {
+        "GRIDWATCH_CACHE",  # streams/broker.py: where the Kafka jars are kept
+        "GRIDWATCH_KAFKA_VERSION",  # streams/broker.py, tests: the local broker's version
+        "GRIDWATCH_LOGLEVEL",  # streams/localrun.py: the demo worker's log level
+        "GRIDWATCH_CRASH_KILLS",  # tests/streams/test_crash_kafka.py
+        "GRIDWATCH_FUZZ_RECORDS",  # tests/streams/test_fuzz_kafka.py
+        "GRIDWATCH_FUZZ_SEED",
+        "GRIDWATCH_KAFKA_HOST_PORT",  # docker-compose.yml
+        "GRIDWATCH_PROMETHEUS_PORT",
+        "GRIDWATCH_PROMETHEUS_URL",
+        "GRIDWATCH_GRAFANA_PORT",
+        "GRIDWATCH_ALERTMANAGER_PORT",
+    }
+)
+
+
+class SettingsError(ValueError):
+    """A setting cannot be used; the message names the environment variable, one per line."""
+
+
+def variable(field: str) -> str:
+    """The environment variable of a Settings field.
+
+    >>> variable("window_s")
+    'GRIDWATCH_WINDOW_S'
+    """
+    return f"{PREFIX}{field.upper()}"
+
+
+def _secret(field: str) -> bool:
+    return field in {"sasl_password", "mask_key", "webhook_secret"}
+
+
+def unknown_variables(names: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """GRIDWATCH_* names that no setting reads, each with the closest valid one (or None).
+
+    >>> unknown_variables({"GRIDWATCH_WINDOWS_S": "86400", "GRIDWATCH_WINDOW_S": "900", "HOME": "/"})
+    [('GRIDWATCH_WINDOWS_S', 'GRIDWATCH_WINDOW_S')]
+    """
+    valid = [variable(f) for f in Settings.model_fields]
+    out = []
+    for name in sorted(names):
+        upper = name.upper()  # pydantic-settings matches names case-insensitively
+        if not upper.startswith(PREFIX) or upper in valid or upper in TOOLING_VARIABLES:
+            continue
+        close = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
+        out.append((name, close[0] if close else None))
+    return out
+
+
+def _dotenv(env_file: Path) -> dict[str, str]:
+    return {k: v or "" for k, v in dotenv_values(env_file).items()} if env_file.is_file() else {}
+
+
+def load_settings(
+    *, env_file: Path = Path(".env"), warn: TextIO | None = sys.stderr, **overrides: Any
+) -> Settings:
+    """Settings from the environment and ``env_file``, with ``overrides`` (command-line options)
+    on top. Unknown GRIDWATCH_* names are warned about on ``warn`` with the closest valid name
+    (a typo would otherwise be silently ignored); invalid values raise SettingsError naming the
+    variable, where it came from and what is wrong.
+    """
+    from_file = _dotenv(env_file)
+    if warn is not None:
+        for source, names in (("the environment", dict(os.environ)), (str(env_file), from_file)):
+            for name, close in unknown_variables(names):
+                hint = f"did you mean {close}?" if close else "ignored"
+                print(f"gridwatch: warning: {name} in {source} is not a setting: {hint}", file=warn)
+    try:
+        settings = Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        settings.check()
+    except ValidationError as exc:
+        raise SettingsError(_explain(exc, from_file, env_file)) from None
+    except ValueError as exc:
+        raise SettingsError(str(exc)) from None
+    return settings
+
+
+def _explain(exc: ValidationError, from_file: Mapping[str, str], env_file: Path) -> str:
+    """One line per invalid value: the variable, its value (never a secret's), its source, why."""
+    in_env = {k.upper() for k in os.environ}
+    in_file = {k.upper() for k in from_file}
+    lines = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        name = variable(field)
+        where = "environment" if name in in_env else str(env_file) if name in in_file else "command line"
+        shown = "" if _secret(field) else f"={err.get('input')!r}"
+        why = str(err["msg"]).removeprefix("Value error, ")
+        lines.append(f"{name}{shown} ({where}): {why}")
+    return "\n".join(lines)
+
+
+def effective(settings: Settings, env_file: Path = Path(".env")) -> list[tuple[str, str, str]]:
+    """(variable, value, where it came from) of every setting; secrets only as set or unset.
+
+    >>> rows = {name: (value, src) for name, value, src in effective(Settings(webhook_secret="x" * 16))}
+    >>> rows["GRIDWATCH_WEBHOOK_SECRET"][0], rows["GRIDWATCH_APP_ID"]
+    ('(set, hidden)', ('gridwatch', 'default'))
+    """
+    in_env = {k.upper() for k in os.environ}
+    in_file = {k.upper() for k in _dotenv(env_file)}
+    rows = []
+    for field in Settings.model_fields:
+        value, name = getattr(settings, field), variable(field)
+        if _secret(field):
+            shown = "(unset)" if value is None else "(set, hidden)"
+        else:
+            shown = "" if value is None else str(value)
+        source = "environment" if name in in_env else str(env_file) if name in in_file else "default"
+        rows.append((name, shown, source))
+    return rows

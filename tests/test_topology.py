@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from archive_csv import CsvError, read_meters
 from topology import (
     DEFAULT_CLASS_BOUNDS,
     FALLBACK_BOUNDS,
@@ -41,7 +42,7 @@ def meters_csv(tmp_path: Path) -> Path:
         + "mv,A,customer,1,residential,true,1970-01-01T00:00:00Z\n"
         + "mv,B,customer,1,residential,true,2026-01-01T06:00:00Z\n"  # moved A -> B at 06:00
         + "SB,B,supply,40,supply,1,2025-06-01T00:00:00+08:00\n"
-        + "b1,B,,,,,\n",  # every optional column empty: defaults
+        + "b1,B,,1,,,\n",  # every optional column empty: defaults
     )
 
 
@@ -196,7 +197,7 @@ def test_bad_meter_row_raises(tmp_path: Path, row: str, match: str) -> None:
 
 def test_missing_column_raises_value_error(tmp_path: Path) -> None:
     path = write(tmp_path, "bad.csv", "meter_id,role\nm1,customer\n")
-    with pytest.raises(ValueError, match="missing field 'area_id'"):
+    with pytest.raises(ValueError, match="line 1: no column area_id, multiplier in the header"):
         Topology().load_meters_csv(path)
 
 
@@ -272,3 +273,102 @@ def test_parse_time() -> None:
     assert parse_time("2026-01-01T00:00:00Z").tzinfo is UTC
     with pytest.raises(ValueError, match="no timezone"):
         parse_time("2026-01-01T00:00:00")
+
+
+# ---- CSV as operators save it (archive_csv) ---------------------------------------------------
+
+SAMPLE_ROWS = [
+    ["SA", "A", "supply", "80", "supply", "true", "1970-01-01T00:00:00Z"],
+    ["a1", "A", "customer", "1", "residential", "true", "1970-01-01T00:00:00Z"],
+]
+
+
+def _csv_bytes(delimiter: str, newline: str, bom: bool) -> bytes:
+    lines = [METER_HEADER.strip().split(","), *SAMPLE_ROWS]
+    text = "".join(delimiter.join(cells) + newline for cells in lines)
+    return (b"\xef\xbb\xbf" if bom else b"") + text.encode()
+
+
+@pytest.mark.parametrize(
+    ("delimiter", "newline", "bom", "dialect"),
+    [
+        (",", "\r\n", True, "delimiter ',', UTF-8 BOM, CRLF"),  # Excel's "CSV UTF-8"
+        (";", "\r\n", False, "delimiter ';', CRLF"),  # Excel with a decimal comma
+        ("\t", "\n", False, "delimiter tab"),
+        (",", "\n", False, "delimiter ','"),
+    ],
+)
+def test_meters_csv_as_excel_saves_it(
+    tmp_path: Path, delimiter: str, newline: str, bom: bool, dialect: str
+) -> None:
+    path = tmp_path / "meters.csv"
+    path.write_bytes(_csv_bytes(delimiter, newline, bom))
+    records, table = read_meters(path)
+    assert table.dialect() == dialect
+    assert [(r.meter_id, r.role, r.multiplier) for r in records] == [
+        ("SA", Role.SUPPLY, 80.0),
+        ("a1", Role.CUSTOMER, 1.0),
+    ]
+    assert Topology().load_meters_csv(path) == 2
+
+
+def test_header_names_tolerate_case_and_spaces_and_blank_rows(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.csv", " Meter_ID ; AREA_ID;Multiplier\n\nm1;A;2\n;;\n")
+    records, _ = read_meters(path)
+    assert [(r.meter_id, r.area_id, r.multiplier) for r in records] == [("m1", "A", 2.0)]
+
+
+def test_blank_multiplier_is_an_error_not_one(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.csv", METER_HEADER + "b1,B,customer,,residential,true,\n")
+    with pytest.raises(CsvError, match=r"m\.csv: line 2: multiplier is blank"):
+        Topology().load_meters_csv(path)
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "\ufeff", "\ufeff\r\n"])
+def test_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
+    path = write(tmp_path, "m.csv", text)
+    with pytest.raises(CsvError, match="the file is empty"):
+        Topology().load_meters_csv(path)
+
+
+def test_header_without_rows_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "m.csv", METER_HEADER)
+    with pytest.raises(CsvError, match="no rows after the header"):
+        Topology().load_meters_csv(path)
+
+
+def test_every_bad_row_is_reported_with_its_line_and_nothing_applied(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "m.csv",
+        METER_HEADER
+        + "a1,A,customer,1,residential,true,1970-01-01T00:00:00Z\n"  # line 2: good
+        + "a2,A,customer,,residential,true,1970-01-01T00:00:00Z\n"  # 3: blank multiplier
+        + '"a\n3",A,customer,1,residential,true,1970-01-01T00:00:00Z\n'  # 4-5: quoted newline, good
+        + "a4,A,boss,1,residential,true,1970-01-01T00:00:00Z\n"  # 6: bad role
+        + "a5,A,customer,1\n"  # 7: too few cells
+        + ",A,customer,1,residential,true,1970-01-01T00:00:00Z\n",  # 8: no meter id
+    )
+    topo = Topology()
+    with pytest.raises(CsvError) as err:
+        topo.load_meters_csv(path)
+    assert [line for line, _ in err.value.problems] == [3, 6, 7, 8]
+    text = str(err.value).splitlines()
+    assert text[0] == f"{path}: 4 bad rows"
+    assert text[1] == "  line 3: multiplier is blank: give the CT x PT ratio (1 for a direct meter)"
+    assert text[3] == "  line 7: 4 cells, the header has 7"
+    assert topo.meter_count() == 0
+
+
+def test_area_with_one_bound_is_an_error(tmp_path: Path) -> None:
+    text = "area_id;area_class;loss_lower;loss_upper\r\nA;urban;0.0;\r\nB;urban;;\r\n"
+    path = write(tmp_path, "areas.csv", text)
+    with pytest.raises(CsvError, match="line 2: loss_lower and loss_upper go together"):
+        Topology().load_areas_csv(path)
+
+
+def test_not_utf8_is_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "m.csv"
+    path.write_bytes(METER_HEADER.encode() + "a1,Área,customer,1,,,\n".encode("cp1252"))
+    with pytest.raises(CsvError, match="not UTF-8"):
+        read_meters(path)
