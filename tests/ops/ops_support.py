@@ -9,12 +9,21 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from streams.metrics import Metrics
+from streams.metrics import Metrics, NotifyMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DATASOURCE_UID = "gridwatch-prometheus"
-# Series Prometheus itself adds to every scrape target; the only non-gridwatch name allowed.
-PROMETHEUS_BUILTINS = frozenset({"up"})
+# Series Prometheus itself makes: `up` per scrape target, `ALERTS` per pending or firing alert.
+PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS"})
+# Where every runbook_url points (prometheus/rules/gridwatch.rules.yml says how to change it).
+RUNBOOK_BASE = "https://gridwatch.example/docs/operations.md"
+# `gridwatch store`'s metrics as agreed for issue 15 (its own module defines them): the names the
+# rules and the dashboard may use before that code is here. {family: type}
+STORE_METRICS = {
+    "gridwatch_store_rows_written": "counter",
+    "gridwatch_store_lag_records": "gauge",
+    "gridwatch_store_write_errors": "counter",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -34,10 +43,14 @@ def interpolate_compose(text: str) -> str:
 
 
 def metric_families() -> dict[str, str]:
-    """{family name: type} of every metric streams.metrics.Metrics registers."""
-    registry = CollectorRegistry()
-    Metrics(registry)
-    return {family.name: family.type for family in registry.collect()}
+    """{family name: type} of every metric a gridwatch service exports: the worker's
+    (streams.metrics.Metrics, process metrics included), notify's and the store's."""
+    families = dict(STORE_METRICS)
+    for build in (Metrics, NotifyMetrics):
+        registry = CollectorRegistry()
+        build(registry)
+        families.update({family.name: family.type for family in registry.collect()})
+    return families
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
