@@ -160,7 +160,7 @@ GRAFANA_UNITS = {"short", "none", "percent", "percentunit", "bytes", "decbytes",
                  "reqps", "ops", "cps", "dateTimeAsIso"}
 # Custom units: Grafana shows an id it does not know as a suffix after the value ("12 records/s").
 CUSTOM_UNITS = {"records/s": "Kafka records", "readings/s": "meter readings", "alerts/h": "alert records",
-                "rows/s": "PostgreSQL rows"}
+                "rows/s": "PostgreSQL rows", "errors/s": "failed writes"}
 UNIT_PANEL_TYPES = {"stat", "singlestat", "graph", "table", "timeseries", "gauge"}
 
 
