@@ -15,8 +15,6 @@ REPO = Path(__file__).resolve().parents[2]
 DATASOURCE_UID = "gridwatch-prometheus"
 # Series Prometheus itself makes: `up` per scrape target, `ALERTS` per pending or firing alert.
 PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS"})
-# Where every runbook_url points (prometheus/rules/gridwatch.rules.yml says how to change it).
-RUNBOOK_BASE = "https://gridwatch.example/docs/operations.md"
 # `gridwatch store`'s metrics as agreed for issue 15 (its own module defines them): the names the
 # rules and the dashboard may use before that code is here. {family: type}
 STORE_METRICS = {
@@ -40,6 +38,18 @@ def interpolate_compose(text: str) -> str:
         return m.group("default") or ""
 
     return re.sub(r"\$\$|\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}", sub, text)
+
+
+def runbook_base() -> str:
+    """The one base every alert's runbook_url starts with (a deployment sets its own:
+    docs/operations.md, "Runbook links"); fails if the rules use more than one."""
+    doc = load_yaml(REPO / "prometheus" / "rules" / "gridwatch.rules.yml")
+    bases = {r["annotations"]["runbook_url"].split("#")[0]
+             for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    assert len(bases) == 1, f"runbook_url bases: {sorted(bases)}"
+    (base,) = bases
+    assert base.startswith(("https://", "http://")) and base.endswith("/operations.md"), base
+    return str(base)
 
 
 def metric_families() -> dict[str, str]:

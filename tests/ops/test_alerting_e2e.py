@@ -43,7 +43,7 @@ from e2e_support import (
     shorten_rules,
     two_phase_city,
 )
-from ops_support import RUNBOOK_BASE
+from ops_support import runbook_base
 from worker_env import settings_for, worker_env
 
 from simulator.city import CitySpec, aligned_start
@@ -288,7 +288,7 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
         (alert,) = _alerts(fired, "firing")
         assert alert["labels"] == {"alertname": ALERT, "severity": "page", "system": "gridwatch"}
         notes = alert["annotations"]
-        assert notes["runbook_url"] == f"{RUNBOOK_BASE}#gridwatchpassratelow"
+        assert notes["runbook_url"] == f"{runbook_base()}#gridwatchpassratelow"
         assert humanize_percentage(expected_rate) in notes["summary"], notes
         assert f"Pass rate {go_float(expected_rate)} " in notes["description"], notes
         assert f"summed over 1 workers: {q1} of {j1} judged areas" in notes["description"], notes
