@@ -273,6 +273,12 @@ class Metrics:
 _JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}
 
 
+# The label values streams.notify can set (tests/ops checks them against the code's own sets).
+NOTIFY_SEVERITIES = ("info", "warning", "page")
+NOTIFY_RETRY_REASONS = ("connection", "timeout", "http_5xx", "http_429")
+NOTIFY_DEAD_LETTER_REASONS = ("json", "schema", "rejected", "retries_exhausted")
+
+
 class NotifyMetrics:
     """Metrics of ``gridwatch notify``, a process of its own (so not part of the worker's set)."""
 
@@ -297,6 +303,14 @@ class NotifyMetrics:
             ["reason"],
             registry=registry,
         )
+        # Every label value exported from the start at 0: a counter's first series appearing at 1
+        # is no increase to Prometheus, so the first dead letter after a start would never page.
+        for severity in NOTIFY_SEVERITIES:
+            self.delivered.labels(severity=severity)
+        for reason in NOTIFY_RETRY_REASONS:
+            self.retried.labels(reason=reason)
+        for reason in NOTIFY_DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason=reason)
         self.duplicates = Counter(
             "gridwatch_notify_duplicates_total",
             "Alert records skipped because the same (id, event) was delivered lately",
@@ -313,17 +327,3 @@ class NotifyMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=registry,
         )
-        # Every label value exported from the start at 0: a counter's first series appearing at 1
-        # is no increase to Prometheus, so the first dead letter after a start would never page.
-        for severity in NOTIFY_SEVERITIES:
-            self.delivered.labels(severity=severity)
-        for reason in NOTIFY_RETRY_REASONS:
-            self.retried.labels(reason=reason)
-        for reason in NOTIFY_DEAD_LETTER_REASONS:
-            self.dead_lettered.labels(reason=reason)
-
-
-# The label values streams.notify can set (tests/ops checks them against the code's own sets).
-NOTIFY_SEVERITIES = ("info", "warning", "page")
-NOTIFY_RETRY_REASONS = ("connection", "timeout", "http_5xx", "http_429")
-NOTIFY_DEAD_LETTER_REASONS = ("json", "schema", "rejected", "retries_exhausted")
