@@ -7,17 +7,60 @@ Pass rate is exported as numerator and denominator too, so that several workers 
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterable
+from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 from models.lineloss import LossResult, LossState, pass_rate
+
+
+def _dist_version(name: str) -> str:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def register_process_metrics(registry: CollectorRegistry, *, kafka_client: str = "aiokafka") -> Gauge:
+    """Add what every gridwatch service exports about itself to ``registry``; returns the build gauge.
+
+    ``process_*`` (resident memory, CPU seconds, open fds, start time: prometheus_client's
+    ProcessCollector, read from /proc at scrape time) and ``gridwatch_build_info`` = 1 with the
+    gridwatch version, the Python version and ``kafka_client`` (a distribution name) with its
+    version. Each service calls it once on its own registry (the store too).
+
+    >>> reg = CollectorRegistry()
+    >>> _ = register_process_metrics(reg, kafka_client="aiokafka")
+    >>> reg.get_sample_value("gridwatch_build_info", {
+    ...     "version": _dist_version("gridwatch"), "python": platform.python_version(),
+    ...     "kafka_client": "aiokafka " + _dist_version("aiokafka")})
+    1.0
+    >>> reg.get_sample_value("process_resident_memory_bytes") > 0
+    True
+    """
+    ProcessCollector(registry=registry)
+    build_info = Gauge(
+        "gridwatch_build_info",
+        "Always 1; the labels say which gridwatch, Python and Kafka client this process runs",
+        ["version", "python", "kafka_client"],
+        registry=registry,
+    )
+    build_info.labels(
+        version=_dist_version("gridwatch"),
+        python=platform.python_version(),
+        kafka_client=f"{kafka_client} {_dist_version(kafka_client)}",
+    ).set(1)
+    return build_info
 
 
 class Metrics:
     def __init__(self, registry: CollectorRegistry, *, top_k: int = 20) -> None:
         self.registry = registry
         self.top_k = top_k
+        # Faust's consumer and producer are aiokafka's.
+        self.build_info = register_process_metrics(registry, kafka_client="aiokafka")
         self.readings = Counter(
             "gridwatch_readings_total",
             "Meter readings by outcome (accepted, duplicate, replaced, rejected, late, rerouted)",
@@ -230,11 +273,18 @@ class Metrics:
 _JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}
 
 
+# The label values streams.notify can set (tests/ops checks them against the code's own sets).
+NOTIFY_SEVERITIES = ("info", "warning", "page")
+NOTIFY_RETRY_REASONS = ("connection", "timeout", "http_5xx", "http_429")
+NOTIFY_DEAD_LETTER_REASONS = ("json", "schema", "rejected", "retries_exhausted")
+
+
 class NotifyMetrics:
     """Metrics of ``gridwatch notify``, a process of its own (so not part of the worker's set)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self.build_info = register_process_metrics(registry, kafka_client="aiokafka")
         self.delivered = Counter(
             "gridwatch_notify_delivered_total",
             "Alerts the duty webhook accepted (2xx), by severity",
@@ -253,6 +303,14 @@ class NotifyMetrics:
             ["reason"],
             registry=registry,
         )
+        # Every label value exported from the start at 0: a counter's first series appearing at 1
+        # is no increase to Prometheus, so the first dead letter after a start would never page.
+        for severity in NOTIFY_SEVERITIES:
+            self.delivered.labels(severity=severity)
+        for reason in NOTIFY_RETRY_REASONS:
+            self.retried.labels(reason=reason)
+        for reason in NOTIFY_DEAD_LETTER_REASONS:
+            self.dead_lettered.labels(reason=reason)
         self.duplicates = Counter(
             "gridwatch_notify_duplicates_total",
             "Alert records skipped because the same (id, event) was delivered lately",

@@ -104,18 +104,23 @@ class WebhookReceiver:
 class Service:
     """A binary in its own process group, output to a log file; stopped by its own pid."""
 
-    def __init__(self, name: str, args: list[str], log_path: Path, ready_url: str) -> None:
+    def __init__(
+        self, name: str, args: list[str], log_path: Path, ready_url: str,
+        env: dict[str, str] | None = None, cwd: Path | None = None,
+    ) -> None:
         self.name = name
         self.args = args
         self.log_path = log_path
         self.ready_url = ready_url
+        self.env = env
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Service:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
                 self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, env=self.env, cwd=self.cwd,
             )
         return self
 
@@ -230,11 +235,12 @@ def shorten_rules(text: str, factor: float) -> tuple[str, dict[str, tuple[str, s
 
 
 def prometheus_config(
-    text: str, *, worker_target: str, alertmanager_target: str, interval: str = "1s"
+    text: str, *, targets: dict[str, str], alertmanager_target: str, interval: str = "1s"
 ) -> tuple[str, list[str]]:
-    """prometheus.yml with 1 s scrape and evaluation, the test's worker as the gridwatch target
-    and the test's Alertmanager; returns the text and its rule_files patterns (kept as they are,
-    relative to the config file, so the rules are looked up beside the generated config)."""
+    """prometheus.yml with 1 s scrape and evaluation, ``targets`` ({job name: host:port}, one
+    for every job of the committed file) and the test's Alertmanager; returns the text and its
+    rule_files patterns (kept as they are, relative to the config file, so the rules are looked
+    up beside the generated config)."""
     yaml = _rt_yaml()
     doc = yaml.load(text)
     doc["global"]["scrape_interval"] = interval
@@ -242,9 +248,11 @@ def prometheus_config(
     managers = doc["alerting"]["alertmanagers"]
     assert len(managers) == 1 and len(managers[0]["static_configs"]) == 1, managers
     managers[0]["static_configs"][0]["targets"] = [alertmanager_target]
-    jobs = [j for j in doc["scrape_configs"] if j["job_name"] == "gridwatch"]
-    assert len(jobs) == 1 and len(jobs[0]["static_configs"]) == 1, "expected one static gridwatch job"
-    jobs[0]["static_configs"][0]["targets"] = [worker_target]
+    jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
+    assert set(jobs) == set(targets), f"the committed jobs are {sorted(jobs)}"
+    for name, job in jobs.items():
+        assert len(job["static_configs"]) == 1, f"expected one static config in job {name}"
+        job["static_configs"][0]["targets"] = [targets[name]]
     return _dump(yaml, doc), [str(p) for p in doc.get("rule_files", [])]
 
 

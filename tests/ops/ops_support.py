@@ -9,12 +9,19 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from streams.metrics import Metrics
+from streams.metrics import Metrics, NotifyMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DATASOURCE_UID = "gridwatch-prometheus"
-# Series Prometheus itself adds to every scrape target; the only non-gridwatch name allowed.
-PROMETHEUS_BUILTINS = frozenset({"up"})
+# Series Prometheus itself makes: `up` per scrape target, `ALERTS` per pending or firing alert.
+PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS"})
+# `gridwatch store`'s metrics as agreed for issue 15 (its own module defines them): the names the
+# rules and the dashboard may use before that code is here. {family: type}
+STORE_METRICS = {
+    "gridwatch_store_rows_written": "counter",
+    "gridwatch_store_lag_records": "gauge",
+    "gridwatch_store_write_errors": "counter",
+}
 
 
 def load_yaml(path: Path) -> Any:
@@ -56,11 +63,27 @@ def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
     return doc
 
 
+def runbook_base() -> str:
+    """The one base every alert's runbook_url starts with (a deployment sets its own:
+    docs/operations.md, "Runbook links"); fails if the rules use more than one."""
+    doc = load_yaml(REPO / "prometheus" / "rules" / "gridwatch.rules.yml")
+    bases = {r["annotations"]["runbook_url"].split("#")[0]
+             for g in doc["groups"] for r in g["rules"] if "alert" in r}
+    assert len(bases) == 1, f"runbook_url bases: {sorted(bases)}"
+    (base,) = bases
+    assert base.startswith(("https://", "http://")) and base.endswith("/operations.md"), base
+    return str(base)
+
+
 def metric_families() -> dict[str, str]:
-    """{family name: type} of every metric streams.metrics.Metrics registers."""
-    registry = CollectorRegistry()
-    Metrics(registry)
-    return {family.name: family.type for family in registry.collect()}
+    """{family name: type} of every metric a gridwatch service exports: the worker's
+    (streams.metrics.Metrics, process metrics included), notify's and the store's."""
+    families = dict(STORE_METRICS)
+    for build in (Metrics, NotifyMetrics):
+        registry = CollectorRegistry()
+        build(registry)
+        families.update({family.name: family.type for family in registry.collect()})
+    return families
 
 
 _STRINGS = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')

@@ -1,8 +1,11 @@
-"""End to end, nothing mocked (issue 5): simulated meter data on the real broker -> a gridwatch
-worker -> Prometheus (the committed config and rules, `for:` shortened) -> Alertmanager (the
-committed routing, short timers) -> a webhook receiver. The pass rate falls below 99.5% while
-thieves steal, GridwatchPassRateLow fires with the pass rate in its payload; once the same grid
-reports clean windows, the pass rate is back at 1.0 and the same alert is resolved.
+"""End to end, nothing mocked (issues 5 and 15): simulated meter data on the real broker -> a
+gridwatch worker and `gridwatch notify` -> Prometheus (the committed config and rules, `for:`
+shortened) -> Alertmanager (the committed routing, short timers) -> a webhook receiver. The pass
+rate falls below 99.5% while thieves steal, GridwatchPassRateLow fires with the pass rate in its
+payload; once the same grid reports clean windows, the pass rate is back at 1.0 and the same
+alert is resolved. Meanwhile the store's target answers nothing (GridwatchStoreDown), the
+watchdog reaches the dead man's switch only, notify's signed posts go to their own path, and
+every alert that fires is paged exactly once: one paging path.
 
     python -m pytest -q -s -p no:cacheprovider tests/ops/test_alerting_e2e.py   (-s shows the payloads)
 """
@@ -13,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from contextlib import ExitStack
@@ -25,18 +29,21 @@ import pytest
 from e2e_support import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
+    REPO,
     Delivery,
     Service,
     TwoPhaseCity,
     WebhookReceiver,
     alertmanager_config,
     go_float,
+    http_json,
     humanize_percentage,
     prom_query,
     prometheus_config,
     shorten_rules,
     two_phase_city,
 )
+from ops_support import runbook_base
 from worker_env import settings_for, worker_env
 
 from simulator.city import CitySpec, aligned_start
@@ -51,6 +58,8 @@ INTERVAL = 900
 STEPS, SPLIT = 7, 4  # interval ends 0..4 with thieves (4 judged windows), 5..7 clean (3 windows)
 AREAS, METERS, THEFT_AREAS = 10, 20, (1, 4, 7)
 FOR_FACTOR = 1 / 60  # every rule's `for:` in minutes becomes as many seconds (5m -> 5s)
+STORE_DOWN, WATCHDOG = "GridwatchStoreDown", "GridwatchWatchdog"
+WEBHOOK_SECRET = "e2e-test-secret-0123456789"
 
 
 def _ci() -> bool:
@@ -98,9 +107,25 @@ def _publish(s: Settings, city: TwoPhaseCity, phase: int) -> int:
     return produce(s.bootstrap, [(topic[kind], key, value) for kind, key, value in city.records(phase)])
 
 
-def _alerts(d: Delivery, status: str) -> list[dict[str, Any]]:
+def _alerts(d: Delivery, status: str, name: str = ALERT) -> list[dict[str, Any]]:
     return [a for a in d.body.get("alerts", [])
-            if a.get("labels", {}).get("alertname") == ALERT and a.get("status") == status]
+            if a.get("labels", {}).get("alertname") == name and a.get("status") == status]
+
+
+def _notify_env(s: Settings, webhook: str, metrics_port: int) -> dict[str, str]:
+    """`gridwatch notify` on the test's alerts topic, posting signed alerts to ``webhook``."""
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")},
+        "GRIDWATCH_BOOTSTRAP": s.bootstrap,
+        "GRIDWATCH_PARTITIONS": str(s.partitions),
+        "GRIDWATCH_TOPIC_ALERTS": s.topic_alerts,
+        "GRIDWATCH_TOPIC_ALERTS_DEADLETTER": s.topic_alerts_deadletter,
+        "GRIDWATCH_NOTIFY_GROUP_ID": f"{s.app_id}-notify",
+        "GRIDWATCH_DUTY_WEBHOOK_URL": webhook,
+        "GRIDWATCH_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        "GRIDWATCH_METRICS_HOST": "127.0.0.1",
+        "GRIDWATCH_NOTIFY_METRICS_PORT": str(metrics_port),
+    }
 
 
 def _wait(cond: Callable[[], Any], timeout: float, what: str, diagnostics: Callable[[], str]) -> Any:
@@ -141,7 +166,7 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
     prom_dir, am_dir = tmp_path / "prometheus", tmp_path / "alertmanager"
     (prom_dir / "data").mkdir(parents=True)
     (am_dir / "data").mkdir(parents=True)
-    am_port, prom_port = free_port(), free_port()
+    am_port, prom_port, notify_port, store_port = free_port(), free_port(), free_port(), free_port()
     worker = WorkerProcess(env, tmp_path / "worker.log")
     am = Service(
         "alertmanager",
@@ -153,10 +178,19 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
     prom = Service(
         "prometheus",
         [alerting_binaries["prometheus"], f"--config.file={prom_dir / 'prometheus.yml'}",
-         f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}"],
+         f"--storage.tsdb.path={prom_dir / 'data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+         # An alert firing at the first evaluation goes out before Alertmanager is discovered and
+         # is re-sent only after this delay (1m by default): the watchdog, here.
+         "--rules.alert.resend-delay=2s"],
         prom_dir / "prometheus.log", f"http://127.0.0.1:{prom_port}/-/ready",
     )
     prom_url = f"http://127.0.0.1:{prom_port}"
+    receiver = WebhookReceiver()
+    notify = Service(
+        "notify", [sys.executable, "-m", "streams.cli", "notify"], tmp_path / "notify.log",
+        f"http://127.0.0.1:{notify_port}/metrics",
+        env=_notify_env(s, f"http://127.0.0.1:{receiver.port}/notify", notify_port), cwd=REPO,
+    )
 
     shortened: dict[str, tuple[str, str]] = {}
 
@@ -171,25 +205,37 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
                     [(r["metric"].get("alertname"), r["metric"].get("alertstate")) for r in alerts]))
             except OSError as e:
                 parts.append(f"prometheus query failed: {e}")
+        if am.alive():
+            try:
+                held = http_json(f"http://127.0.0.1:{am_port}/api/v2/alerts")
+                parts.append("alertmanager alerts = " + str(
+                    [(a["labels"].get("alertname"), [r["name"] for r in a["receivers"]], a["status"]["state"])
+                     for a in held]))
+            except OSError as e:
+                parts.append(f"alertmanager query failed: {e}")
         parts.append("worker gauges: " + ", ".join(
             f"{n}={worker.metric(n)}" for n in ("gridwatch_latest_window_start_seconds",
                                                "gridwatch_areas_qualified", "gridwatch_areas_judged")))
         parts.append(f"expected: last thieving window {last_theft} -> {q1}/{j1} qualified; "
                      f"last clean window {last_clean}")
-        for name, tail in (("worker", worker.log_tail(30)), ("prometheus", prom.log_tail(30)),
-                           ("alertmanager", am.log_tail(30))):
+        for name, tail in (("worker", worker.log_tail(30)), ("notify", notify.log_tail(30)),
+                           ("prometheus", prom.log_tail(30)), ("alertmanager", am.log_tail(30))):
             parts.append(f"--- {name} log (tail) ---\n{tail}")
         return "\n".join(parts)
 
-    receiver = WebhookReceiver()
     with ExitStack() as stack:
         receiver.start()
         stack.callback(receiver.stop)
         hook = f"http://127.0.0.1:{receiver.port}"
-        am_text = alertmanager_config(ALERTMANAGER_CONFIG.read_text(), webhook_base=hook)
+        # Repeats after the test's end: every notification the receiver gets is a new one.
+        am_text = alertmanager_config(ALERTMANAGER_CONFIG.read_text(), webhook_base=hook,
+                                      repeat_interval="1h")
         (am_dir / "alertmanager.yml").write_text(am_text)
         prom_text, rule_patterns = prometheus_config(
-            PROMETHEUS_CONFIG.read_text(), worker_target=f"127.0.0.1:{worker.metrics_port}",
+            PROMETHEUS_CONFIG.read_text(),
+            targets={"gridwatch": f"127.0.0.1:{worker.metrics_port}",
+                     "gridwatch-notify": f"127.0.0.1:{notify_port}",
+                     "gridwatch-store": f"127.0.0.1:{store_port}"},  # nothing listens: the store is down
             alertmanager_target=f"127.0.0.1:{am_port}",
         )
         (prom_dir / "prometheus.yml").write_text(prom_text)
@@ -208,7 +254,10 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
         stack.callback(am.stop)
         worker.start()
         stack.callback(worker.stop)
+        notify.start()
+        stack.callback(notify.stop)
         am.wait_ready(30, diagnostics)
+        notify.wait_ready(60, diagnostics)
 
         def worker_shows(window: int, qualified: int, judged: int) -> bool:
             assert worker.alive(), f"worker exited\n{diagnostics()}"
@@ -239,7 +288,7 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
         (alert,) = _alerts(fired, "firing")
         assert alert["labels"] == {"alertname": ALERT, "severity": "page", "system": "gridwatch"}
         notes = alert["annotations"]
-        assert notes["runbook"] == "docs/operations.md#gridwatchpassratelow"
+        assert notes["runbook_url"] == f"{runbook_base()}#gridwatchpassratelow"
         assert humanize_percentage(expected_rate) in notes["summary"], notes
         assert f"Pass rate {go_float(expected_rate)} " in notes["description"], notes
         assert f"summed over 1 workers: {q1} of {j1} judged areas" in notes["description"], notes
@@ -271,6 +320,44 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
         _wait(lambda: [r["value"][1] for r in prom_query(prom_url, "gridwatch:pass_ratio")] == ["1"], 30,
               "gridwatch:pass_ratio = 1 in Prometheus", diagnostics)
         assert not [r for r in prom_query(prom_url, f'ALERTS{{alertname="{ALERT}"}}')], diagnostics()
+
+        # The store's target answers nothing: its page arrives; the watchdog reaches only the
+        # dead man's switch.
+        def store_paged() -> bool:
+            return any(_alerts(d, "firing", STORE_DOWN) for d in receiver.snapshot() if d.path == "/alert")
+
+        _wait(store_paged, 30, f"a firing {STORE_DOWN} at the duty webhook", diagnostics)
+        _wait(lambda: any(_alerts(d, "firing", WATCHDOG) for d in receiver.snapshot()), 30,
+              f"the {WATCHDOG} heartbeat", diagnostics)
+
+        # Worker and notify are scraped, each with its build and process metrics.
+        for job in ("gridwatch", "gridwatch-notify"):
+            (build,) = prom_query(prom_url, f'gridwatch_build_info{{job="{job}"}}')
+            assert build["value"][1] == "1" and build["metric"]["kafka_client"].startswith("aiokafka "), build
+            assert build["metric"]["python"] == ".".join(map(str, sys.version_info[:3])), build
+            (rss,) = prom_query(prom_url, f'process_resident_memory_bytes{{job="{job}"}}')
+            assert float(rss["value"][1]) > 10e6, rss  # a Python process with its libraries
+            (cpu,) = prom_query(prom_url, f'process_cpu_seconds_total{{job="{job}"}}')
+            assert float(cpu["value"][1]) > 0, cpu
+        assert not prom_query(prom_url, 'ALERTS{alertname="GridwatchNotifyDown"}'), diagnostics()
+
+    # One paging path: every alert episode (fingerprint, start) reached the duty webhook in
+    # exactly one firing notification; the watchdog never did; nothing else posted there.
+    duty = [d for d in receiver.snapshot() if d.path == "/alert"]
+    assert all(d.body.get("receiver") == "duty-webhook" for d in duty), receiver.summary()
+    pages: dict[tuple[str, str, str], int] = {}
+    for d in duty:
+        for a in d.body["alerts"]:
+            if a["status"] == "firing":
+                key = (a["labels"]["alertname"], a["fingerprint"], a["startsAt"])
+                pages[key] = pages.get(key, 0) + 1
+    assert {name for name, _, _ in pages} >= {ALERT, STORE_DOWN}, receiver.summary()
+    assert WATCHDOG not in {name for name, _, _ in pages}, receiver.summary()
+    assert set(pages.values()) == {1}, pages
+    heartbeats = [d for d in receiver.snapshot() if d.path == "/watchdog"]
+    assert heartbeats and all(d.body["receiver"] == "deadmans-switch" for d in heartbeats)
+    assert {a["labels"]["alertname"] for d in heartbeats for a in d.body["alerts"]} == {WATCHDOG}
+    print(f"[alert e2e] pages per alert episode: {pages}")
     print(f"[alert e2e] every webhook delivery (other rules share the receiver):\n{receiver.summary()}")
     print(f"[alert e2e] wall time {time.monotonic() - began:.1f}s (incl. worker start-up); "
           f"for: durations used: {shortened}")

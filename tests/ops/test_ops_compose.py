@@ -138,13 +138,14 @@ def test_notify_runs_from_the_worker_image_once_the_topics_exist(compose: dict[s
 DUTY_DEFAULT = "http://host.docker.internal:9095/alert"
 
 
-def test_one_variable_sets_the_duty_webhook_for_grafana_and_notify(compose: dict[str, Any]) -> None:
+def test_one_variable_sets_the_duty_webhook_and_grafana_sends_nothing(compose: dict[str, Any]) -> None:
     raw = load_yaml(REPO / "docker-compose.yml")  # not interpolated: the expressions themselves
     expected = f"${{GRIDWATCH_DUTY_WEBHOOK_URL:-{DUTY_DEFAULT}}}"
-    for name in ("grafana", "notify"):
-        assert raw["services"][name]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == expected, name
-        assert compose["services"][name]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == DUTY_DEFAULT
-        assert "host.docker.internal:host-gateway" in compose["services"][name]["extra_hosts"], name
+    assert raw["services"]["notify"]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == expected
+    assert compose["services"]["notify"]["environment"]["GRIDWATCH_DUTY_WEBHOOK_URL"] == DUTY_DEFAULT
+    assert "host.docker.internal:host-gateway" in compose["services"]["notify"]["extra_hosts"]
+    # Grafana is a view (one paging path): it is not given the duty webhook at all.
+    assert "GRIDWATCH_DUTY_WEBHOOK_URL" not in compose["services"]["grafana"]["environment"]
     # ... and it is the setting `gridwatch notify` reads (streams.settings: prefix + field name).
     assert "duty_webhook_url" in Settings.model_fields
     assert f"{Settings.model_config['env_prefix']}DUTY_WEBHOOK_URL" == "GRIDWATCH_DUTY_WEBHOOK_URL"
@@ -152,7 +153,8 @@ def test_one_variable_sets_the_duty_webhook_for_grafana_and_notify(compose: dict
 
 def test_alertmanager_in_compose_posts_to_the_same_default_duty_webhook(compose: dict[str, Any]) -> None:
     """Alertmanager cannot read GRIDWATCH_DUTY_WEBHOOK_URL: its URL is the variable's default."""
-    (receiver,) = load_yaml(REPO / "alertmanager" / "alertmanager.compose.yml")["receivers"]
+    receivers = load_yaml(REPO / "alertmanager" / "alertmanager.compose.yml")["receivers"]
+    (receiver,) = [r for r in receivers if r["name"] == "duty-webhook"]
     assert [h["url"] for h in receiver["webhook_configs"]] == [DUTY_DEFAULT]
     assert "host.docker.internal:host-gateway" in compose["services"]["alertmanager"]["extra_hosts"]
 
@@ -316,9 +318,10 @@ def test_grafana_gets_every_variable_its_provisioning_uses(compose: dict[str, An
     for path in sorted((REPO / "grafana" / "provisioning").rglob("*.yml")):
         for value in strings(load_yaml(path)):
             used.update(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", value))
-    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_DUTY_WEBHOOK_URL"}
+    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_ALERTMANAGER_URL"}
     for name in used:
         assert env.get(name), f"provisioning uses ${name}, not set for grafana in docker-compose.yml"
+    assert env["GRIDWATCH_ALERTMANAGER_URL"].split("//")[1].split(":")[0] in compose["services"]
 
 
 def flag(service: dict[str, Any], name: str) -> str:
@@ -335,23 +338,40 @@ def test_prometheus_and_alertmanager_read_the_compose_configs(compose: dict[str,
         assert (REPO / volume(service, directory) / config.name).is_file()
 
 
-def test_prometheus_finds_every_worker_replica(compose: dict[str, Any]) -> None:
+# job name -> (compose service, its metrics port variable); the store's port is agreed for issue 15.
+SCRAPED = {"gridwatch": ("worker", "GRIDWATCH_METRICS_PORT"),
+           "gridwatch-notify": ("notify", "GRIDWATCH_NOTIFY_METRICS_PORT")}
+STORE_METRICS_PORT = 9310
+
+
+def test_prometheus_finds_every_replica_of_every_service(compose: dict[str, Any]) -> None:
     prom = load_yaml(REPO / "prometheus" / "prometheus.compose.yml")
-    (job,) = prom["scrape_configs"]
-    (sd,) = job["dns_sd_configs"]
-    worker_port = int(compose["services"]["worker"]["environment"]["GRIDWATCH_METRICS_PORT"])
-    assert (job["job_name"], sd["type"], sd["port"]) == ("gridwatch", "A", worker_port)
-    assert sd["names"] == ["worker"]
+    jobs = {job["job_name"]: job for job in prom["scrape_configs"]}
+    assert set(jobs) == {*SCRAPED, "gridwatch-store"}
+    for name, job in jobs.items():
+        (sd,) = job["dns_sd_configs"]
+        assert sd["type"] == "A", name
+        if name in SCRAPED:
+            service, variable = SCRAPED[name]
+            assert sd["names"] == [service]
+            assert sd["port"] == int(compose["services"][service]["environment"][variable])
+            assert compose["services"][service]["environment"]["GRIDWATCH_METRICS_HOST"] == "0.0.0.0"
+    # The store service comes with issue 15's PostgreSQL sink; scraped by its service name.
+    store = jobs["gridwatch-store"]["dns_sd_configs"][0]
+    assert (store["names"], store["port"]) == (["store"], STORE_METRICS_PORT)
     (am,) = prom["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
     assert am.split(":")[0] in compose["services"]
 
 
-def test_local_prometheus_scrapes_the_default_worker_endpoint() -> None:
+def test_local_prometheus_scrapes_the_default_endpoints() -> None:
     prom = load_yaml(REPO / "prometheus" / "prometheus.yml")
-    (job,) = prom["scrape_configs"]
+    targets = {job["job_name"]: job["static_configs"][0]["targets"] for job in prom["scrape_configs"]}
     s = Settings.model_construct()
-    assert job["job_name"] == "gridwatch"
-    assert job["static_configs"][0]["targets"] == [f"{s.metrics_host}:{s.metrics_port}"]
+    assert targets == {
+        "gridwatch": [f"{s.metrics_host}:{s.metrics_port}"],
+        "gridwatch-notify": [f"{s.metrics_host}:{s.notify_metrics_port}"],
+        "gridwatch-store": [f"{s.metrics_host}:{STORE_METRICS_PORT}"],
+    }
 
 
 def test_interpolation_follows_compose_rules() -> None:

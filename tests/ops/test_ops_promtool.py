@@ -44,7 +44,34 @@ def test_every_alert_has_firing_and_quiet_unit_tests(rules_doc: dict[str, Any]) 
             for case in test.get("alert_rule_test", []):
                 (fires if case.get("exp_alerts") else quiet).add(case["alertname"])
     assert alerts - fires == set(), "alerts never shown firing"
-    assert alerts - quiet == set(), "alerts never shown staying quiet"
+    # The watchdog cannot be quiet: it is the one alert that always fires.
+    assert alerts - quiet == {WATCHDOG}, "alerts never shown staying quiet"
+
+
+WATCHDOG = "GridwatchWatchdog"
+
+
+def alert_rules(rules_doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in rules_doc["groups"] for r in g["rules"] if "alert" in r}
+
+
+def test_the_watchdog_always_fires_and_pages_nobody(rules_doc: dict[str, Any]) -> None:
+    rule = alert_rules(rules_doc)[WATCHDOG]
+    assert rule["expr"] == "vector(1)" and "for" not in rule
+    assert rule["labels"]["severity"] == "none"
+
+
+@pytest.mark.parametrize("config", ALERTMANAGER_CONFIGS)
+def test_each_alert_has_exactly_one_receiver(amtool: str, config: str, rules_doc: dict[str, Any]) -> None:
+    """One paging path: every alert reaches the duty webhook once (one matching route), the
+    watchdog only the dead man's switch."""
+    for name, rule in alert_rules(rules_doc).items():
+        expected = "deadmans-switch" if name == WATCHDOG else "duty-webhook"
+        done = run(amtool, "config", "routes", "test", f"--config.file={config}",
+                   f"--verify.receivers={expected}", f"alertname={name}",
+                   f"severity={rule['labels']['severity']}", "system=gridwatch")
+        assert done.returncode == 0, (name, done.stdout + done.stderr)
+        assert done.stdout.split() == [expected], (name, done.stdout)
 
 
 @pytest.mark.parametrize("config", ALERTMANAGER_CONFIGS)
@@ -61,19 +88,24 @@ def test_every_alert_reaches_the_duty_webhook(amtool: str, config: str, severity
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def webhook(config: dict[str, Any]) -> dict[str, Any]:
-    (receiver,) = config["receivers"]
+def webhook(config: dict[str, Any], name: str) -> dict[str, Any]:
+    (receiver,) = [r for r in config["receivers"] if r["name"] == name]
     (hook,) = receiver["webhook_configs"]
     assert isinstance(hook, dict)
     return hook
 
 
-def test_local_and_compose_alertmanager_differ_only_in_the_webhook_url() -> None:
+def test_local_and_compose_alertmanager_differ_only_in_the_webhook_urls() -> None:
     local, composed = (load_yaml(REPO / c) for c in ALERTMANAGER_CONFIGS)
-    assert webhook(local)["url"] == "http://127.0.0.1:9095/alert"
-    assert webhook(composed)["url"] == "http://host.docker.internal:9095/alert"
-    for hook in (webhook(local), webhook(composed)):
-        assert hook.pop("send_resolved") is True
-        hook.pop("url")
+    assert {r["name"] for r in local["receivers"]} == {"duty-webhook", "deadmans-switch"}
+    assert webhook(local, "duty-webhook")["url"] == "http://127.0.0.1:9095/alert"
+    assert webhook(composed, "duty-webhook")["url"] == "http://host.docker.internal:9095/alert"
+    assert webhook(local, "deadmans-switch")["url"] == "http://127.0.0.1:9095/watchdog"
+    assert webhook(composed, "deadmans-switch")["url"] == "http://host.docker.internal:9095/watchdog"
+    for config in (local, composed):
+        assert webhook(config, "duty-webhook")["send_resolved"] is True
+        assert webhook(config, "deadmans-switch")["send_resolved"] is False  # a heartbeat never resolves
+        for receiver in config["receivers"]:
+            receiver["webhook_configs"][0].pop("url")
     assert local == composed
     assert local["route"]["repeat_interval"] and local["route"]["group_by"]
