@@ -196,8 +196,10 @@ def decode_alert(raw: bytes | None) -> Alert:
         raise InvalidRecord("schema", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRecord("json", str(exc)) from None
-    if alert.window_end <= alert.window_start:
-        raise InvalidRecord("schema", "window_end is not after window_start - at `$.window_end`")
+    # An opened alert spans the one instant it opened at (window_start == window_end, as
+    # models.alerts.AlertBook writes it); only an end before the start is malformed.
+    if alert.window_end < alert.window_start:
+        raise InvalidRecord("schema", "window_end is before window_start - at `$.window_end`")
     return alert
 
 

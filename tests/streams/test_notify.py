@@ -262,6 +262,20 @@ def test_alert_contract_is_strict_except_inside_evidence() -> None:
         decode_alert(enc(alert(1, window_end="2025-12-31T00:00:00Z")))
 
 
+def test_every_record_the_alert_book_writes_is_deliverable() -> None:
+    """The worker's opened records span one instant (start == end): notify must take them, not
+    dead-letter every page it was meant to deliver."""
+    from models.alerts import AlertBook, Observed
+    from models.meter_anomaly import MeterEvent
+
+    book = AlertBook()
+    opened = book.observe([Observed("meter", "M1", MeterEvent(7, "zero", 4.0, True, {"run": 4.0}))], 900)
+    resolved = book.observe([Observed("meter", "M1", MeterEvent(7, "zero", 0.0, False, {}))], 2700)
+    for rec in opened + resolved:
+        alert = decode_alert(json.dumps(rec).encode())
+        assert alert.event == rec["event"] and alert.window_end >= alert.window_start
+
+
 def test_secret_comes_from_env_or_file_and_never_shows(tmp_path: Path) -> None:
     path = tmp_path / "webhook.secret"
     path.write_text(SECRET + "\n")
