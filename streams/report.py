@@ -139,11 +139,7 @@ def summary_lines(res: dict[str, Any]) -> list[str]:
         f"({res['false_area_alerts_per_1000_area_days']:.2f} per 1,000 area-days)",
     ]
     if "late_readings" in res:
-        other = {k: v for k, v in res["refused"].items() if k != "late"}
-        lines.append(
-            f"late readings (beyond the allowed lateness, refused): {res['late_readings']:,}; "
-            f"other refusals: {_by_type(other)}"
-        )
+        lines.append(f"late readings (beyond the allowed lateness, refused): {_late(res)}")
     sus = res.get("suspects")
     if sus:
         days = [f"{d:g}" for d in sus["days"]]
@@ -189,6 +185,11 @@ def progress_bar(
     ) as bar:
         task = bar.add_task("records", total=count(source))
         yield lambda n: bar.update(task, completed=n)
+
+
+def _late(res: dict[str, Any]) -> str:
+    other = {k: v for k, v in res["refused"].items() if k != "late"}
+    return f"{res['late_readings']:,}; other refusals: {_by_type(other)}"
 
 
 def _by_type(counts: dict[str, int]) -> str:
@@ -287,22 +288,25 @@ def charts(res: dict[str, Any]) -> list[str]:
     by = res["by_type"]
     names = sorted(by)
     delays = [by[t]["median_delay_intervals"] or 0 for t in names]
-    out = [
-        bar_chart(
-            "Recall by label type",
-            [(t, by[t]["recall"]) for t in names],
-            vmax=1.0,
-            axis="recall (share of scored labels detected)",
-            target=0.9,
-            target_label="target 0.90 (h1-h4)",
-        ),
-        bar_chart(
+    rates = (
+        ("Recall by label type", "recall", "recall (share of scored labels detected)"),
+        (
             "Precision by label type (alerts of the type's detectors)",
-            [(t, by[t]["precision"]) for t in names],
-            vmax=1.0,
-            axis="precision (share of those alerts that matched a label)",
-            target=0.9,
-            target_label="target 0.90 (h1-h4)",
+            "precision",
+            "precision (share of those alerts that matched a label)",
+        ),
+    )
+    out = [
+        *(
+            bar_chart(
+                title,
+                [(t, by[t][key]) for t in names],
+                vmax=1.0,
+                axis=axis,
+                target=0.9,
+                target_label="target 0.90 (h1-h4)",
+            )
+            for title, key, axis in rates
         ),
         bar_chart(
             "Median detection delay",
@@ -372,7 +376,7 @@ def report_html(res: dict[str, Any]) -> str:
     )
     split = res["false_meter_alerts_per_1000_meter_days"]
     facts = [
-        f"{res['meters']:,} customer meters, {res['areas']} areas, {res['days']:g} days"
+        f"{res['meters']:,} customer meters, {res['areas']} areas, {res['days']:g} day(s)"
         + (f" from {html.escape(str(res['start']))}" if res.get("start") else "")
         + f", seed {res.get('seed', 'n/a')}; labelled meters {res.get('anomalous_meters', 'n/a')}.",
         f"False meter alerts per 1,000 meter-days: <b>paged {split['paged']:.2f}</b>, information "
@@ -382,11 +386,9 @@ def report_html(res: dict[str, Any]) -> str:
         f"State: <b>{res['state_bytes_per_meter']} bytes/meter</b> (numpy).",
     ]
     if "late_readings" in res:
-        other = {k: v for k, v in res["refused"].items() if k != "late"}
         facts.append(
             f"{res['readings']:,} readings in {res['records']:,} records; <b>late readings</b> (beyond the "
-            f"allowed lateness, refused): <b>{res['late_readings']:,}</b>; other refusals: "
-            f"{html.escape(_by_type(other))}."
+            f"allowed lateness, refused): <b>{html.escape(_late(res))}</b>."
         )
     if "river_per_meter" in res:
         facts.append(
@@ -406,11 +408,12 @@ def report_html(res: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;max-width:960px;margin:2em auto}}td,th{{padding:2px 8px;text-align:right}}
 td:first-child,th:first-child{{text-align:left}}table{{border-collapse:collapse;margin-bottom:1em}}
 tr:nth-child(even){{background:#f3f3f3}}tr.missed td{{color:#b00}}
-svg.chart{{display:block;margin:1em 0}}</style>
+svg.chart{{display:block;margin:1em 0}}#targets td:last-child{{text-align:left}}</style>
 </head><body><h1>gridwatch detection</h1>
 {"".join(f"<p>{f}</p>" for f in facts)}
 <h2>Targets</h2>
 <table id="targets"><tr><th>target</th><th>measured</th><th>status</th><th>note</th></tr>{bars}</table>
+<p>n/a: nothing to judge the target on (no label of its type was scored), or no target.</p>
 <h2>By label type</h2>
 <table id="by-type"><tr><th>type</th><th>labels</th><th>scored</th><th>detected</th><th>precision</th>
 <th>recall</th><th>F1</th><th>recall in bar delay</th><th>median delay (intervals)</th></tr>{rows}</table>

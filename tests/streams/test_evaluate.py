@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -184,22 +185,14 @@ def test_an_outage_explains_the_missing_alerts_of_its_meters() -> None:
 
 
 def _suspect(area: str, meter: str, rank: int, score: float) -> Suspect:
-    zero = dict.fromkeys(
-        (
-            "loss_evidence",
-            "drop_evidence",
-            "share_of_area_loss_explained",
-            "correlation",
-            "deficit_kwh",
-            "expected_kwh",
-            "relative_drop",
-            "zero_share",
-            "area_loss_rate",
-            "area_loss_rate_change",
-        ),
-        0.0,
-    )
-    return Suspect(area=area, meter=meter, rank=rank, score=score, drop_start=0, drop_end=0, **zero)
+    """A ranked meter with every piece of evidence at zero (only rank and score matter here)."""
+    blank = {"float": 0.0, "int": 0, "str": ""}
+    rest = {
+        f.name: blank[str(f.type)]
+        for f in fields(Suspect)
+        if f.name not in ("area", "meter", "rank", "score")
+    }
+    return Suspect(area=area, meter=meter, rank=rank, score=score, **rest)
 
 
 def test_suspect_figures_on_a_tiny_constructed_case() -> None:
