@@ -553,19 +553,21 @@ def checkpoints(t0: int, days: float) -> list[int]:
 class RankedDetection(Detection):
     """:class:`~models.detection.Detection` with suspects on, as the worker runs it, that also
     keeps each area's full suspect ranking as it stood when the area's data reached each
-    checkpoint (ranked once per area and checkpoint, right after the interval that reached it)."""
+    checkpoint (ranked once per area and checkpoint, after the step that reached it; a step is
+    one closed window, so with 15-minute windows right at the checkpoint)."""
 
     def __init__(self, at: Sequence[int], **kw: Any) -> None:
         super().__init__(suspects=True, **kw)
         self.rankings: dict[int, dict[str, list[Suspect]]] = {c: {} for c in at}
 
     def step(self, intervals: Iterable[AreaInterval]) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        for iv in intervals:  # Detection.step takes each interval on its own: same records
-            out += super().step([iv])
+        batch = list(intervals)
+        out = super().step(batch)
+        for area in {iv.area_id for iv in batch}:
+            learned = self.learned.get(area, -1)
             for c, ranked in self.rankings.items():
-                if iv.ts >= c and iv.area_id not in ranked and self.learned.get(iv.area_id) == iv.ts:
-                    ranked[iv.area_id] = self.ranking(iv.area_id)
+                if learned >= c and area not in ranked:
+                    ranked[area] = self.ranking(area)
         return out
 
     def ranking(self, area: str) -> list[Suspect]:

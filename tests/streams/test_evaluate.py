@@ -29,6 +29,7 @@ from streams.evaluate import (
     checkpoints,
     evaluate,
     evaluate_files,
+    out_dir,
     read_labels,
     score,
     suspect_figures,
@@ -449,3 +450,14 @@ def test_a_missing_labels_file_is_a_one_line_error_with_exit_2(tmp_path: Path) -
     result = _gridwatch("evaluate", str(city), cwd=tmp_path)
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert f"{city / 'labels.jsonl'}:1: label needs a non-empty string 'start'" in result.stderr
+
+
+def test_reports_go_to_a_new_folder_in_the_working_directory_never_into_gridwatch(tmp_path: Path) -> None:
+    first = out_dir(None, cwd=tmp_path)
+    assert first is not None and first.parent == tmp_path and first.name.startswith("gridwatch-evaluate-")
+    first.mkdir()
+    second = out_dir(None, cwd=tmp_path)
+    assert second is not None and second != first and second.parent == tmp_path  # never reused
+    assert out_dir(REPO / "benchmarks" / "results") is None  # the benchmark's, not the command's
+    assert out_dir(REPO / "streams" / "reports") is None  # the package
+    assert out_dir(tmp_path / "mine") == tmp_path / "mine"
