@@ -243,7 +243,9 @@ def simulate(
 @app.command()
 def evaluate(
     directory: Path = typer.Argument(
-        ..., help="a gridwatch simulate or sample directory (meters.csv, labels.jsonl or labels.json)"
+        ...,
+        metavar="DIR",
+        help="a gridwatch simulate or sample directory (meters.csv, labels.jsonl or labels.json)",
     ),
     readings: Path | None = typer.Option(
         None,
