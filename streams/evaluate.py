@@ -404,15 +404,18 @@ def read_labels(directory: Path, path: Path | None = None) -> Labels:
         text = path.read_bytes()
     except OSError as exc:
         raise LabelsError(f"{path}: cannot read ({exc.strerror})") from None
-    stripped = text.lstrip()
-    if stripped.startswith(b"{") and path.suffix == ".json":
+    if path.suffix == ".json":  # one document: the sample's description, or a list of labels
         try:
             doc = orjson.loads(text)
         except orjson.JSONDecodeError as exc:
             raise LabelsError(f"{path}: not JSON ({exc})") from None
         if isinstance(doc, dict) and "theft_areas" in doc:
             return Labels(path, sample=_check_sample(doc, path))
-        raise LabelsError(f"{path}: neither the sample's labels (theft_areas, ...) nor one label per line")
+        if isinstance(doc, list):
+            return Labels(
+                path, records=[_check_label(orjson.dumps(x), f"{path}[{i}]") for i, x in enumerate(doc)]
+            )
+        raise LabelsError(f"{path}: neither the sample's labels (theft_areas, ...) nor a list of labels")
     records = []
     for n, line in enumerate(text.splitlines(), 1):
         if line.strip():

@@ -120,6 +120,8 @@ def test_labels_jsonl_and_the_samples_labels_json_load_through_one_reader(tmp_pa
     (tmp_path / "labels.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     got = read_labels(tmp_path)
     assert got.path == tmp_path / "labels.jsonl" and got.records == lines
+    (tmp_path / "list.json").write_text(json.dumps(lines))
+    assert read_labels(tmp_path, tmp_path / "list.json").records == lines
 
     sample = read_labels(SAMPLE)
     assert sample.path == SAMPLE / "labels.json" and sample.records is None
