@@ -788,7 +788,6 @@ def evaluate_files(
     for lab in all_labels:
         if lab["type"] not in EXPECTED:
             ignored[lab["type"]] += 1
-    at = datetime.fromtimestamp(t0, UTC)
     customers = {r.meter_id: r.area_id for r in topology.records() if r.role.value == "customer"}
     areas = {r.area_id for r in topology.records()}
     out = score(
@@ -815,7 +814,7 @@ def evaluate_files(
             "source": str(readings),
             "labels_file": str(found.path),
             "labels_ignored": dict(sorted(ignored.items())),
-            "start": at.isoformat().replace("+00:00", "Z"),
+            "start": _iso(t0),
             "seed": spec.get("seed", found.sample.get("seed") if found.sample else None),
             "anomalous_meters": len(meter_labels),
             "anomalous_share": len(meter_labels) / len(customers) if customers else 0.0,
