@@ -35,6 +35,8 @@ if ! command -v make >/dev/null 2>&1; then apt_pkgs+=(make); fi
 # promtool and amtool check prometheus/ and alertmanager/ in tests/ops
 if ! command -v promtool >/dev/null 2>&1; then apt_pkgs+=(prometheus); else say "promtool present"; fi
 if ! command -v amtool >/dev/null 2>&1; then apt_pkgs+=(prometheus-alertmanager); else say "amtool present"; fi
+# headless Chromium renders gridwatch evaluate's HTML report in tests/streams/test_evaluate.py
+if ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); else say "chromium present"; fi
 if ((${#apt_pkgs[@]})); then
   say "apt-get install ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

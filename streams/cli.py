@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import orjson
 import typer
@@ -358,35 +358,68 @@ def simulate(
 
 @app.command()
 def evaluate(
-    directory: Path = typer.Argument(..., help="a gridwatch simulate directory (meters.csv, labels.jsonl)"),
-    readings: Path | None = typer.Option(
-        None, help="readings file (simulator JSONL or a gridwatch record file); default DIR/readings.jsonl"
+    directory: Path = typer.Argument(
+        ...,
+        metavar="DIR",
+        help="a gridwatch simulate or sample directory (meters.csv, labels.jsonl or labels.json)",
     ),
-    out: Path = typer.Option(REPO / "benchmarks" / "results", help="where detection.json / .html go"),
+    readings: Path | None = typer.Option(
+        None,
+        help="readings file (simulator JSONL or a gridwatch record file); default DIR/readings.jsonl(.gz)",
+    ),
+    labels: Path | None = typer.Option(
+        None, help="labels file; default DIR/labels.jsonl, else DIR/labels.json"
+    ),
+    out: Path | None = typer.Option(
+        None, help="folder for detection.json / .html; default a new ./gridwatch-evaluate-<UTC time>"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="a progress bar on stderr"),
 ) -> None:
-    """Score the detectors on a recorded or simulated file, without Kafka (docs/detection.md)."""
-    from streams.evaluate import evaluate_files
+    """Score the detectors and the suspect ranking on a recorded or simulated file, through the
+    worker's own path, without Kafka (docs/detection.md). Exit 2: bad input; 1: the run failed."""
+    from streams.evaluate import LabelsError, check_inputs, count_records, evaluate_files, out_dir
     from streams.offline import OfflineInputError
-    from streams.report import BARS, report_html
+    from streams.report import BARS, measured_bars, progress_bar, report_html, summary_lines
 
+    def fail(message: str, code: int) -> NoReturn:
+        typer.echo(f"gridwatch evaluate: {message}", err=True)
+        raise typer.Exit(code)
+
+    if not directory.is_dir():
+        fail(f"{directory}: no such directory", 2)
+    target = out_dir(out)
+    if target is None:
+        fail(f"{out}: inside gridwatch's own files; pass --out a folder of your own", 2)
     try:
-        res = evaluate_files(directory, readings=readings)
-    except (OfflineInputError, ValueError) as exc:
-        typer.echo(f"gridwatch evaluate: {exc}", err=True)
-        raise typer.Exit(1) from None
+        source = check_inputs(directory, readings, labels)  # fails before the run and its progress bar
+        s = Settings()
+        with progress_bar(progress, source, count_records) as advance:
+            res = evaluate_files(
+                directory,
+                readings=source,
+                labels=labels,
+                suspect_score=s.suspect_score,
+                min_completeness=s.min_completeness,
+                progress=advance,
+            )
+    except (LabelsError, OfflineInputError, ValueError, OSError) as exc:
+        fail(str(exc), 2)
     res["bars"] = BARS
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "detection.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
-    (out / "detection.html").write_text(report_html(res))
-    typer.echo(f"{'type':<22}{'labels':>7}{'prec':>7}{'recall':>7}{'f1':>7}{'delay':>7}")
-    for name, e in sorted(res["by_type"].items()):
-        cells = [e["precision"], e["recall"], e["f1"], e["median_delay_intervals"]]
-        shown = "".join(f"{'-' if v is None else f'{v:.2f}':>7}" for v in cells)
-        typer.echo(f"{name:<22}{e['labels']:>7}{shown}")
+    res["bars_measured"] = measured_bars(res)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        (target / "detection.json").write_text(json.dumps(res, indent=2, sort_keys=True) + "\n")
+        (target / "detection.html").write_text(report_html(res))
+    except OSError as exc:
+        fail(f"{target}: cannot write ({exc.strerror})", 1)
     typer.echo(
-        f"false alerts per 1,000 meter-days: {res['false_alerts_per_1000_meter_days']:.2f}; "
-        f"{res['readings']:,} readings in {res['seconds']}s; wrote {out / 'detection.json'}"
+        f"{res['source']}: {res['readings']:,} readings in {res['records']:,} records, {res['areas']} areas, "
+        f"{res['meters']:,} meters, {res['days']:g} day(s) from {res['start']} in {res['seconds']}s; "
+        f"labels {res['labels_file']}"
     )
+    for line in summary_lines(res):
+        typer.echo(line)
+    typer.echo(f"wrote {target / 'detection.json'} and {target / 'detection.html'}")
 
 
 WAIT_HELP = "seconds to wait for the broker (default GRIDWATCH_CONNECT_TIMEOUT_S)"

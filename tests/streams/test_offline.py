@@ -64,5 +64,9 @@ def test_cli_writes_the_report(city_dir: Path, tmp_path: Path) -> None:
 
 def test_cli_says_what_is_missing(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "nowhere")])
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input (docs: 1 runtime, 2 usage)
+    assert "nowhere: no such directory" in result.output
+    (tmp_path / "city").mkdir()
+    result = CliRunner().invoke(app, ["evaluate", str(tmp_path / "city"), "--labels", str(tmp_path / "x")])
+    assert result.exit_code == 2
     assert "meters.csv: no such file" in result.output
