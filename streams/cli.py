@@ -356,7 +356,7 @@ def simulate(
     )
 
 
-@app.command()
+@app.command(short_help="Score detectors and suspects on a file.")
 def evaluate(
     directory: Path = typer.Argument(
         ...,
@@ -425,7 +425,7 @@ def evaluate(
 WAIT_HELP = "seconds to wait for the broker (default GRIDWATCH_CONNECT_TIMEOUT_S)"
 
 
-@app.command()
+@app.command(short_help="Dump topics to a recording file.")
 def record(
     topics: list[str] = typer.Argument(..., help="topics to dump, from the beginning to their current end"),
     out: Path = typer.Option(..., "--out", "-o", help="recording file (.jsonl, or .jsonl.gz to compress)"),
@@ -448,7 +448,7 @@ def record(
     )
 
 
-@app.command()
+@app.command(short_help="Write a recording back to Kafka.")
 def replay(
     file: Path = typer.Argument(..., help="a file written by gridwatch record"),
     rename: list[str] = typer.Option([], help="OLD=NEW: replay topic OLD into NEW (repeatable)"),

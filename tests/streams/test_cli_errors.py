@@ -386,7 +386,7 @@ def test_help_lists_every_command_in_plain_text(tmp_path: Path) -> None:
         assert text.startswith("Usage: gridwatch")
         for artefact in ("<bool>", "{", "``", "\x1b["):
             assert artefact not in text, (artefact, text)
-    assert "Usage: gridwatch evaluate [OPTIONS] DIRECTORY" in helps[1]
+    assert "Usage: gridwatch evaluate [OPTIONS] DIR\n" in helps[1]
 
 
 def test_every_option_and_argument_is_described() -> None:
