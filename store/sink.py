@@ -1,0 +1,551 @@
+"""``gridwatch store``: the lineloss, alerts, inspections and topology topics into PostgreSQL.
+
+One consumer group; each batch of records is validated here, copied into a temporary table
+(COPY) and upserted from it in one transaction; offsets are committed only after that
+transaction committed. A row is replaced only by a record from a later position of its topic,
+so replaying any records (at-least-once, a restart, a SIGKILL) leaves exactly the topic's latest
+state in the table (docs/store.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import msgspec
+import orjson
+import psycopg
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, IllegalStateError
+from prometheus_client import CollectorRegistry, start_http_server
+from psycopg_pool import ConnectionPool
+
+from models.inspections import Inspection
+from store import schema
+from streams.contracts import Alert, LineLossRecord, decode_topology
+from streams.kafkaio import create_topics, kafka_client_kwargs, security_kwargs
+from streams.masking import MeterMask
+from streams.metrics import StoreMetrics
+from streams.settings import Settings
+from streams.topics import topic_specs
+
+log = logging.getLogger("gridwatch.store")
+
+KINDS = ("topology", "lineloss", "alert", "inspection")
+_lineloss = msgspec.json.Decoder(LineLossRecord)
+_alert = msgspec.json.Decoder(Alert)
+
+
+class Rejected(ValueError):
+    """A record the store cannot use; ``reason`` is a short code."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+# ---- pure: one record to one row of the staging table ------------------------------------------
+
+
+@dataclass
+class Batch:
+    """A batch's records as staging rows, the refused ones, and what the write needs to know."""
+
+    rows: list[tuple[str, int, int, int, bytes, str]] = field(default_factory=list)
+    rejected: list[tuple[str, int, int, str, str, bytes]] = field(default_factory=list)
+    expired: dict[str, int] = field(default_factory=dict)
+    days: set[date] = field(default_factory=set)
+    oldest_ms: int | None = None
+    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
+
+    def count(self, kind: str) -> int:
+        return sum(1 for r in self.rows if r[0] == kind)
+
+
+def _day(text: str) -> date:
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise Rejected("schema", f"not an RFC 3339 time: {text[:40]!r}") from None
+    if ts.tzinfo is None:
+        raise Rejected("schema", f"time without offset: {text[:40]!r}")
+    return ts.astimezone(UTC).date()
+
+
+def check(kind: str, value: bytes | None, mask: MeterMask, oldest_kept: date) -> tuple[str, date | None]:
+    """Validate one record; return the staging row's aux field (the meter id alerts use, for
+    verdicts and meters) and the lineloss day. Raises Rejected, or returns day None with an
+    aux of "expired" for a result older than the retention."""
+    if not value:
+        raise Rejected("empty", "record has no value")
+    if b"\\u0000" in value:  # PostgreSQL's jsonb has no NUL character
+        raise Rejected("nul", "a string holds \\u0000")
+    try:
+        if kind == "lineloss":
+            rec = _lineloss.decode(value)
+            day = _day(rec.window_start)
+            _day(rec.window_end)
+            ints = (
+                rec.window_s,
+                rec.customers_expected,
+                rec.customers_reported,
+                rec.supplies_expected,
+                rec.supplies_reported,
+                rec.rollbacks,
+                rec.revision,
+            )
+            if any(not 0 <= n < 2**31 for n in ints):
+                raise Rejected("schema", "a count is out of range")
+            if day < oldest_kept:
+                return "expired", None
+            return "", day
+        if kind == "alert":
+            _alert.decode(value)
+            return "", None
+        if kind == "topology":
+            return mask.meter(decode_topology(value).meter_id), None
+        verdict = Inspection.from_dict(orjson.loads(value))
+        kwh = verdict.recovered_kwh
+        if kwh is not None and not (math.isfinite(kwh) and 0 <= kwh <= 1e9):
+            raise Rejected("inspection", f"recovered_kwh {kwh} is not a finite kWh >= 0")
+        return mask.meter(verdict.meter), None
+    except Rejected:
+        raise
+    except msgspec.ValidationError as exc:
+        raise Rejected("schema", str(exc)) from None
+    except (msgspec.DecodeError, orjson.JSONDecodeError) as exc:
+        raise Rejected("json", str(exc)) from None
+    except Exception as exc:  # InvalidRecord, KeyError, ValueError, TypeError from the parsers
+        raise Rejected(kind if kind == "inspection" else "schema", str(exc) or type(exc).__name__) from None
+
+
+def build_batch(
+    records: Iterable[tuple[str, int, int, int, bytes | None]], mask: MeterMask, oldest_kept: date
+) -> Batch:
+    """(kind, partition, offset, timestamp ms, value) records into a Batch, in their order."""
+    b = Batch()
+    for kind, partition, offset, ts_ms, value in records:
+        try:
+            aux, day = check(kind, value, mask, oldest_kept)
+        except Rejected as exc:
+            b.rejected.append((kind, partition, offset, exc.reason, exc.detail[:500], value or b""))
+            continue
+        if aux == "expired" and day is None and kind == "lineloss":
+            b.expired[kind] = b.expired.get(kind, 0) + 1
+            continue
+        if day is not None:
+            b.days.add(day)
+        assert value is not None
+        b.rows.append((kind, partition, offset, ts_ms, value, aux))
+        b.oldest_ms = ts_ms if b.oldest_ms is None else min(b.oldest_ms, ts_ms)
+    return b
+
+
+def copy_text(rows: Iterable[tuple[str, int, int, int, bytes, str]]) -> bytes:
+    """The staging rows in COPY text format (backslash, tab and line ends escaped).
+
+    >>> copy_text([("alert", 0, 7, 1000, b'{"a":"x\\\\ty"}', "")])
+    b'alert\\t0\\t7\\t1000\\t{"a":"x\\\\\\\\ty"}\\t\\n'
+    """
+    out = bytearray()
+    for kind, partition, offset, ts_ms, value, aux in rows:
+        v = value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
+        out += f"{kind}\t{partition}\t{offset}\t{ts_ms}\t".encode()
+        out += v
+        out += b"\t" + aux.replace("\\", "\\\\").encode() + b"\n"
+    return bytes(out)
+
+
+# ---- SQL: staging table to the tables --------------------------------------------------------
+
+STAGING = (
+    "CREATE TEMP TABLE IF NOT EXISTS staging (kind text, src_partition integer, src_offset bigint,"
+    " src_ms bigint, value jsonb, aux text) ON COMMIT DELETE ROWS"
+)
+_LATER = (
+    "(t.src_partition = excluded.src_partition AND t.src_offset < excluded.src_offset)"
+    " OR (t.src_partition <> excluded.src_partition AND t.src_ts <= excluded.src_ts)"
+)
+
+LINELOSS_COLUMNS = (
+    "area_id",
+    "area_class",
+    "window_start",
+    "window_end",
+    "window_s",
+    "state",
+    "supply_kwh",
+    "sales_kwh",
+    "loss_kwh",
+    "loss_rate",
+    "completeness",
+    "customers_expected",
+    "customers_reported",
+    "supplies_expected",
+    "supplies_reported",
+    "lower_bound",
+    "upper_bound",
+    "rollbacks",
+    "revision",
+)
+_LINELOSS_KEY = ("area_id", "window_s", "window_start")
+UPSERT_LINELOSS = f"""
+INSERT INTO lineloss AS t ({", ".join(LINELOSS_COLUMNS)}, src_partition, src_offset, src_ts, stored_at)
+SELECT DISTINCT ON (r.area_id, r.window_s, r.window_start)
+       r.area_id, r.area_class, r.window_start, r.window_end, r.window_s, r.state, r.supply_kwh,
+       r.sales_kwh, r.loss_kwh, r.loss_rate, r.completeness, r.customers_expected,
+       r.customers_reported, r.supplies_expected, r.supplies_reported, r.lower, r.upper,
+       r.rollbacks, r.revision, s.src_partition, s.src_offset, to_timestamp(s.src_ms / 1000.0),
+       clock_timestamp()
+  FROM staging s, jsonb_to_record(s.value) AS r(
+       area_id text, area_class text, window_start timestamptz, window_end timestamptz,
+       window_s integer, state text, supply_kwh float8, sales_kwh float8, loss_kwh float8,
+       loss_rate float8, completeness float8, customers_expected integer, customers_reported integer,
+       supplies_expected integer, supplies_reported integer, lower float8, upper float8,
+       rollbacks integer, revision integer)
+ WHERE s.kind = 'lineloss'
+ ORDER BY r.area_id, r.window_s, r.window_start, s.src_offset DESC
+ON CONFLICT (area_id, window_s, window_start) DO UPDATE SET
+       {", ".join(f"{c} = excluded.{c}" for c in LINELOSS_COLUMNS if c not in _LINELOSS_KEY)},
+       src_partition = excluded.src_partition, src_offset = excluded.src_offset,
+       src_ts = excluded.src_ts, stored_at = excluded.stored_at
+ WHERE {_LATER}
+"""
+
+UPSERT_METERS = f"""
+INSERT INTO meters AS t (meter_id, alert_meter_id, area_id, role, multiplier, customer_class, active,
+                         effective_from, src_partition, src_offset, src_ts)
+SELECT DISTINCT ON (r.meter_id) r.meter_id, s.aux, r.area_id, r.role, r.multiplier, r.customer_class,
+       r.active, r.effective_from, s.src_partition, s.src_offset, to_timestamp(s.src_ms / 1000.0)
+  FROM staging s, jsonb_to_record(s.value) AS r(meter_id text, area_id text, role text,
+       multiplier float8, customer_class text, active boolean, effective_from timestamptz)
+ WHERE s.kind = 'topology'
+ ORDER BY r.meter_id, s.src_offset DESC
+ON CONFLICT (meter_id) DO UPDATE SET alert_meter_id = excluded.alert_meter_id, area_id = excluded.area_id,
+       role = excluded.role, multiplier = excluded.multiplier, customer_class = excluded.customer_class,
+       active = excluded.active, effective_from = excluded.effective_from,
+       src_partition = excluded.src_partition, src_offset = excluded.src_offset, src_ts = excluded.src_ts
+ WHERE {_LATER}
+"""
+
+_ALERT_FROM = """
+  FROM staging s CROSS JOIN LATERAL jsonb_to_record(s.value) AS r(id text, type text, severity text,
+       entity_kind text, entity_id text, window_start timestamptz, score float8, evidence jsonb,
+       event text, at timestamptz)
+  LEFT JOIN meters m ON r.entity_kind = 'meter' AND m.alert_meter_id = r.entity_id
+  LEFT JOIN tariffs tf ON tf.customer_class = m.customer_class
+"""
+_ALERT_AREA = (
+    "coalesce(CASE WHEN r.entity_kind = 'area' THEN r.entity_id END, r.evidence ->> 'area_id',"
+    " r.evidence ->> 'recorded_area', m.area_id)"
+)
+UPSERT_ALERTS_OPENED = f"""
+INSERT INTO alerts AS t (alert_id, type, severity, entity_kind, entity_id, area_id, window_start,
+                         opened_at, score, evidence, customer_class, exposure_yuan, src_ts, stored_at)
+SELECT DISTINCT ON (r.id) r.id, r.type, r.severity, r.entity_kind, r.entity_id, {_ALERT_AREA},
+       r.window_start, r.at, r.score, r.evidence, m.customer_class,
+       CASE WHEN r.type = 'meter_arrears_risk'
+            THEN greatest((r.evidence ->> 'expected_kwh')::float8, 0) * %(period_intervals)s
+                 * coalesce(tf.yuan_per_kwh, %(default_tariff)s) END,
+       to_timestamp(s.src_ms / 1000.0), clock_timestamp()
+{_ALERT_FROM}
+ WHERE s.kind = 'alert' AND r.event = 'opened'
+ ORDER BY r.id, s.src_offset DESC
+ON CONFLICT (alert_id) DO UPDATE SET type = excluded.type, severity = excluded.severity,
+       entity_kind = excluded.entity_kind, entity_id = excluded.entity_id,
+       area_id = coalesce(excluded.area_id, t.area_id), window_start = excluded.window_start,
+       opened_at = excluded.opened_at, score = greatest(t.score, excluded.score),
+       evidence = excluded.evidence, customer_class = coalesce(excluded.customer_class, t.customer_class),
+       exposure_yuan = excluded.exposure_yuan, src_ts = greatest(t.src_ts, excluded.src_ts),
+       stored_at = excluded.stored_at
+"""
+UPSERT_ALERTS_RESOLVED = f"""
+INSERT INTO alerts AS t (alert_id, type, severity, entity_kind, entity_id, area_id, window_start,
+                         resolved_at, score, evidence, resolution, customer_class, src_ts, stored_at)
+SELECT DISTINCT ON (r.id) r.id, r.type, r.severity, r.entity_kind, r.entity_id, {_ALERT_AREA},
+       r.window_start, r.at, r.score, r.evidence, r.evidence, m.customer_class,
+       to_timestamp(s.src_ms / 1000.0), clock_timestamp()
+{_ALERT_FROM}
+ WHERE s.kind = 'alert' AND r.event = 'resolved'
+ ORDER BY r.id, s.src_offset DESC
+ON CONFLICT (alert_id) DO UPDATE SET resolved_at = excluded.resolved_at, resolution = excluded.resolution,
+       score = greatest(t.score, excluded.score), area_id = coalesce(t.area_id, excluded.area_id),
+       src_ts = greatest(t.src_ts, excluded.src_ts), stored_at = excluded.stored_at
+"""
+UPSERT_INSPECTIONS = f"""
+INSERT INTO inspections AS t (meter_id, inspected_on, alert_meter_id, area_id, verdict, recovered_kwh,
+                              customer_class, yuan_per_kwh, recovered_yuan, src_partition, src_offset,
+                              src_ts, stored_at)
+SELECT DISTINCT ON (r.meter, r.date) r.meter, r.date, s.aux, m.area_id, r.verdict,
+       coalesce(r.recovered_kwh, 0), m.customer_class, coalesce(tf.yuan_per_kwh, %(default_tariff)s),
+       coalesce(r.recovered_kwh, 0) * coalesce(tf.yuan_per_kwh, %(default_tariff)s),
+       s.src_partition, s.src_offset, to_timestamp(s.src_ms / 1000.0), clock_timestamp()
+  FROM staging s CROSS JOIN LATERAL jsonb_to_record(s.value) AS r(meter text, date date, verdict text,
+       recovered_kwh float8)
+  LEFT JOIN meters m ON m.meter_id = r.meter
+  LEFT JOIN tariffs tf ON tf.customer_class = m.customer_class
+ WHERE s.kind = 'inspection'
+ ORDER BY r.meter, r.date, s.src_offset DESC
+ON CONFLICT (meter_id, inspected_on) DO UPDATE SET alert_meter_id = excluded.alert_meter_id,
+       area_id = excluded.area_id, verdict = excluded.verdict, recovered_kwh = excluded.recovered_kwh,
+       customer_class = excluded.customer_class, yuan_per_kwh = excluded.yuan_per_kwh,
+       recovered_yuan = excluded.recovered_yuan, src_partition = excluded.src_partition,
+       src_offset = excluded.src_offset, src_ts = excluded.src_ts, stored_at = excluded.stored_at
+ WHERE {_LATER}
+"""
+INSERT_REJECTED = """
+INSERT INTO rejected (topic, src_partition, src_offset, reason, detail, value)
+VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
+"""
+# Meters first: verdicts and alerts of the same batch look their customer class up.
+STATEMENTS = (
+    ("meters", "topology", UPSERT_METERS),
+    ("lineloss", "lineloss", UPSERT_LINELOSS),
+    ("alerts", "alert", UPSERT_ALERTS_OPENED),
+    ("alerts", "alert", UPSERT_ALERTS_RESOLVED),
+    ("inspections", "inspection", UPSERT_INSPECTIONS),
+)
+
+
+@dataclass(frozen=True)
+class WriteParams:
+    default_tariff: float
+    period_intervals: float  # metering intervals in one arrears period
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> WriteParams:
+        return cls(s.tariff_default_yuan_per_kwh, s.arrears_period_days * 86400 / s.interval_s)
+
+
+def prepare(conn: psycopg.Connection[Any]) -> None:
+    """Per pooled connection: the staging table (temporary tables live per session)."""
+    conn.execute(STAGING)
+    conn.commit()
+
+
+def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> dict[str, int]:
+    """Write one batch in one transaction; return rows written per table.
+
+    Raises psycopg.DataError / IntegrityError when a record passed validation but PostgreSQL
+    refuses it: :func:`write_isolating` then finds the record."""
+    written: dict[str, int] = {}
+    p = {"default_tariff": params.default_tariff, "period_intervals": params.period_intervals}
+    with conn.transaction():
+        schema.ensure_partitions(conn, batch.days)
+        if batch.rows:
+            with conn.cursor().copy(
+                "COPY staging (kind, src_partition, src_offset, src_ms, value, aux) FROM STDIN"
+            ) as copy:
+                copy.write(copy_text(batch.rows))
+            kinds = {r[0] for r in batch.rows}
+            for table, kind, stmt in STATEMENTS:
+                if kind in kinds:
+                    cur = conn.execute(stmt.encode(), p)  # type: ignore[arg-type]
+                    written[table] = written.get(table, 0) + max(cur.rowcount, 0)
+        if batch.rejected:
+            with conn.cursor() as cur:
+                cur.executemany(INSERT_REJECTED, batch.rejected)
+    return written
+
+
+def write_isolating(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> dict[str, int]:
+    """A batch PostgreSQL refused as a whole: write its records one by one, each refused one to
+    the rejected table with the database's reason, so one bad record never stalls the store."""
+    written: dict[str, int] = {}
+    bad = []
+    for row in batch.rows:
+        one = Batch(rows=[row], days=batch.days)
+        try:
+            for table, n in write(conn, one, params).items():
+                written[table] = written.get(table, 0) + n
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            kind, partition, offset, _, value, _ = row
+            detail = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
+            bad.append((kind, partition, offset, "database", detail, value))
+    write(conn, Batch(rejected=batch.rejected + bad), params)
+    batch.rejected += bad
+    return written
+
+
+# ---- the service ------------------------------------------------------------------------------
+
+
+def topic_kinds(s: Settings) -> dict[str, str]:
+    return {
+        s.topic_topology: "topology",
+        s.topic_lineloss: "lineloss",
+        s.topic_alerts: "alert",
+        s.topic_inspections: "inspection",
+    }
+
+
+def open_pool(s: Settings, *, max_size: int = 2) -> ConnectionPool:
+    pool = ConnectionPool(
+        s.pg_dsn.get_secret_value(),
+        min_size=1,
+        max_size=max_size,
+        configure=prepare,
+        open=False,
+        kwargs={"application_name": "gridwatch-store"},
+    )
+    pool.open(wait=True, timeout=30)
+    return pool
+
+
+def setup_database(pool: ConnectionPool, s: Settings) -> int:
+    """Migrate, price classes from configuration, and apply the retention once."""
+    with pool.connection() as conn:
+        version = schema.migrate(conn)
+        with conn.transaction():
+            schema.sync_tariffs(conn, s.tariff_yuan_per_kwh)
+            schema.drop_expired(conn, oldest_kept(s))
+    return version
+
+
+def oldest_kept(s: Settings, now: datetime | None = None) -> date:
+    return ((now or datetime.now(UTC)) - timedelta(days=s.store_retention_days)).date()
+
+
+class StoreSink:
+    """The consume-write-commit loop (one per process; run several for more partitions)."""
+
+    def __init__(self, s: Settings, pool: ConnectionPool, metrics: StoreMetrics, mask: MeterMask) -> None:
+        self.s, self.pool, self.metrics, self.mask = s, pool, metrics, mask
+        self.kinds = topic_kinds(s)
+        self.params = WriteParams.from_settings(s)
+        self._retention_at = time.monotonic()
+
+    def _write(self, batch: Batch) -> dict[str, int]:
+        with self.pool.connection() as conn:
+            try:
+                return write(conn, batch, self.params)
+            except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                log.warning("batch refused by PostgreSQL (%s); writing it record by record", exc)
+                return write_isolating(conn, batch, self.params)
+
+    def _retention(self) -> None:
+        with self.pool.connection() as conn, conn.transaction():
+            dropped = schema.drop_expired(conn, oldest_kept(self.s))
+        if dropped:
+            log.info("retention: dropped %s", ", ".join(dropped))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.s
+        consumer = AIOKafkaConsumer(
+            *self.kinds,
+            group_id=s.store_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=s.store_batch_records,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            **kafka_client_kwargs(s),
+        )
+        await consumer.start()
+        try:
+            while not stop.is_set():
+                fetched = await consumer.getmany(timeout_ms=200, max_records=s.store_batch_records)
+                if fetched:
+                    await self._handle(consumer, fetched, stop)
+                await self._update_lag(consumer)
+                if time.monotonic() - self._retention_at > 3600:
+                    self._retention_at = time.monotonic()
+                    await asyncio.to_thread(self._retention)
+        finally:
+            await consumer.stop()
+
+    async def _handle(
+        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Any]], stop: asyncio.Event
+    ) -> None:
+        records = []
+        offsets = {}
+        for tp, msgs in fetched.items():
+            kind = self.kinds[tp.topic]
+            records += [(kind, tp.partition, m.offset, m.timestamp, m.value) for m in msgs]
+            offsets[tp] = msgs[-1].offset + 1
+        batch = build_batch(records, self.mask, oldest_kept(self.s))
+        began = time.monotonic()
+        retry = 0
+        while True:
+            try:
+                written = await asyncio.to_thread(self._write, batch)
+                break
+            except (
+                psycopg.OperationalError,
+                psycopg.InterfaceError,
+                psycopg.errors.AdminShutdown,
+                TimeoutError,
+            ) as exc:
+                # The database is away: keep the batch, do not commit, try again.
+                self.metrics.write_errors.inc()
+                retry += 1
+                log.error("writing a batch of %d records failed (%s); retry %d", len(records), exc, retry)
+                if stop.is_set():
+                    return
+                await asyncio.sleep(min(30.0, 0.5 * 2 ** min(retry, 6)))
+        try:
+            await consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError) as exc:
+            log.warning("offset commit failed (%s): the new owner rewrites the same rows", exc)
+        now = time.time()
+        self.metrics.batch_seconds.observe(time.monotonic() - began)
+        if batch.oldest_ms is not None:
+            self.metrics.delay_seconds.observe(max(0.0, now - batch.oldest_ms / 1000))
+        for table, n in written.items():
+            self.metrics.rows_written.labels(table=table).inc(n)
+        for kind in KINDS:
+            if n := batch.count(kind):
+                self.metrics.records.labels(kind=kind, outcome="stored").inc(n)
+        for kind, n in batch.expired.items():
+            self.metrics.records.labels(kind=kind, outcome="expired").inc(n)
+        for r in batch.rejected:
+            self.metrics.records.labels(kind=r[0], outcome="rejected").inc()
+            log.warning("rejected %s[%d]@%d: %s: %s", r[0], r[1], r[2], r[3], r[4][:200])
+
+    async def _update_lag(self, consumer: AIOKafkaConsumer) -> None:
+        lag = 0
+        for tp in consumer.assignment():
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            try:
+                pos = await consumer.position(tp)
+            except IllegalStateError:
+                continue
+            lag += max(0, high - pos)
+        self.metrics.lag.set(lag)
+
+
+def run_store(s: Settings) -> None:
+    """Run ``gridwatch store`` in the foreground until SIGINT or SIGTERM."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(logging.WARNING)
+    mask = MeterMask.from_settings(s)
+    create_topics(s.bootstrap, topic_specs(s), **security_kwargs(s))
+    registry = CollectorRegistry()
+    metrics = StoreMetrics(registry)
+    if s.store_metrics_port:
+        start_http_server(s.store_metrics_port, addr=s.metrics_host, registry=registry)
+    pool = open_pool(s)
+    try:
+        version = setup_database(pool, s)
+        topics = ", ".join(topic_kinds(s))
+        log.info("schema version %d; consuming %s as %s", version, topics, s.store_group_id)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await StoreSink(s, pool, metrics, mask).run(stop)
+
+        asyncio.run(main())
+    finally:
+        pool.close()
