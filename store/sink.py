@@ -324,12 +324,6 @@ class WriteParams:
         return cls(s.tariff_default_yuan_per_kwh, s.arrears_period_days * 86400 / s.interval_s)
 
 
-def prepare(conn: psycopg.Connection[Any]) -> None:
-    """Per pooled connection: the staging table (temporary tables live per session)."""
-    conn.execute(STAGING)
-    conn.commit()
-
-
 def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> dict[str, int]:
     """Write one batch in one transaction; return rows written per table.
 
@@ -338,6 +332,7 @@ def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> d
     written: dict[str, int] = {}
     p = {"default_tariff": params.default_tariff, "period_intervals": params.period_intervals}
     with conn.transaction():
+        conn.execute(STAGING)  # temporary tables live per session: made on a connection's first batch
         schema.ensure_partitions(conn, batch.days)
         if batch.rows:
             with conn.cursor().copy(
@@ -391,7 +386,6 @@ def open_pool(s: Settings, *, max_size: int = 2) -> ConnectionPool:
         s.pg_dsn.get_secret_value(),
         min_size=1,
         max_size=max_size,
-        configure=prepare,
         open=False,
         kwargs={"application_name": "gridwatch-store"},
     )

@@ -1,0 +1,57 @@
+"""Synthetic line-loss records in the worker's contract, for the store's benchmark and tests."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from streams.contracts import LineLossRecord, encode
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def lineloss_record(
+    area_id: str, window_start: int, *, window_s: int = 900, revision: int = 0, seed: int = 0
+) -> LineLossRecord:
+    """One plausible area-window result; ``seed`` varies the figures (a correction)."""
+    rng = random.Random(hash((area_id, window_start, seed)))
+    supply = round(rng.uniform(20.0, 400.0), 3)
+    loss_rate = rng.gauss(0.04, 0.03)
+    sales = round(supply * (1 - loss_rate), 3)
+    lower, upper = 0.0, 0.10
+    rate = (supply - sales) / supply
+    state = "qualified" if lower <= rate <= upper else ("high_loss" if rate > upper else "negative_loss")
+    n = rng.randint(50, 300)
+    return LineLossRecord(
+        v=1,
+        area_id=area_id,
+        area_class=("urban", "rural", "industrial")[hash(area_id) % 3],
+        window_start=_iso(window_start),
+        window_end=_iso(window_start + window_s),
+        window_s=window_s,
+        state=state,
+        supply_kwh=supply,
+        sales_kwh=sales,
+        loss_kwh=round(supply - sales, 3),
+        loss_rate=round(rate, 6),
+        completeness=1.0,
+        customers_expected=n,
+        customers_reported=n,
+        supplies_expected=1,
+        supplies_reported=1,
+        lower=lower,
+        upper=upper,
+        rollbacks=0,
+        revision=revision,
+    )
+
+
+def city_day(areas: int, day_start: int, *, window_s: int = 900) -> Iterator[tuple[bytes, bytes]]:
+    """(key, value) of every area-window of one day, window by window, as the worker keys them."""
+    for w in range(day_start, day_start + 86400, window_s):
+        for a in range(areas):
+            area = f"A{a:05d}"
+            yield f"{area}|{w}".encode(), encode(lineloss_record(area, w, window_s=window_s))
