@@ -55,3 +55,48 @@ def city_day(areas: int, day_start: int, *, window_s: int = 900) -> Iterator[tup
         for a in range(areas):
             area = f"A{a:05d}"
             yield f"{area}|{w}".encode(), encode(lineloss_record(area, w, window_s=window_s))
+
+
+def alert_record(
+    kind: str,
+    entity: str,
+    type_: str,
+    start: int,
+    event: str,
+    evidence: dict[str, object],
+    score: float = 42.0,
+) -> bytes:
+    """An alert record as the worker's alert book writes it (``id`` = kind:entity:type:start)."""
+    at = _iso(start)
+    return encode(
+        {
+            "v": 1,
+            "id": f"{kind}:{entity}:{type_.split('_', 1)[1]}:{start}",
+            "type": type_,
+            "severity": "warning",
+            "entity_kind": kind,
+            "entity_id": entity,
+            "window_start": at,
+            "window_end": at,
+            "score": score,
+            "evidence": evidence,
+            "event": event,
+            "at": at,
+        }
+    )
+
+
+def meter_record(meter: str, area: str, customer_class: str) -> bytes:
+    """A topology (archive) record of a customer meter."""
+    return encode(
+        {
+            "meter_id": meter,
+            "area_id": area,
+            "role": "customer",
+            "multiplier": 1.0,
+            "customer_class": customer_class,
+            "active": True,
+            "effective_from": "2026-01-01T00:00:00Z",
+            "v": 1,
+        }
+    )

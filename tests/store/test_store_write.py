@@ -11,7 +11,7 @@ import pytest
 
 from store import schema
 from store.sink import Batch, WriteParams, build_batch, write, write_isolating
-from store.synthetic import lineloss_record
+from store.synthetic import alert_record, lineloss_record, meter_record
 from streams.contracts import encode
 from streams.masking import MeterMask
 
@@ -77,50 +77,15 @@ def test_table_holds_the_latest_record_whatever_the_replays(
     assert got == {k: (r.loss_rate, r.revision) for k, r in latest.items()}
 
 
-def _alert(kind: str, entity: str, typ: str, start: int, event: str, evidence: dict[str, object]) -> bytes:
-    iso = datetime.fromtimestamp(start, UTC).isoformat()
-    return msgspec.json.encode(
-        {
-            "v": 1,
-            "id": f"{kind}:{entity}:{typ.split('_', 1)[1]}:{start}",
-            "type": typ,
-            "severity": "warning",
-            "entity_kind": kind,
-            "entity_id": entity,
-            "window_start": iso,
-            "window_end": iso,
-            "score": 42.0,
-            "evidence": evidence,
-            "event": event,
-            "at": iso,
-        }
-    )
-
-
-def _meter(meter: str, area: str, cls: str) -> bytes:
-    return msgspec.json.encode(
-        {
-            "meter_id": meter,
-            "area_id": area,
-            "role": "customer",
-            "multiplier": 1.0,
-            "customer_class": cls,
-            "active": True,
-            "effective_from": "2026-01-01T00:00:00Z",
-            "v": 1,
-        }
-    )
-
-
 def test_a_suspect_opens_a_case_and_a_verdict_closes_it_into_the_ledger(
     store_conn: psycopg.Connection[tuple[object, ...]],
 ) -> None:
     schema.sync_tariffs(store_conn, {"residential": 0.5, "industrial": 0.7})
     store_conn.commit()
-    suspect = _alert(
+    suspect = alert_record(
         "meter", "M1", "meter_theft_suspect", T0, "opened", {"area_id": "A1", "deficit_kwh": 80.0}
     )
-    _write(store_conn, [("topology", 0, 0, 1, _meter("M1", "A1", "residential"))])
+    _write(store_conn, [("topology", 0, 0, 1, meter_record("M1", "A1", "residential"))])
     _write(store_conn, [("alert", 0, 0, 1_000 * T0, suspect)])
     case = store_conn.execute(
         "SELECT case_id, meter_id, area_id, status, estimated_kwh FROM cases"
@@ -152,8 +117,8 @@ def test_a_suspect_opens_a_case_and_a_verdict_closes_it_into_the_ledger(
 def test_arrears_warning_carries_the_average_bill(store_conn: psycopg.Connection[tuple[object, ...]]) -> None:
     schema.sync_tariffs(store_conn, {"industrial": 0.7})
     store_conn.commit()
-    _write(store_conn, [("topology", 0, 0, 1, _meter("F1", "A2", "industrial"))])
-    warn = _alert(
+    _write(store_conn, [("topology", 0, 0, 1, meter_record("F1", "A2", "industrial"))])
+    warn = alert_record(
         "meter", "F1", "meter_arrears_risk", T0, "opened", {"expected_kwh": 50.0, "observed_kwh": 1.0}
     )
     _write(store_conn, [("alert", 1, 0, 1_000 * T0, warn)])
@@ -169,7 +134,7 @@ def test_bad_records_are_kept_with_their_reason_and_do_not_stall_the_batch(
     good = encode(lineloss_record("A9", T0))
     # Python reads a +23:00 offset, PostgreSQL refuses it: found by writing record by record
     odd = good.replace(b'00Z"', b'00+23:00"', 1)
-    nul = _alert("area", "A9", "area_high_loss", T0, "opened", {"note": "a\x00b"})
+    nul = alert_record("area", "A9", "area_high_loss", T0, "opened", {"note": "a\x00b"})
     batch = _write(
         store_conn,
         [
