@@ -38,7 +38,6 @@ from streams.topics import topic_specs
 
 log = logging.getLogger("gridwatch.store")
 
-KINDS = ("topology", "lineloss", "alert", "inspection")
 _lineloss = msgspec.json.Decoder(LineLossRecord)
 _alert = msgspec.json.Decoder(Alert)
 
@@ -54,58 +53,70 @@ class Rejected(ValueError):
 # ---- pure: one record to one row of the staging table ------------------------------------------
 
 
+# A lineloss row in COPY text format: the table's columns, then the record's topic position.
+LinelossLine = tuple[int, int, bytes, bytes]  # partition, offset, line, the record
+
+
 @dataclass
 class Batch:
-    """A batch's records as staging rows, the refused ones, and what the write needs to know."""
+    """A batch's records ready to write: lineloss results as typed COPY lines, latest per
+    area-window; other records as JSON staging rows; the refused ones with their reason."""
 
+    lineloss: dict[tuple[str, int, float], LinelossLine] = field(default_factory=dict)
     rows: list[tuple[str, int, int, int, bytes, str]] = field(default_factory=list)
     rejected: list[tuple[str, int, int, str, str, bytes]] = field(default_factory=list)
     expired: dict[str, int] = field(default_factory=dict)
     days: set[date] = field(default_factory=set)
     oldest_ms: int | None = None
-    offsets: dict[TopicPartition, int] = field(default_factory=dict)  # next offset to commit
-
-    def count(self, kind: str) -> int:
-        return sum(1 for r in self.rows if r[0] == kind)
+    stored: dict[str, int] = field(default_factory=dict)  # records accepted, by kind
 
 
-def _day(text: str) -> date:
+def _time(text: str) -> datetime:
     try:
         ts = datetime.fromisoformat(text)
     except ValueError:
         raise Rejected("schema", f"not an RFC 3339 time: {text[:40]!r}") from None
     if ts.tzinfo is None:
         raise Rejected("schema", f"time without offset: {text[:40]!r}")
-    return ts.astimezone(UTC).date()
+    return ts
 
 
-def check(kind: str, value: bytes | None, mask: MeterMask, oldest_kept: date) -> tuple[str, date | None]:
+def _text(value: str) -> str:
+    """A text field for COPY text format."""
+    if value.isprintable() and "\\" not in value:  # no tab, line end or backslash: as it is
+        return value
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
+
+
+def _num(x: float | None) -> str:
+    return "\\N" if x is None else repr(x)
+
+
+def lineloss_line(rec: LineLossRecord, partition: int, offset: int, ts_ms: int) -> bytes:
+    """One lineloss row in COPY text format (the columns of LINELOSS_COPY)."""
+    ints = (rec.window_s, rec.customers_expected, rec.customers_reported, rec.supplies_expected,
+            rec.supplies_reported, rec.rollbacks, rec.revision)  # fmt: skip
+    if min(ints) < 0 or max(ints) >= 2**31:
+        raise Rejected("schema", "a count is out of range")
+    return (  # area ids match the contract's id pattern: nothing to escape
+        f"{rec.area_id}\t{_text(rec.area_class)}\t{rec.window_start}\t{rec.window_end}\t{rec.window_s}\t"
+        f"{rec.state}\t{rec.supply_kwh!r}\t{rec.sales_kwh!r}\t{rec.loss_kwh!r}\t{_num(rec.loss_rate)}\t"
+        f"{rec.completeness!r}\t{rec.customers_expected}\t{rec.customers_reported}\t"
+        f"{rec.supplies_expected}\t{rec.supplies_reported}\t{rec.lower!r}\t{rec.upper!r}\t{rec.rollbacks}\t"
+        f"{rec.revision}\t{partition}\t{offset}\t{ts_ms}\n"
+    ).encode()
+
+
+def check(kind: str, value: bytes | None, mask: MeterMask) -> tuple[str, LineLossRecord | None]:
     """Validate one record; return the staging row's aux field (the meter id alerts use, for
-    verdicts and meters) and the lineloss day. Raises Rejected, or returns day None with an
-    aux of "expired" for a result older than the retention."""
+    verdicts and archive records) and, for a lineloss record, the decoded record."""
     if not value:
         raise Rejected("empty", "record has no value")
     if b"\\u0000" in value:  # PostgreSQL's jsonb has no NUL character
         raise Rejected("nul", "a string holds \\u0000")
     try:
         if kind == "lineloss":
-            rec = _lineloss.decode(value)
-            day = _day(rec.window_start)
-            _day(rec.window_end)
-            ints = (
-                rec.window_s,
-                rec.customers_expected,
-                rec.customers_reported,
-                rec.supplies_expected,
-                rec.supplies_reported,
-                rec.rollbacks,
-                rec.revision,
-            )
-            if any(not 0 <= n < 2**31 for n in ints):
-                raise Rejected("schema", "a count is out of range")
-            if day < oldest_kept:
-                return "expired", None
-            return "", day
+            return "", _lineloss.decode(value)
         if kind == "alert":
             _alert.decode(value)
             return "", None
@@ -129,27 +140,44 @@ def check(kind: str, value: bytes | None, mask: MeterMask, oldest_kept: date) ->
 def build_batch(
     records: Iterable[tuple[str, int, int, int, bytes | None]], mask: MeterMask, oldest_kept: date
 ) -> Batch:
-    """(kind, partition, offset, timestamp ms, value) records into a Batch, in their order."""
+    """(kind, partition, offset, timestamp ms, value) records, in topic order, into a Batch.
+
+    Of several results for one area-window the batch keeps the one latest in its topic (the
+    table keeps the same one: see UPSERT_LINELOSS); results whose window starts before
+    ``oldest_kept`` are counted as expired, not written."""
     b = Batch()
+    days: dict[float, date] = {}
     for kind, partition, offset, ts_ms, value in records:
         try:
-            aux, day = check(kind, value, mask, oldest_kept)
+            aux, rec = check(kind, value, mask)
+            if rec is not None:
+                start = _time(rec.window_start).timestamp()
+                _time(rec.window_end)
+                day = days.get(start // 86400)
+                if day is None:
+                    day = days[start // 86400] = datetime.fromtimestamp(start, UTC).date()
+                if day < oldest_kept:
+                    b.expired[kind] = b.expired.get(kind, 0) + 1
+                    continue
+                key = (rec.area_id, rec.window_s, start)
+                line = lineloss_line(rec, partition, offset, ts_ms)
+                held = b.lineloss.get(key)
+                if held is None or held[0] != partition or held[1] < offset:
+                    b.lineloss[key] = (partition, offset, line, value or b"")
+                b.days.add(day)
+            else:
+                assert value is not None
+                b.rows.append((kind, partition, offset, ts_ms, value, aux))
         except Rejected as exc:
             b.rejected.append((kind, partition, offset, exc.reason, exc.detail[:500], value or b""))
             continue
-        if aux == "expired" and day is None and kind == "lineloss":
-            b.expired[kind] = b.expired.get(kind, 0) + 1
-            continue
-        if day is not None:
-            b.days.add(day)
-        assert value is not None
-        b.rows.append((kind, partition, offset, ts_ms, value, aux))
+        b.stored[kind] = b.stored.get(kind, 0) + 1
         b.oldest_ms = ts_ms if b.oldest_ms is None else min(b.oldest_ms, ts_ms)
     return b
 
 
 def copy_text(rows: Iterable[tuple[str, int, int, int, bytes, str]]) -> bytes:
-    """The staging rows in COPY text format (backslash, tab and line ends escaped).
+    """The JSON staging rows in COPY text format (backslash, tab and line ends escaped).
 
     >>> copy_text([("alert", 0, 7, 1000, b'{"a":"x\\\\ty"}', "")])
     b'alert\\t0\\t7\\t1000\\t{"a":"x\\\\\\\\ty"}\\t\\n'
@@ -159,7 +187,7 @@ def copy_text(rows: Iterable[tuple[str, int, int, int, bytes, str]]) -> bytes:
         v = value.replace(b"\\", b"\\\\").replace(b"\t", b"\\t").replace(b"\n", b"\\n").replace(b"\r", b"\\r")
         out += f"{kind}\t{partition}\t{offset}\t{ts_ms}\t".encode()
         out += v
-        out += b"\t" + aux.replace("\\", "\\\\").encode() + b"\n"
+        out += b"\t" + _text(aux).encode() + b"\n"
     return bytes(out)
 
 
@@ -196,22 +224,21 @@ LINELOSS_COLUMNS = (
     "revision",
 )
 _LINELOSS_KEY = ("area_id", "window_s", "window_start")
+STAGING_LINELOSS = (
+    "CREATE TEMP TABLE IF NOT EXISTS staging_lineloss ON COMMIT DELETE ROWS AS"
+    f" SELECT {', '.join(LINELOSS_COLUMNS)}, src_partition, src_offset, 0::bigint AS src_ms"
+    " FROM lineloss WITH NO DATA"
+)
+LINELOSS_COPY = (
+    f"COPY staging_lineloss ({', '.join(LINELOSS_COLUMNS)}, src_partition, src_offset, src_ms) FROM STDIN"
+)
+# A row is replaced only by a record from a later position of the topic: a later offset of the
+# same partition, or (the topic was repartitioned) a record produced later.
 UPSERT_LINELOSS = f"""
 INSERT INTO lineloss AS t ({", ".join(LINELOSS_COLUMNS)}, src_partition, src_offset, src_ts, stored_at)
-SELECT DISTINCT ON (r.area_id, r.window_s, r.window_start)
-       r.area_id, r.area_class, r.window_start, r.window_end, r.window_s, r.state, r.supply_kwh,
-       r.sales_kwh, r.loss_kwh, r.loss_rate, r.completeness, r.customers_expected,
-       r.customers_reported, r.supplies_expected, r.supplies_reported, r.lower, r.upper,
-       r.rollbacks, r.revision, s.src_partition, s.src_offset, to_timestamp(s.src_ms / 1000.0),
+SELECT {", ".join(LINELOSS_COLUMNS)}, src_partition, src_offset, to_timestamp(src_ms / 1000.0),
        clock_timestamp()
-  FROM staging s, jsonb_to_record(s.value) AS r(
-       area_id text, area_class text, window_start timestamptz, window_end timestamptz,
-       window_s integer, state text, supply_kwh float8, sales_kwh float8, loss_kwh float8,
-       loss_rate float8, completeness float8, customers_expected integer, customers_reported integer,
-       supplies_expected integer, supplies_reported integer, lower float8, upper float8,
-       rollbacks integer, revision integer)
- WHERE s.kind = 'lineloss'
- ORDER BY r.area_id, r.window_s, r.window_start, s.src_offset DESC
+  FROM staging_lineloss
 ON CONFLICT (area_id, window_s, window_start) DO UPDATE SET
        {", ".join(f"{c} = excluded.{c}" for c in LINELOSS_COLUMNS if c not in _LINELOSS_KEY)},
        src_partition = excluded.src_partition, src_offset = excluded.src_offset,
@@ -307,7 +334,6 @@ VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING
 # Meters first: verdicts and alerts of the same batch look their customer class up.
 STATEMENTS = (
     ("meters", "topology", UPSERT_METERS),
-    ("lineloss", "lineloss", UPSERT_LINELOSS),
     ("alerts", "alert", UPSERT_ALERTS_OPENED),
     ("alerts", "alert", UPSERT_ALERTS_RESOLVED),
     ("inspections", "inspection", UPSERT_INSPECTIONS),
@@ -332,8 +358,10 @@ def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> d
     written: dict[str, int] = {}
     p = {"default_tariff": params.default_tariff, "period_intervals": params.period_intervals}
     with conn.transaction():
-        conn.execute(STAGING)  # temporary tables live per session: made on a connection's first batch
-        schema.ensure_partitions(conn, batch.days)
+        # temporary tables live per session: made on a connection's first batch
+        conn.execute(STAGING)
+        conn.execute(STAGING_LINELOSS)
+        # archive records first: verdicts and alerts of the same batch look their class up
         if batch.rows:
             with conn.cursor().copy(
                 "COPY staging (kind, src_partition, src_offset, src_ms, value, aux) FROM STDIN"
@@ -344,6 +372,12 @@ def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> d
                 if kind in kinds:
                     cur = conn.execute(stmt.encode(), p)  # type: ignore[arg-type]
                     written[table] = written.get(table, 0) + max(cur.rowcount, 0)
+        if batch.lineloss:
+            schema.ensure_partitions(conn, batch.days)
+            with conn.cursor().copy(LINELOSS_COPY.encode()) as copy:
+                copy.write(b"".join(held[2] for held in batch.lineloss.values()))
+            cur = conn.execute(UPSERT_LINELOSS.encode())
+            written["lineloss"] = max(cur.rowcount, 0)
         if batch.rejected:
             with conn.cursor() as cur:
                 cur.executemany(INSERT_REJECTED, batch.rejected)
@@ -355,16 +389,21 @@ def write_isolating(conn: psycopg.Connection[Any], batch: Batch, params: WritePa
     the rejected table with the database's reason, so one bad record never stalls the store."""
     written: dict[str, int] = {}
     bad = []
-    for row in batch.rows:
-        one = Batch(rows=[row], days=batch.days)
+    singles = [(r[0], r[1], r[2], r[4], Batch(rows=[r])) for r in batch.rows]
+    singles += [
+        ("lineloss", held[0], held[1], held[3], Batch(lineloss={key: held}, days=batch.days))
+        for key, held in batch.lineloss.items()
+    ]
+    for kind, partition, offset, value, one in singles:
         try:
             for table, n in write(conn, one, params).items():
                 written[table] = written.get(table, 0) + n
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
-            kind, partition, offset, _, value, _ = row
             detail = str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__
             bad.append((kind, partition, offset, "database", detail, value))
     write(conn, Batch(rejected=batch.rejected + bad), params)
+    for kind, *_ in bad:
+        batch.stored[kind] -= 1
     batch.rejected += bad
     return written
 
@@ -443,28 +482,48 @@ class StoreSink:
             **kafka_client_kwargs(s),
         )
         await consumer.start()
+        # One batch is written (in a thread) while the next is fetched and prepared here; writes
+        # and commits stay in order, and a batch's offsets are committed after its transaction.
+        writing: asyncio.Task[None] | None = None
         try:
             while not stop.is_set():
                 fetched = await consumer.getmany(timeout_ms=200, max_records=s.store_batch_records)
                 if fetched:
-                    await self._handle(consumer, fetched, stop)
+                    batch, offsets, n = self._prepare(fetched)
+                    if writing is not None:
+                        await writing
+                    writing = asyncio.create_task(self._store(consumer, batch, offsets, n, stop))
+                elif writing is not None and writing.done():
+                    await writing
+                    writing = None
                 await self._update_lag(consumer)
                 if time.monotonic() - self._retention_at > 3600:
                     self._retention_at = time.monotonic()
                     await asyncio.to_thread(self._retention)
+            if writing is not None:
+                await writing
         finally:
             await consumer.stop()
 
-    async def _handle(
-        self, consumer: AIOKafkaConsumer, fetched: dict[TopicPartition, list[Any]], stop: asyncio.Event
-    ) -> None:
+    def _prepare(
+        self, fetched: dict[TopicPartition, list[Any]]
+    ) -> tuple[Batch, dict[TopicPartition, int], int]:
         records = []
         offsets = {}
         for tp, msgs in fetched.items():
             kind = self.kinds[tp.topic]
             records += [(kind, tp.partition, m.offset, m.timestamp, m.value) for m in msgs]
             offsets[tp] = msgs[-1].offset + 1
-        batch = build_batch(records, self.mask, oldest_kept(self.s))
+        return build_batch(records, self.mask, oldest_kept(self.s)), offsets, len(records)
+
+    async def _store(
+        self,
+        consumer: AIOKafkaConsumer,
+        batch: Batch,
+        offsets: dict[TopicPartition, int],
+        n: int,
+        stop: asyncio.Event,
+    ) -> None:
         began = time.monotonic()
         retry = 0
         while True:
@@ -480,7 +539,7 @@ class StoreSink:
                 # The database is away: keep the batch, do not commit, try again.
                 self.metrics.write_errors.inc()
                 retry += 1
-                log.error("writing a batch of %d records failed (%s); retry %d", len(records), exc, retry)
+                log.error("writing a batch of %d records failed (%s); retry %d", n, exc, retry)
                 if stop.is_set():
                     return
                 await asyncio.sleep(min(30.0, 0.5 * 2 ** min(retry, 6)))
@@ -494,9 +553,8 @@ class StoreSink:
             self.metrics.delay_seconds.observe(max(0.0, now - batch.oldest_ms / 1000))
         for table, n in written.items():
             self.metrics.rows_written.labels(table=table).inc(n)
-        for kind in KINDS:
-            if n := batch.count(kind):
-                self.metrics.records.labels(kind=kind, outcome="stored").inc(n)
+        for kind, n in batch.stored.items():
+            self.metrics.records.labels(kind=kind, outcome="stored").inc(n)
         for kind, n in batch.expired.items():
             self.metrics.records.labels(kind=kind, outcome="expired").inc(n)
         for r in batch.rejected:

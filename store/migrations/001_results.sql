@@ -32,8 +32,6 @@ CREATE TABLE lineloss (
     PRIMARY KEY (area_id, window_s, window_start)
 ) PARTITION BY RANGE (window_start);
 
-CREATE INDEX lineloss_window ON lineloss (window_start, state);
-
 -- The latest archive record of each meter (compacted topology topic). alert_meter_id is the id
 -- alerts name the meter by: the keyed mask of meter_id when masking is on, else meter_id.
 CREATE TABLE meters (
