@@ -16,6 +16,7 @@ COPY pyproject.toml README.md topology.py ./
 COPY models ./models
 COPY streams ./streams
 COPY simulator ./simulator
+COPY store ./store
 RUN pip install --no-deps --no-build-isolation .
 
 # The sample city: areas.csv (area classes and bounds) for the worker, meters.csv for the simulator.

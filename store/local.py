@@ -29,3 +29,32 @@ class StoreProcess(WorkerProcess):
                 start_new_session=True,
             )
         return self
+
+
+def start_local_store(state: Path, env: Mapping[str, str]) -> tuple[StoreProcess, str]:
+    """For `make run`: PostgreSQL in ``state``/postgres (kept between runs) and a store process
+    reading the demo's topics; returns the process and a line saying where to look."""
+    from store import postgres
+
+    pg = postgres.start_background(state / "postgres")
+    assert pg.dsn is not None
+    store_env = {
+        **env,
+        "GRIDWATCH_PG_DSN": pg.dsn,
+        "GRIDWATCH_STORE_GROUP_ID": f"{env.get('GRIDWATCH_APP_ID', 'gridwatch')}-store",
+    }
+    store = StoreProcess(store_env, state / "store.log").start()
+    where = (
+        f"[bold]store[/] pid {store.proc.pid if store.proc else '?'}, metrics "
+        f"http://127.0.0.1:{store.metrics_port}/metrics, log {store.log_path}\n"
+        f'[bold]postgres[/] {pg}; psql "$(python -m store.postgres dsn)": tables lineloss, alerts,'
+        " inspections; views cases, ledger_daily, ledger_monthly; Grafana: gridwatch-area, gridwatch-cases\n"
+    )
+    return store, where
+
+
+def stop_local_store(state: Path, store: StoreProcess) -> None:
+    from store import postgres
+
+    store.stop()
+    postgres.stop_background(state / "postgres")

@@ -6,7 +6,8 @@ Like streams/broker.py does for Kafka: `LocalPostgres.start(workdir)` runs `init
 when gridwatch runs as root the server runs as the `postgres` OS user (which the Debian
 package creates) and the work dir is handed to it; its parent folders must let that user in
 (tests use a fresh folder under /tmp, `make run` uses `.gridwatch/postgres`).
-CLI use: `python -m store.postgres start|stop|status` keeps one detached server per state dir.
+CLI use: `python -m store.postgres start|stop|status` keeps one detached server per state dir;
+`psql "$(python -m store.postgres dsn)"` connects to it.
 """
 
 from __future__ import annotations
@@ -370,7 +371,7 @@ def stop_background(state_dir: Path | None = None, timeout: float = 30.0) -> boo
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m store.postgres", description=(__doc__ or "").split("\n")[0])
-    ap.add_argument("command", choices=["start", "stop", "status"])
+    ap.add_argument("command", choices=["start", "stop", "status", "dsn"])
     ap.add_argument("--state-dir", type=Path, default=None, help="default: .gridwatch/postgres")
     ap.add_argument("--port", type=int, default=0, help="default: the last one, else a free one")
     args = ap.parse_args(argv)
@@ -381,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
             print("stopped" if stop_background(args.state_dir) else "no postgres was running")
         else:
             st = status(args.state_dir)
-            print(st)
+            print(st.dsn if args.command == "dsn" and st.dsn else st)
             return 0 if st.running else 1
     except PostgresError as e:
         print(f"error: {e}", file=sys.stderr)

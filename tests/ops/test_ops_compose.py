@@ -205,7 +205,8 @@ def test_grafana_gets_every_variable_its_provisioning_uses(compose: dict[str, An
     for path in sorted((REPO / "grafana" / "provisioning").rglob("*.yml")):
         for value in strings(load_yaml(path)):
             used.update(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", value))
-    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_DUTY_WEBHOOK_URL"}
+    pg = {"GRIDWATCH_PG_ADDRESS", "GRIDWATCH_PG_USER", "GRIDWATCH_PG_PASSWORD"}  # the results store
+    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_DUTY_WEBHOOK_URL"} | pg
     for name in used:
         assert env.get(name), f"provisioning uses ${name}, not set for grafana in docker-compose.yml"
 
