@@ -121,9 +121,10 @@ class LocalPostgres:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def _as_user(self) -> dict[str, object]:
+    def _as_user(self) -> tuple[int | None, int | None]:
+        """(uid, gid) for subprocess: None (ourselves) unless we are root."""
         user = _run_as()
-        return {} if user is None else {"user": user.pw_uid, "group": user.pw_gid}
+        return (None, None) if user is None else (user.pw_uid, user.pw_gid)
 
     def _initdb(self, bins: Path) -> None:
         wd, data = self.workdir, self.workdir / "data"
@@ -156,7 +157,8 @@ class LocalPostgres:
             text=True,
             stdin=subprocess.DEVNULL,
             cwd=wd,
-            **self._as_user(),  # type: ignore[arg-type]
+            user=self._as_user()[0],
+            group=self._as_user()[1],
         )
         if proc.returncode != 0:
             shutil.rmtree(data, ignore_errors=True)
@@ -201,7 +203,8 @@ class LocalPostgres:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
-                **self._as_user(),  # type: ignore[arg-type]
+                user=self._as_user()[0],
+                group=self._as_user()[1],
             )
         deadline = time.monotonic() + self.timeout
         while not self._ready():

@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -36,7 +37,7 @@ def migrations(folder: Path = MIGRATIONS) -> list[tuple[int, Path]]:
     return found
 
 
-def migrate(conn: psycopg.Connection[object]) -> int:
+def migrate(conn: psycopg.Connection[Any]) -> int:
     """Apply the migrations not yet applied, each in its own transaction; return the version."""
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATE_LOCK,))
@@ -51,7 +52,7 @@ def migrate(conn: psycopg.Connection[object]) -> int:
             if version <= current:
                 continue
             with conn.transaction():
-                conn.execute(path.read_text())  # type: ignore[arg-type]  # trusted files of the repo
+                conn.execute(path.read_text().encode())  # trusted files of the repository
                 conn.execute(
                     "INSERT INTO schema_version (version, name) VALUES (%s, %s)", (version, path.name)
                 )
@@ -63,7 +64,7 @@ def partition_name(day: date) -> str:
     return f"lineloss_{day:%Y%m%d}"
 
 
-def ensure_partitions(conn: psycopg.Connection[object], days: Iterable[date]) -> None:
+def ensure_partitions(conn: psycopg.Connection[Any], days: Iterable[date]) -> None:
     """Create the day partitions of lineloss that ``days`` need (idempotent)."""
     for day in sorted(set(days)):
         lo = datetime(day.year, day.month, day.day, tzinfo=UTC)
@@ -77,7 +78,7 @@ def ensure_partitions(conn: psycopg.Connection[object], days: Iterable[date]) ->
         )
 
 
-def drop_expired(conn: psycopg.Connection[object], oldest_kept: date) -> list[str]:
+def drop_expired(conn: psycopg.Connection[Any], oldest_kept: date) -> list[str]:
     """Drop the lineloss partitions of days before ``oldest_kept``; return their names.
 
     Resolved alerts past the same cutoff are deleted too; verdicts and the cases they close are
@@ -102,7 +103,7 @@ def drop_expired(conn: psycopg.Connection[object], oldest_kept: date) -> list[st
     return sorted(dropped)
 
 
-def sync_tariffs(conn: psycopg.Connection[object], tariffs: Mapping[str, float]) -> None:
+def sync_tariffs(conn: psycopg.Connection[Any], tariffs: Mapping[str, float]) -> None:
     """Make the tariffs table equal the configured tariffs (yuan per kWh by customer class)."""
     conn.execute("DELETE FROM tariffs WHERE customer_class <> ALL(%s)", (list(tariffs),))
     for cls, price in sorted(tariffs.items()):

@@ -370,7 +370,7 @@ def write(conn: psycopg.Connection[Any], batch: Batch, params: WriteParams) -> d
             kinds = {r[0] for r in batch.rows}
             for table, kind, stmt in STATEMENTS:
                 if kind in kinds:
-                    cur = conn.execute(stmt.encode(), p)  # type: ignore[arg-type]
+                    cur = conn.execute(stmt.encode(), p)
                     written[table] = written.get(table, 0) + max(cur.rowcount, 0)
         if batch.lineloss:
             schema.ensure_partitions(conn, batch.days)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Literal
 
 from streams.contracts import LineLossRecord, encode
 
@@ -30,7 +31,11 @@ def lineloss_record(
     sales = round(supply * (1 - loss_rate), 3)
     lower, upper = 0.0, 0.10
     rate = (supply - sales) / supply
-    state = "qualified" if lower <= rate <= upper else ("high_loss" if rate > upper else "negative_loss")
+    state: Literal["qualified", "high_loss", "negative_loss"] = "qualified"
+    if rate > upper:
+        state = "high_loss"
+    elif rate < lower:
+        state = "negative_loss"
     n = rng.randint(50, 300)
     return LineLossRecord(
         v=1,

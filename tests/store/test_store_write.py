@@ -169,3 +169,30 @@ def test_retention_drops_old_day_partitions(store_conn: psycopg.Connection[tuple
     # a result older than the retention is counted, not written
     batch = build_batch([("lineloss", 0, 9, 1, encode(lineloss_record("A1", T0)))], NOMASK, kept)
     assert batch.expired == {"lineloss": 1} and not batch.rows
+
+
+def test_verdicts_and_archive_are_joined_to_alerts_by_the_masked_meter_id() -> None:
+    """With a mask key the worker's alerts name meters by their keyed hash: the store keeps that
+    id beside the real one, so a verdict (real id) finds its case (masked id)."""
+    mask = MeterMask(b"k" * 32)
+    verdict = msgspec.json.encode({"meter": "M1", "date": "2026-03-03", "verdict": "theft"})
+    batch = build_batch(
+        [("inspection", 0, 0, 1, verdict), ("topology", 0, 0, 1, meter_record("M1", "A1", "residential"))],
+        mask,
+        OLDEST,
+    )
+    assert [r[5] for r in batch.rows] == [mask.meter("M1")] * 2 and mask.meter("M1") != "M1"
+
+
+def test_compose_runs_postgres_with_a_volume_and_the_store() -> None:
+    import yaml
+
+    from streams.settings import REPO
+
+    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    pg, store = services["postgres"], services["store"]
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
+    assert store["command"] == ["gridwatch", "store"]
+    assert store["environment"]["GRIDWATCH_STORE_METRICS_PORT"] == 9310
+    assert "@postgres:5432/gridwatch" in store["environment"]["GRIDWATCH_PG_DSN"]
+    assert store["depends_on"]["postgres"]["condition"] == "service_healthy"
