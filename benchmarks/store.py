@@ -63,6 +63,22 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process, its exited children and its live children (the PostgreSQL
+    postmaster and its backends)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    total = sum(int(f) for f in fields[11:15]) / tick
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(f[1]) == pid:
+            total += (int(f[11]) + int(f[12])) / tick
+    return total
+
+
 def _count(dsn: str) -> int:
     with psycopg.connect(dsn) as conn:
         row = conn.execute("SELECT count(*) FROM lineloss").fetchone()
@@ -168,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
         n, produce_s = produce_day(s.bootstrap, s.topic_lineloss, args.areas, day1, s.partitions)
         print(f"  {n} records in {produce_s:.1f} s", flush=True)
 
+        assert pg.process is not None
+        pg_cpu0 = _tree_cpu_s(pg.process.pid)
+        load_before = os.getloadavg()[0]
         store = StoreProcess(env, tmp / "store.log").start()
         assert store.proc is not None
         started = time.monotonic()
@@ -179,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)
         wall = time.monotonic() - started
         cpu = _cpu_s(store.proc.pid)
+        pg_cpu = _tree_cpu_s(pg.process.pid) - pg_cpu0
         with psycopg.connect(pg.dsn) as conn:
             span_row = conn.execute("SELECT min(stored_at), max(stored_at) FROM lineloss").fetchone()
         assert span_row is not None
@@ -191,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
             "wall_s_from_start": round(wall, 2),
             "rows_per_s_from_start": round(n / wall, 1),
             "store_cpu_s": round(cpu, 2),
+            "postgres_cpu_s": round(pg_cpu, 2),
+            # What the CPU the two got would sustain: the store prepares a batch while
+            # PostgreSQL writes the previous one, so on two free cores the slower side bounds it.
+            "rows_per_cpu_s_store": round(n / cpu, 1),
+            "rows_per_cpu_s_postgres": round(n / pg_cpu, 1) if pg_cpu else None,
             "produce_s": round(produce_s, 1),
             "target_rows_per_s": 20_000,
         }
@@ -237,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": {
                 "cpus": os.cpu_count(),
                 "python": platform.python_version(),
+                # other processes' load while it ran: rows/s above are what the store got of it
+                "load_avg_1m_before_backfill": load_before,
                 "load_avg_1m_at_end": os.getloadavg()[0],
             },
             "areas": args.areas,
