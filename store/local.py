@@ -47,7 +47,8 @@ def start_local_store(state: Path, env: Mapping[str, str]) -> tuple[StoreProcess
     where = (
         f"[bold]store[/] pid {store.proc.pid if store.proc else '?'}, metrics "
         f"http://127.0.0.1:{store.metrics_port}/metrics, log {store.log_path}\n"
-        f'[bold]postgres[/] {str(pg).removeprefix("postgres ")}; psql "$(python -m store.postgres dsn)": tables lineloss, alerts,'
+        f"[bold]postgres[/] {str(pg).removeprefix('postgres ')};"
+        ' psql "$(python -m store.postgres dsn)": tables lineloss, alerts,'
         " inspections; views cases, ledger_daily, ledger_monthly; Grafana: gridwatch-area, gridwatch-cases\n"
     )
     return store, where

@@ -20,13 +20,19 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from streams.broker import _tail  # the same log tail in errors as the broker's
+from streams.localrun import free_port
+
+if TYPE_CHECKING:
+    import psycopg
 
 DEBIAN_ROOT = Path("/usr/lib/postgresql")
 SERVER_USER = "postgres"  # the OS user the Debian package creates; used only when we are root
@@ -55,12 +61,6 @@ def bin_dir() -> Path:
     return found[-1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _run_as() -> pwd.struct_passwd | None:
     """The OS user the server runs as: None (ourselves) unless we are root."""
     if os.geteuid() != 0:
@@ -72,13 +72,6 @@ def _run_as() -> pwd.struct_passwd | None:
             f"running as root and there is no `{SERVER_USER}` OS user for the server "
             "(apt-get install postgresql creates it)"
         ) from None
-
-
-def _tail(path: Path, lines: int = 30) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
 
 
 @dataclass
@@ -98,7 +91,7 @@ class LocalPostgres:
         """Initialise (first time) and start the server; return once it accepts connections."""
         wd = Path(workdir).resolve()
         wd.mkdir(parents=True, exist_ok=True)
-        server = cls(wd, port or _free_port(), detached, timeout)
+        server = cls(wd, port or free_port(), detached, timeout)
         server._launch()
         if not detached:
             atexit.register(server._kill_quietly)
@@ -219,33 +212,25 @@ class LocalPostgres:
         if fresh:
             self._create_db()
 
+    def _admin(self, **kw: Any) -> psycopg.Connection[tuple[Any, ...]]:
+        """A connection to the maintenance database as the gridwatch role."""
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user=ROLE, password=self.password, dbname="postgres", **kw
+        )
+
     def _ready(self) -> bool:
         import psycopg
 
         try:
-            with psycopg.connect(
-                host="127.0.0.1",
-                port=self.port,
-                user=ROLE,
-                password=self.password,
-                dbname="postgres",
-                connect_timeout=2,
-            ):
+            with self._admin(connect_timeout=2):
                 return True
         except psycopg.OperationalError:
             return False
 
     def _create_db(self) -> None:
-        import psycopg
-
-        with psycopg.connect(
-            host="127.0.0.1",
-            port=self.port,
-            user=ROLE,
-            password=self.password,
-            dbname="postgres",
-            autocommit=True,
-        ) as conn:
+        with self._admin(autocommit=True) as conn:
             if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (DB,)).fetchone() is None:
                 conn.execute(f"CREATE DATABASE {DB}")
 

@@ -104,14 +104,11 @@ def test_city_through_worker_and_store(kafka_broker, store_dsn: str, tmp_path: P
     )
     s = settings_for(env)
     create_topics(s.bootstrap, topic_specs(s))
-    produce(
-        s.bootstrap,
-        [(s.topic_topology, r.topic_key(), orjson.dumps(r.to_dict())) for r in city.topology.records()],
-    )
+    archive = [(s.topic_topology, r.topic_key(), orjson.dumps(r.to_dict())) for r in city.topology.records()]
     topic = {"readings": s.topic_readings, "supply": s.topic_supply}
     readings = [(topic[m.kind], m.key.encode(), orjson.dumps(m.value)) for m in messages(city)]
     half = len(readings) * 3 // 5
-    produce(s.bootstrap, readings[:half])
+    produce(s.bootstrap, archive + readings[:half])
     windows = len(city.area_ids) * len(city.times)
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     store = StoreProcess(env, tmp_path / "store.log").start()
