@@ -17,6 +17,7 @@ COPY pyproject.toml README.md topology.py ./
 COPY models ./models
 COPY streams ./streams
 COPY simulator ./simulator
+COPY store ./store
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # The sample city's area classes and meter archive, where a utility mounts its own

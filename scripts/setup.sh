@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent setup for a fresh Debian machine, run as root (also what CI runs first):
 #   1. the locked dependency set (requirements/dev.lock), then the gridwatch package (editable)
-#   2. Java 17 and Maven, which the local Kafka broker needs (apt, only if missing)
+#   2. Java 17 and Maven, which the local Kafka broker needs, and PostgreSQL for the results
+#      store (apt, only if missing)
 #   3. the Kafka broker jars, fetched once from Maven Central into ~/.cache/gridwatch
 # Safe to re-run: each step checks before it acts.
 set -euo pipefail
@@ -37,6 +38,9 @@ if ! command -v promtool >/dev/null 2>&1; then apt_pkgs+=(prometheus); else say 
 if ! command -v amtool >/dev/null 2>&1; then apt_pkgs+=(prometheus-alertmanager); else say "amtool present"; fi
 # headless Chromium renders gridwatch evaluate's HTML report in tests/streams/test_evaluate.py
 if ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); else say "chromium present"; fi
+# PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin) for the results store, `make run` and
+# tests; store/postgres.py starts its own server, so the package's own cluster is never used.
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then apt_pkgs+=(postgresql); else say "postgresql present"; fi
 if ((${#apt_pkgs[@]})); then
   say "apt-get install ${apt_pkgs[*]}"
   export DEBIAN_FRONTEND=noninteractive

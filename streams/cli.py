@@ -136,6 +136,22 @@ def notify(bootstrap: Bootstrap = None) -> None:
 
 
 @app.command()
+def store(bootstrap: Bootstrap = None) -> None:
+    """Write lineloss, alerts, verdicts and the archive to PostgreSQL (GRIDWATCH_PG_DSN; docs/store.md)."""
+    import psycopg
+    from psycopg_pool import PoolTimeout
+
+    from store.sink import run_store
+    from streams.kafkaio import KafkaUnavailable
+
+    try:
+        run_store(_settings(bootstrap))
+    except (psycopg.OperationalError, PoolTimeout, KafkaUnavailable) as exc:
+        typer.echo(f"gridwatch store: {str(exc).strip().splitlines()[0]}", err=True)
+        raise typer.Exit(1) from None
+
+
+@app.command()
 def topics(bootstrap: Bootstrap = None) -> None:
     """Create gridwatch's topics (existing ones are left alone)."""
     from streams.kafkaio import create_topics, security_kwargs

@@ -237,6 +237,10 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
     worker = WorkerProcess(env, state / "worker.log").start()
     console.print(f"[bold]worker[/] pid {worker.proc.pid if worker.proc else '?'}, log {worker.log_path}")
     console.print(f"[bold]metrics[/] http://127.0.0.1:{s.metrics_port}/metrics")
+    from store.local import start_local_store, stop_local_store  # the results store (docs/store.md)
+
+    store, store_where = start_local_store(state, env)
+    console.print(store_where)
     records = list(sample_records(s, sample_dir / "readings.jsonl.gz", rebase_to=datetime.now(UTC)))
     anomalies = injected(sample_dir)
     console.print(
@@ -275,6 +279,8 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
         t.add_row("readings accepted", f"{acc:,.0f}" if acc is not None else "-", "meter readings")
         rej = worker.metric_sum("gridwatch_readings_rejected_total")
         t.add_row("readings dead-lettered", f"{rej:,.0f}" if rej is not None else "0", "meter readings")
+        rows = store.metric_sum("gridwatch_store_rows_written_total")
+        t.add_row("rows written to PostgreSQL", f"{rows:,.0f}" if rows is not None else "-", "table rows")
         return t
 
     live = console.is_terminal
@@ -322,5 +328,6 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
         prod.close()
         if not keep:
             worker.stop()
+            stop_local_store(state, store)
             broker.stop_background(state / "broker")
-            console.print("stopped worker and broker (use --keep to leave them running)")
+            console.print("stopped worker, store, PostgreSQL and broker (use --keep to leave them running)")

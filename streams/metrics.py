@@ -327,3 +327,44 @@ class NotifyMetrics:
             buckets=(0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0),
             registry=registry,
         )
+
+
+class StoreMetrics:
+    """``gridwatch store``: what it wrote to PostgreSQL, what it refused, how far behind it is."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.build_info = register_process_metrics(registry, kafka_client="aiokafka")
+        self.records = Counter(
+            "gridwatch_store_records_total",
+            "Records consumed by the store, by topic kind and outcome (stored, rejected, expired)",
+            ["kind", "outcome"],
+            registry=registry,
+        )
+        self.rows_written = Counter(
+            "gridwatch_store_rows_written_total",
+            "Rows inserted or updated in PostgreSQL, by table",
+            ["table"],
+            registry=registry,
+        )
+        self.write_errors = Counter(
+            "gridwatch_store_write_errors_total",
+            "Batches whose write to PostgreSQL failed (retried; offsets not committed)",
+            registry=registry,
+        )
+        self.lag = Gauge(
+            "gridwatch_store_lag_records",
+            "Records behind the end of the store's topics, summed over its partitions",
+            registry=registry,
+        )
+        self.batch_seconds = Histogram(
+            "gridwatch_store_batch_seconds",
+            "Time to write and commit one batch",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.delay_seconds = Histogram(
+            "gridwatch_store_delay_seconds",
+            "From a record's Kafka timestamp to its batch committed in PostgreSQL (oldest of the batch)",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=registry,
+        )

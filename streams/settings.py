@@ -112,6 +112,19 @@ class Settings(BaseSettings):
     notify_timeout_s: float = Field(10.0, gt=0, description="one POST, connect to response")
     notify_metrics_port: int = Field(9309, ge=0, description="0: no metrics endpoint")
 
+    # gridwatch store: results, alerts, cases and the ledger in PostgreSQL (docs/store.md)
+    pg_dsn: SecretStr = SecretStr("postgresql://gridwatch@127.0.0.1:5432/gridwatch")
+    store_group_id: str = "gridwatch-store"
+    store_metrics_port: int = Field(9310, ge=0, description="0: no metrics endpoint")
+    store_batch_records: int = Field(5000, ge=1, le=100_000, description="records per transaction, at most")
+    store_retention_days: int = Field(400, ge=1, description="area-window results kept, by window start")
+    # Yuan per kWh by customer class (topology's customer_class): prices recovered kWh and
+    # arrears exposure; a class not listed takes tariff_default_yuan_per_kwh. Illustrative
+    # defaults near Chinese catalogue prices: set the utility's own.
+    tariff_yuan_per_kwh: dict[str, float] = {"residential": 0.56, "commercial": 0.82, "industrial": 0.68}
+    tariff_default_yuan_per_kwh: float = Field(0.6, ge=0)
+    arrears_period_days: float = Field(30.0, gt=0, description="an arrears exposure is this long a bill")
+
     @field_validator("bootstrap")
     @classmethod
     def _host_ports(cls, value: str) -> str:

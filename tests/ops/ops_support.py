@@ -9,21 +9,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from ruamel.yaml import YAML
 
-from streams.metrics import Metrics, NotifyMetrics
+from streams.metrics import Metrics, NotifyMetrics, StoreMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DATASOURCE_UID = "gridwatch-prometheus"
 # Series Prometheus itself makes: `up` per scrape target, `ALERTS` per pending or firing alert.
 PROMETHEUS_BUILTINS = frozenset({"up", "ALERTS"})
-# `gridwatch store`'s metrics as agreed for issue 15 (its own module defines them): the names the
-# rules and the dashboard may use before that code is here. {family: type}
-STORE_METRICS = {
-    "gridwatch_store_rows_written": "counter",
-    "gridwatch_store_lag_records": "gauge",
-    "gridwatch_store_write_errors": "counter",
-}
-
-
 def load_yaml(path: Path) -> Any:
     return YAML(typ="safe", pure=True).load(path.read_text())
 
@@ -51,7 +42,7 @@ def interpolate_compose(text: str, env: dict[str, str] | None = None) -> str:
 
 
 # The variables docker-compose.yml requires (``${VAR:?...}``), as a test sets them.
-COMPOSE_REQUIRED = {"GF_ADMIN_PASSWORD": "not-a-default"}
+COMPOSE_REQUIRED = {"GF_ADMIN_PASSWORD": "not-a-default", "GRIDWATCH_PG_PASSWORD": "not-a-default-either"}
 
 
 def load_compose(env: dict[str, str] | None = None) -> dict[str, Any]:
@@ -78,8 +69,8 @@ def runbook_base() -> str:
 def metric_families() -> dict[str, str]:
     """{family name: type} of every metric a gridwatch service exports: the worker's
     (streams.metrics.Metrics, process metrics included), notify's and the store's."""
-    families = dict(STORE_METRICS)
-    for build in (Metrics, NotifyMetrics):
+    families: dict[str, str] = {}
+    for build in (Metrics, NotifyMetrics, StoreMetrics):
         registry = CollectorRegistry()
         build(registry)
         families.update({family.name: family.type for family in registry.collect()})

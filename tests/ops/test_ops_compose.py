@@ -84,7 +84,7 @@ def test_long_running_services_have_healthchecks(compose: dict[str, Any], name: 
     assert check["test"] and not check.get("disable", False)
 
 
-GRIDWATCH_SERVICES = ("worker", "notify", "archive-load", "simulator")
+GRIDWATCH_SERVICES = ("worker", "notify", "archive-load", "simulator", "store")
 
 
 def test_one_image_is_built_once_and_runs_every_gridwatch_service(compose: dict[str, Any]) -> None:
@@ -247,9 +247,15 @@ def test_grafana_admin_password_is_required_from_the_environment(compose: dict[s
     raw = load_yaml(REPO / "docker-compose.yml")
     password = raw["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
     assert password == "${GF_ADMIN_PASSWORD:?set GF_ADMIN_PASSWORD}"
-    with pytest.raises(ComposeVariableMissing, match="GF_ADMIN_PASSWORD: set GF_ADMIN_PASSWORD"):
-        interpolate_compose((REPO / "docker-compose.yml").read_text())
+    text = (REPO / "docker-compose.yml").read_text()
+    for name in COMPOSE_REQUIRED:  # each secret is required on its own: none has a default
+        others = {k: v for k, v in COMPOSE_REQUIRED.items() if k != name}
+        with pytest.raises(ComposeVariableMissing, match=f"{name}: set {name}"):
+            interpolate_compose(text, others)
     assert compose["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "not-a-default"
+    pg = COMPOSE_REQUIRED["GRIDWATCH_PG_PASSWORD"]
+    assert compose["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == pg
+    assert f":{pg}@postgres:" in compose["services"]["store"]["environment"]["GRIDWATCH_PG_DSN"]
     assert "admin" not in re.findall(r":-([^}]*)\}", (REPO / "docker-compose.yml").read_text())
 
 
@@ -318,7 +324,8 @@ def test_grafana_gets_every_variable_its_provisioning_uses(compose: dict[str, An
     for path in sorted((REPO / "grafana" / "provisioning").rglob("*.yml")):
         for value in strings(load_yaml(path)):
             used.update(re.findall(r"\$\{?([A-Za-z_]\w*)\}?", value))
-    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_ALERTMANAGER_URL"}
+    pg = {"GRIDWATCH_PG_ADDRESS", "GRIDWATCH_PG_USER", "GRIDWATCH_PG_PASSWORD"}  # the results store
+    assert used == {"GRIDWATCH_PROMETHEUS_URL", "GRIDWATCH_ALERTMANAGER_URL"} | pg
     for name in used:
         assert env.get(name), f"provisioning uses ${name}, not set for grafana in docker-compose.yml"
     assert env["GRIDWATCH_ALERTMANAGER_URL"].split("//")[1].split(":")[0] in compose["services"]

@@ -10,11 +10,12 @@ from ops_support import REPO, load_yaml, runbook_base
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 
-from streams.metrics import Metrics, NotifyMetrics
+from streams.metrics import Metrics, NotifyMetrics, StoreMetrics
 
 METRICS_MD = (REPO / "docs" / "metrics.md").read_text()
 OPERATIONS_MD = (REPO / "docs" / "operations.md").read_text()
 NOTIFY_MD = (REPO / "docs" / "notify.md").read_text()
+STORE_MD = (REPO / "docs" / "store.md").read_text()
 
 
 def table_rows(markdown: str) -> dict[str, list[str]]:
@@ -28,9 +29,10 @@ def table_rows(markdown: str) -> dict[str, list[str]]:
 
 
 def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
-    """{exposed name: (type, label names)} straight from streams.metrics (worker and notify)."""
+    """{exposed name: (type, label names)} straight from streams.metrics (worker, notify, store)."""
     out = {}
-    metrics = [m for cls in (Metrics, NotifyMetrics) for m in vars(cls(CollectorRegistry())).values()]
+    classes = (Metrics, NotifyMetrics, StoreMetrics)
+    metrics = [m for cls in classes for m in vars(cls(CollectorRegistry())).values()]
     for metric in metrics:
         if isinstance(metric, MetricWrapperBase):
             (family,) = metric.describe()
@@ -40,7 +42,7 @@ def exported() -> dict[str, tuple[str, tuple[str, ...]]]:
 
 
 def test_every_metric_is_documented_with_type_and_labels() -> None:
-    rows = table_rows(METRICS_MD) | table_rows(NOTIFY_MD)
+    rows = table_rows(METRICS_MD) | table_rows(NOTIFY_MD) | table_rows(STORE_MD)
     metrics = exported()
     assert "gridwatch_areas_judged" in metrics and len(metrics) > 10  # the discovery found them
     for name, (kind, labels) in metrics.items():
@@ -52,7 +54,8 @@ def test_every_metric_is_documented_with_type_and_labels() -> None:
 
 
 def test_no_documented_metric_is_invented() -> None:
-    documented = {n for n in table_rows(METRICS_MD) | table_rows(NOTIFY_MD) if n.startswith("gridwatch_")}
+    rows = table_rows(METRICS_MD) | table_rows(NOTIFY_MD) | table_rows(STORE_MD)
+    documented = {n for n in rows if n.startswith("gridwatch_")}
     assert documented == set(exported())
 
 

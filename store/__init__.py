@@ -1,0 +1,1 @@
+"""The results store: area-window history, alerts, cases and the ledger in PostgreSQL."""
