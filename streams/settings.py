@@ -162,11 +162,23 @@ TOOLING_VARIABLES = frozenset(
         "GRIDWATCH_CRASH_KILLS",  # tests/streams/test_crash_kafka.py
         "GRIDWATCH_FUZZ_RECORDS",  # tests/streams/test_fuzz_kafka.py
         "GRIDWATCH_FUZZ_SEED",
+        "GRIDWATCH_KAFKA4_VERSION",  # .ci/run: the second leg's broker version
         "GRIDWATCH_KAFKA_HOST_PORT",  # docker-compose.yml
+        "GRIDWATCH_KAFKA_CLUSTER_ID",
+        "GRIDWATCH_IMAGE_TAG",
+        "GRIDWATCH_ARCHIVE_DIR",
+        "GRIDWATCH_SIM_AREAS",
+        "GRIDWATCH_SIM_DAYS",
+        "GRIDWATCH_SIM_SPEED",
         "GRIDWATCH_PROMETHEUS_PORT",
         "GRIDWATCH_PROMETHEUS_URL",
         "GRIDWATCH_GRAFANA_PORT",
         "GRIDWATCH_ALERTMANAGER_PORT",
+        "GRIDWATCH_ALERTMANAGER_URL",
+        "GRIDWATCH_PG_ADDRESS",  # docker-compose.yml -> Grafana's PostgreSQL datasource
+        "GRIDWATCH_PG_USER",
+        "GRIDWATCH_PG_PASSWORD",
+        "GRIDWATCH_PG_HOST_PORT",
     }
 )
 
