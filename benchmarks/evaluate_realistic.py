@@ -318,7 +318,13 @@ def run_city(kind: str, seed: int, areas: int, days: float, checks: tuple[int, .
 
 
 def _run(job: tuple[str, int, int, float, tuple[int, ...]]) -> dict[str, Any]:
-    return run_city(*job)
+    run = run_city(*job)
+    print(
+        f"{run['kind']} seed {run['seed']}: {run['areas']} areas, {run['meters']} meters, "
+        f"{run['thieves']} thieves, {run['seconds']} s",
+        file=sys.stderr,
+    )
+    return run
 
 
 # ---- figures over the cities -------------------------------------------------------------------
