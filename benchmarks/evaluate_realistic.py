@@ -85,33 +85,25 @@ BARS = {
 }
 
 
-def mixed_spec(seed: int, areas: int, days: float) -> SimSpec:
-    return SimSpec(
-        seed=seed,
-        areas=areas,
-        days=days,
+def realistic_spec(seed: int, areas: int, days: float, **kw: Any) -> SimSpec:
+    """A city of realistic households, half-hourly, without other anomalies or transport faults."""
+    base: dict[str, Any] = dict(
         interval_s=INTERVAL_S,
         households="realistic",
-        area_meters=(30, 300),
         anomalies=AnomalySpec.only({}),
         transport=TransportSpec.none(),
-        thieves=ThiefSpec(area_share=0.8, share=(0.01, 0.15), types=REALISTIC_THEFTS, onset=(0.0, 0.7)),
     )
+    return SimSpec(seed=seed, areas=areas, days=days, **(base | kw))
+
+
+def mixed_spec(seed: int, areas: int, days: float) -> SimSpec:
+    thieves = ThiefSpec(area_share=0.8, share=(0.01, 0.15), types=REALISTIC_THEFTS, onset=(0.0, 0.7))
+    return realistic_spec(seed, areas, days, area_meters=(30, 300), thieves=thieves)
 
 
 def case_spec(seed: int, areas: int, days: float) -> SimSpec:
-    return SimSpec(
-        seed=seed,
-        areas=areas,
-        days=days,
-        interval_s=INTERVAL_S,
-        households="realistic",
-        area_meters=(33, 33),
-        class_mix=(1.0, 0.0, 0.0),
-        anomalies=AnomalySpec.only({}),
-        transport=TransportSpec.none(),
-        thieves=ThiefSpec(area_share=1.0, count=5, types=CASE_TYPES, onset=(0.0, 0.3)),
-    )
+    thieves = ThiefSpec(area_share=1.0, count=5, types=CASE_TYPES, onset=(0.0, 0.3))
+    return realistic_spec(seed, areas, days, area_meters=(33, 33), class_mix=(1.0, 0.0, 0.0), thieves=thieves)
 
 
 def _ts(iso: str) -> int:

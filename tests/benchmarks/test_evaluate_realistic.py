@@ -4,7 +4,6 @@ runs end to end through the worker's detection path."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,12 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "evaluate_realistic.py"
-_spec = importlib.util.spec_from_file_location("gw_bench_realistic", _PATH)
-assert _spec is not None and _spec.loader is not None
-ev = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = ev
-_spec.loader.exec_module(ev)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+import evaluate_realistic as ev  # noqa: E402
 
 THIEVES = {"t1": "theft_fdi", "t2": "theft_days", "t3": "theft_mixed", "t4": "theft_fdi", "t5": "theft_days"}
 HONEST = [f"h{i:02d}" for i in range(28)]
