@@ -158,8 +158,10 @@ def test_snapshot_restore_ranks_the_same() -> None:
             r.observe("A1", h * HOUR, meters, reported[:, h], float(supply[h]))
     assert a.rank("A1", top=None) == b.rank("A1", top=None)
     snap = a.snapshot()["A1"]
-    assert snap["energy"].dtype == np.float16 and snap["energy"].shape == (50, a.history)
-    assert a.state_bytes_per_meter() == 2 * 72 + 12
+    assert snap["energy"].dtype == np.uint8 and snap["energy"].shape == (50, 720)
+    assert snap["recent"].dtype == np.float16 and snap["recent"].shape == (50, 72)
+    # 30 days of hourly bins at one byte, the last 3 days also at two: under 1 KB a meter.
+    assert a.state_bytes_per_meter() == 720 + 2 * 72 + 12 <= 1024
 
 
 def test_too_little_history_gives_no_ranking() -> None:
