@@ -21,6 +21,7 @@ import numpy as np
 
 from simulator.grid import CT_PRIMARIES, Grid
 from simulator.shapes import INDUSTRIAL, RESIDENTIAL
+from simulator.theft_models import REALISTIC_THEFTS, draw_params, reported
 
 THEFTS = tuple(f"theft_h{i}" for i in range(1, 7))
 TYPES = (
@@ -35,7 +36,7 @@ TYPES = (
     "concentrator_outage",
     "shutdown",
 )
-METERED = (*THEFTS, "stopped", "spike")
+METERED = (*THEFTS, "stopped", "spike", *REALISTIC_THEFTS)
 RUN_MIN, RUN_MAX = 4 * 3600, 12 * 3600  # h2's zeroed run, flat lines: hours
 G_RANGE = (0.1, 0.8)  # h3 / h4 factor range (Jokar et al. 2016)
 
@@ -43,7 +44,8 @@ G_RANGE = (0.1, 0.8)  # h3 / h4 factor range (Jokar et al. 2016)
 @dataclass(frozen=True)
 class AnomalySpec:
     """How many anomalies of each type: ``counts[type]`` if given, else one per ``per_meters``
-    customer meters (at least one)."""
+    customer meters (at least one). The theft models of simulator/theft_models.py
+    (``REALISTIC_THEFTS``) only when counted here: a single thief in a fresh area each."""
 
     per_meters: int = 1000
     counts: Mapping[str, int] = field(default_factory=dict)
@@ -51,9 +53,10 @@ class AnomalySpec:
     outage_hours: tuple[float, float] = (1.0, 6.0)
 
     def __post_init__(self) -> None:
-        unknown = set(self.counts) - set(TYPES)
+        unknown = set(self.counts) - set(TYPES) - set(REALISTIC_THEFTS)
         if unknown:
-            raise ValueError(f"unknown anomaly type(s) {sorted(unknown)}; known: {', '.join(TYPES)}")
+            known = ", ".join((*TYPES, *REALISTIC_THEFTS))
+            raise ValueError(f"unknown anomaly type(s) {sorted(unknown)}; known: {known}")
         if any(n < 0 for n in self.counts.values()):
             raise ValueError("anomaly counts must be >= 0")
         if self.theft_share is not None and not 0 < self.theft_share <= 1:
@@ -62,7 +65,8 @@ class AnomalySpec:
             raise ValueError("per_meters must be >= 1")
 
     def count(self, kind: str, meters: int) -> int:
-        return self.counts.get(kind, max(1, meters // self.per_meters))
+        default = 0 if kind in REALISTIC_THEFTS else max(1, meters // self.per_meters)
+        return self.counts.get(kind, default)
 
     @classmethod
     def only(cls, counts: Mapping[str, int], **kw: Any) -> AnomalySpec:
@@ -193,6 +197,11 @@ def plan(
                 ok = customer(kind, first, steps, params, mask=industrial, largest=True)
             if not ok:
                 break  # no target left for this type
+    for kind in REALISTIC_THEFTS:  # drawn after the others: a city without them is unchanged
+        for _ in range(spec.count(kind, grid.meters)):
+            if not customer(kind, *_span(rng, steps, day, steps), {}):
+                break
+            out[-1].params = draw_params(kind, rng, float(grid.mean_kw[out[-1].index]) * interval_s / 3600)
     for a in out:
         if a.role == "customer" and a.type in ("shutdown", "wrong_mapping"):
             a.params["mean_kw"] = round(float(grid.mean_kw[a.index]), 3)
@@ -297,8 +306,10 @@ def apply_metered(
     *,
     interval_s: int,
     mean_kw: np.ndarray,
+    local_hour: np.ndarray | None = None,
 ) -> None:
-    """What the meter registers (kWh before its multiplier) where it differs from the flow."""
+    """What the meter registers (kWh before its multiplier) where it differs from the flow.
+    ``local_hour``: the local hour at each interval's start (the theft models need it)."""
     steps = flow.shape[1]
     for n, a in enumerate(anomalies):
         if a.type not in METERED or (c := a.cols(c0, steps)) is None:
@@ -318,6 +329,9 @@ def apply_metered(
             y = np.full_like(x, x.mean())
         elif k == "theft_h6":
             y = x[::-1].copy()
+        elif k in REALISTIC_THEFTS:
+            hours = local_hour[lo:hi] if local_hour is not None else np.zeros(len(x))
+            y = reported(k, a.params, x, rng_for(n), hours)
         else:  # spike: the register jumps by factor x the meter's mean interval energy
             y = x + a.params["factor"] * mean_kw[a.index] * interval_s / 3600
         metered[a.index, lo:hi] = y

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from simulator.households import household_levels
 from simulator.shapes import CLASSES, COMMERCIAL, INDUSTRIAL, RESIDENTIAL
 from topology import Area, MeterRecord, Role, Topology
 
@@ -102,16 +103,23 @@ def _ids(prefix: str, n: int, width: int) -> list[str]:
 
 
 def area_sizes(
-    rng: np.random.Generator, *, areas: int, meters: int | None, urban_share: float
+    rng: np.random.Generator,
+    *,
+    areas: int,
+    meters: int | None,
+    urban_share: float,
+    area_meters: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Class and customer count of each area; with ``meters`` set, as many areas as it takes
-    to hold exactly that many customer meters."""
+    to hold exactly that many customer meters. ``area_meters`` (min, max) replaces the sizes
+    by class (AREA_SIZES)."""
+    bounds = AREA_SIZES if area_meters is None else (area_meters, area_meters)
     if meters is not None:
-        mean = urban_share * sum(AREA_SIZES[URBAN]) / 2 + (1 - urban_share) * sum(AREA_SIZES[RURAL]) / 2
+        mean = urban_share * sum(bounds[URBAN]) / 2 + (1 - urban_share) * sum(bounds[RURAL]) / 2
         areas = max(1, round(meters / mean))
     cls = np.where(rng.random(areas) < urban_share, URBAN, RURAL)
-    lo = np.array([AREA_SIZES[c][0] for c in cls])
-    hi = np.array([AREA_SIZES[c][1] for c in cls])
+    lo = np.array([bounds[c][0] for c in cls])
+    hi = np.array([bounds[c][1] for c in cls])
     sizes = rng.integers(lo, hi + 1)
     if meters is not None:
         sizes = _fit(
@@ -133,19 +141,37 @@ def _fit(sizes: np.ndarray, target: int, lo: np.ndarray, hi: np.ndarray) -> np.n
     return sizes
 
 
-def build_grid(rng: np.random.Generator, *, areas: int, meters: int | None, urban_share: float) -> Grid:
-    area_class, sizes = area_sizes(rng, areas=areas, meters=meters, urban_share=urban_share)
+def build_grid(
+    rng: np.random.Generator,
+    *,
+    areas: int,
+    meters: int | None,
+    urban_share: float,
+    area_meters: tuple[int, int] | None = None,
+    class_mix: tuple[float, float, float] | None = None,
+    household_rng: np.random.Generator | None = None,
+) -> Grid:
+    """The static city. ``class_mix`` (residential, commercial, industrial shares) replaces the
+    mix by area class; ``household_rng`` draws residential levels as realistic households have
+    them (simulator/households.py) from its own stream, leaving every other draw as it was."""
+    area_class, sizes = area_sizes(
+        rng, areas=areas, meters=meters, urban_share=urban_share, area_meters=area_meters
+    )
     n_areas = len(sizes)
     first = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     meter_area = np.repeat(np.arange(n_areas), sizes).astype(np.int64)
     n = int(first[-1])
     # Customer class by the mix of the meter's area class.
     u = rng.random(n)
-    mix = np.cumsum(np.array(CLASS_MIX), axis=1)[area_class[meter_area]]
+    mix = np.cumsum(np.array(CLASS_MIX if class_mix is None else (class_mix, class_mix)), axis=1)[
+        area_class[meter_area]
+    ]
     customer_class = (u[:, None] >= mix[:, :2]).sum(axis=1).astype(np.int8)
     median = np.array([k[0] for k in MEAN_KW])[customer_class]
     sigma = np.array([k[1] for k in MEAN_KW])[customer_class]
     mean_kw = median * np.exp(sigma * rng.standard_normal(n))
+    if household_rng is not None:
+        mean_kw = np.where(customer_class == RESIDENTIAL, household_levels(household_rng, n), mean_kw)
     ct = (customer_class == INDUSTRIAL) | ((customer_class == COMMERCIAL) & (mean_kw > COMMERCIAL_CT_KW))
     multiplier = np.where(ct, ct_multiplier(mean_kw * 2.5, headroom=1.25, min_primary=50), 1.0)
     # Registers start where years of use left them (register units, 0.01 resolution).

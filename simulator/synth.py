@@ -30,11 +30,13 @@ from simulator import anomalies as an
 from simulator.anomalies import Anomaly, AnomalySpec
 from simulator.faults import TransportSpec
 from simulator.grid import Grid, build_grid
-from simulator.shapes import class_shapes
+from simulator.households import HOUSEHOLDS, Households
+from simulator.shapes import RESIDENTIAL, class_shapes
+from simulator.thieves import ThiefSpec, plan_thieves
 from topology import Topology
 
 # Purposes of the random streams (part of the seed: changing one never shifts another).
-GRID, LOAD, ANOMALY, APPLY, TRANSPORT = 1, 2, 3, 4, 5
+GRID, LOAD, ANOMALY, APPLY, TRANSPORT, HOUSEHOLD, THIEVES = 1, 2, 3, 4, 5, 6, 7
 NOISE_SIGMA = np.array([0.30, 0.15, 0.10])  # per-interval lognormal noise by customer class
 DAY_SIGMA, METER_DAY_SIGMA = 0.05, 0.10  # city-wide (weather) and per-meter day-to-day swings
 
@@ -56,6 +58,11 @@ class SimSpec:
     batches: bool = True  # concentrator batches per area and interval, else single readings
     anomalies: AnomalySpec = field(default_factory=AnomalySpec)
     transport: TransportSpec = field(default_factory=TransportSpec)
+    # "smooth" (class shapes with a little noise) or "realistic" (simulator/households.py)
+    households: str = "smooth"
+    thieves: ThiefSpec = field(default_factory=ThiefSpec)  # several thieves per area
+    area_meters: tuple[int, int] | None = None  # (min, max) customers of an area, all classes
+    class_mix: tuple[float, float, float] | None = None  # residential, commercial, industrial
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -70,6 +77,14 @@ class SimSpec:
             raise ValueError("days must cover at least one interval")
         if not 0 <= self.urban_share <= 1:
             raise ValueError("urban_share must be in [0, 1]")
+        if self.households not in HOUSEHOLDS:
+            raise ValueError(f"households must be one of {', '.join(HOUSEHOLDS)}, got {self.households!r}")
+        if self.area_meters is not None and not 1 <= self.area_meters[0] <= self.area_meters[1]:
+            raise ValueError(f"area_meters must be 1 <= min <= max, got {self.area_meters}")
+        if self.class_mix is not None and (
+            len(self.class_mix) != 3 or min(self.class_mix) < 0 or abs(sum(self.class_mix) - 1) > 1e-9
+        ):
+            raise ValueError(f"class_mix must be three shares summing to 1, got {self.class_mix}")
 
     @property
     def t0(self) -> int:
@@ -106,11 +121,19 @@ class Sim:
     spec: SimSpec
     grid: Grid
     anomalies: list[Anomaly]
+    households: Households | None = None  # realistic households' habits and occupancy
 
     @classmethod
     def build(cls, spec: SimSpec) -> Sim:
+        realistic = spec.households == "realistic"
         grid = build_grid(
-            stream(spec.seed, GRID), areas=spec.areas, meters=spec.meters, urban_share=spec.urban_share
+            stream(spec.seed, GRID),
+            areas=spec.areas,
+            meters=spec.meters,
+            urban_share=spec.urban_share,
+            area_meters=spec.area_meters,
+            class_mix=spec.class_mix,
+            household_rng=stream(spec.seed, HOUSEHOLD, 1) if realistic else None,
         )
         planned = an.plan(
             grid,
@@ -120,7 +143,24 @@ class Sim:
             interval_s=spec.interval_s,
             t0=spec.t0,
         )
-        return cls(spec, grid, planned)
+        if spec.thieves.area_share > 0:
+            used = {a.index for a in planned if a.role == "customer"}
+            planned += plan_thieves(
+                grid,
+                spec.thieves,
+                stream(spec.seed, THIEVES),
+                steps=spec.steps,
+                interval_s=spec.interval_s,
+                used=used,
+            )
+        households = None
+        if realistic:
+            res = np.flatnonzero(grid.customer_class == RESIDENTIAL)
+            days = -(-spec.steps * spec.interval_s // 86400)
+            households = Households.plan(stream(spec.seed, HOUSEHOLD, 0), res, grid.mean_kw[res], days)
+            coarse = res[households.coarse]
+            grid.register_start[coarse] = np.floor(grid.register_start[coarse] * 10) / 10
+        return cls(spec, grid, planned, households)
 
     def topology(self) -> Topology:
         return self.grid.topology()
@@ -154,6 +194,15 @@ class Sim:
             np.exp(flow, out=flow)
             flow *= (grid.mean_kw * meter_day * day * dt)[:, None]
             flow *= shapes[cls]
+            hh = self.households
+            if hh is not None:
+                flow[hh.meters] = hh.flow(
+                    stream(spec.seed, HOUSEHOLD, 2, c0 // per_day),
+                    c0 // per_day,
+                    times[1:],
+                    interval_s=spec.interval_s,
+                    utc_offset_h=spec.utc_offset_h,
+                )
             an.apply_flow(self.anomalies, flow, c0, interval_s=spec.interval_s)
 
             load = np.add.reduceat(flow, grid.first[:-1], axis=0)
@@ -171,6 +220,7 @@ class Sim:
                 partial(stream, spec.seed, APPLY, c0),
                 interval_s=spec.interval_s,
                 mean_kw=grid.mean_kw,
+                local_hour=((times[:-1] + spec.utc_offset_h * 3600) % 86400) / 3600,
             )
             units = metered / grid.multiplier[:, None]
             s_units = supply / grid.supply_multiplier[:, None]
@@ -186,6 +236,9 @@ class Sim:
             del units
             an.apply_registers(self.anomalies, reg, offset, c0)
             reg[:, 1:] = np.round(reg[:, 1:], 2)
+            if hh is not None:  # registers of 0.1 kWh steps show the count they have passed
+                coarse = hh.meters[hh.coarse]
+                reg[coarse, 1:] = np.floor(reg[coarse, 1:] * 10 + 1e-6) / 10
             an.apply_flat(self.anomalies, reg, c0)
             last = reg[:, -1].copy()
 

@@ -170,6 +170,10 @@ def simulate(
     clean: bool = typer.Option(
         False, "--clean", help="no anomalies (except --anomaly ones), no transport faults"
     ),
+    households: str = typer.Option("smooth", help="smooth | realistic (docs/simulator.md)"),
+    thief_areas: float = typer.Option(
+        0.0, help="share of areas with several thieves (1-15% of their customers; docs/simulator.md)"
+    ),
     speed: float = typer.Option(0.0, help="x real time by arrival; 0 = as fast as possible"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
     bootstrap: Bootstrap = None,
@@ -183,6 +187,7 @@ def simulate(
     from simulator.run import Sink
     from simulator.run import simulate as run_simulation
     from simulator.synth import SimSpec
+    from simulator.thieves import ThiefSpec
     from streams.kafkaio import KafkaUnavailable
     from streams.replay import quiet_kafka_logs
     from topology import parse_time
@@ -217,6 +222,8 @@ def simulate(
                 else AnomalySpec(counts=counts, theft_share=theft_share)
             ),
             transport=TransportSpec.none() if clean else TransportSpec(),
+            households=households,
+            thieves=ThiefSpec(area_share=thief_areas),
         )
         sink: Sink
         if to == "kafka":
