@@ -6,9 +6,10 @@ and ``EWMean``) is affordable here, unlike per meter.
 
 What it scores (event ``score``; higher = more anomalous):
 
-* ``loss_jump``: river ``PageHinkley`` (mode ``up``) on the interval loss rate; score = the jump
-  of the smoothed loss rate over its slow baseline. Clears when the smoothed loss rate is back
-  within half the jump.
+* ``loss_jump``: river ``PageHinkley`` (mode ``up``) on the interval loss rate, opened only when
+  the smoothed loss rate is above its slow baseline by more than ``ph_delta`` (so the score, the
+  jump of the smoothed rate over the baseline, is always positive). Clears when the smoothed loss
+  rate is back within ``ph_delta`` of the baseline it jumped from.
 * ``high_loss`` / ``negative_loss``: the smoothed (about daily) loss rate beyond the area's upper
   or lower bound; score = distance beyond the bound. Clears with a hysteresis of ``margin``.
 * ``collection_outage``: completeness below ``min_completeness`` for ``outage_run``
@@ -139,7 +140,10 @@ class AreaAnomalyDetector:
         smooth, base = float(s.fast.get()), float(s.slow.get())
         if s.n < self.warmup:
             return out
-        if s.ph.drift_detected and "loss_jump" not in s.open:
+        # PageHinkley reacts to the raw rates; a jump opens only once the smoothed rate stands
+        # above its baseline by more than the clearing margin, so it neither opens below the
+        # baseline (a negative jump) nor resolves on the next interval (flapping).
+        if s.ph.drift_detected and "loss_jump" not in s.open and smooth > base + self.ph_delta:
             flip("loss_jump", True, smooth - base, base, loss_rate=smooth, baseline=base)
         elif "loss_jump" in s.open:
             ref = s.open["loss_jump"]

@@ -431,9 +431,18 @@ class Detection:
         loss_kwh = s - sales if loss_rate is not None else None
         expected = self._expected_kwh(iv.meters)
         observed: list[Observed] = []
+        ranked: dict[str, Suspect] | None = None
         for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
+            if ev.type == "drop":
+                if not ev.firing:  # resolve whichever of the two the drop was opened as
+                    observed.append(Observed("meter", self._names[ev.meter], _Event(UNEXPLAINED, 0.0, False, {})))
+                elif not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
+                    if ranked is None and self.ranker is not None and iv.area_id in self.ranker.areas:
+                        ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
+                    if not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
+                        ev = _Renamed(ev, UNEXPLAINED)  # type: ignore[assignment]
             if ev.firing:
                 obs = float(e[pos])
                 exp = float(expected[pos])
@@ -452,6 +461,18 @@ class Detection:
                 evidence["expected_kwh"] = round(s * (1 - min(max(iv.upper, 0.0), 1.0)), 6)
             observed.append(Observed("area", iv.area_id, _WithEvidence(aev, _finite(evidence))))
         return observed
+
+    def _loss_explains(self, area: str, meter: str, ranked: dict[str, Suspect] | None) -> bool:
+        """Whether the area's energy balance shows a meter's drop (docs/detection.md, "Drops and
+        the energy balance"): the area has a loss alarm open, or the meter's deficit explains
+        part of the area's loss (positive loss evidence in the ranking, or a joint share of the
+        loss over the horizon worth a third of the suspect bar). ``ranked`` None: not ranked yet."""
+        if any(k == "area" and e == area and t in ("high_loss", "loss_jump") for (k, e, t) in self.book.open):
+            return True
+        if self.ranker is None:
+            return True  # no history of the balance kept to judge it by: a drop pages as before
+        s = None if ranked is None else ranked.get(meter)
+        return s is not None and (s.loss_evidence > 0 or s.joint_evidence >= self.suspect_score / 3)
 
     def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """The meters' usual interval energy (EW mean) before this step."""
@@ -579,6 +600,34 @@ class _Event:
     score: float
     firing: bool
     evidence: dict[str, Any]
+
+
+# A consumption drop the area's energy balance does not show (information, not paged).
+UNEXPLAINED = "consumption_drop"
+
+
+@dataclass(frozen=True, slots=True)
+class _Renamed:
+    """A detector event under another detector type (a drop the loss does not explain)."""
+
+    inner: Any
+    type: str
+
+    @property
+    def meter(self) -> int:
+        return int(self.inner.meter)
+
+    @property
+    def score(self) -> float:
+        return float(self.inner.score)
+
+    @property
+    def firing(self) -> bool:
+        return bool(self.inner.firing)
+
+    @property
+    def evidence(self) -> dict[str, Any]:
+        return dict(self.inner.evidence)
 
 
 @dataclass(frozen=True, slots=True)
