@@ -437,7 +437,8 @@ class Detection:
             evidence = dict(ev.evidence)
             if ev.type == "drop":
                 if not ev.firing:  # resolve whichever of the two the drop was opened as
-                    observed.append(Observed("meter", self._names[ev.meter], _Event(UNEXPLAINED, 0.0, False, {})))
+                    clear = _Event(UNEXPLAINED, 0.0, False, {})
+                    observed.append(Observed("meter", self._names[ev.meter], clear))
                 elif not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
                     if ranked is None and self.ranker is not None and iv.area_id in self.ranker.areas:
                         ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
