@@ -446,10 +446,28 @@ class SuspectRanker:
         self.areas[area] = st
 
 
-def combine(step: F64, joint: F64) -> F64:
-    """The ranking score of a meter from its step score (recent drop confirmed by the loss) and
-    its joint evidence (its share of the loss over the horizon)."""
-    return np.where(joint > 0, np.maximum(step, joint), step)
+def combine(step: F64, joint: F64, *, alone: float = 10.0) -> F64:
+    """The ranking score of a meter from its step score (a recent drop the loss confirms, one
+    cause at a time) and its joint evidence (its share of the area's loss over the horizon).
+
+    Where the joint fit gives some meter at least ``alone`` (a third of the publishing bar),
+    the score is the joint evidence plus the step score up to ``alone`` plus three times the
+    joint evidence: in an area with several thieves an honest meter's dip rides on their loss
+    in the single-cause test, while the joint fit gives it no share. Where it gives none (a
+    short history, a single fresh theft behind a coarse supply register, whose cumulative
+    single-cause test sees it better), the step score as it is. A step the loss refutes
+    (negative) counts only for a meter the joint fit gives no share: with several thieves the
+    single-cause test refutes the biggest of them (issue #14: ranks 32 and 33 of 33).
+
+    >>> combine(np.array([100.0, 100.0, -40.0, 5.0]), np.array([0.0, 20.0, 0.0, 30.0])).tolist()
+    [10.0, 90.0, -40.0, 35.0]
+    >>> combine(np.array([100.0, 50.0]), np.array([0.0, 2.0])).tolist()
+    [100.0, 50.0]
+    """
+    if joint.size == 0 or float(joint.max()) < alone:
+        return step
+    refuted = np.where(joint > 0, 0.0, np.minimum(step, 0.0))  # one cause refuted, not a share
+    return joint + np.minimum(np.maximum(step, 0.0), 3 * joint + alone) + refuted
 
 
 def _residual_maker(supply: F64) -> F64:
@@ -620,6 +638,8 @@ def attribute(
         return Attribution(np.zeros(n), np.zeros(n), np.zeros(n, np.int64), out_first, out_last)
     r = np.nan_to_num(energy)
     z = np.where(r <= 0, np.nan_to_num(expected), 0.0) * ~np.isnan(energy)
+    f = np.stack([r, z])  # kinds x meters x bins
+    n_k = len(f)
     s = supply / np.mean(supply)
     q, rr = np.linalg.qr(np.stack([np.ones_like(s), s, s * s], axis=1))
     q = q[:, np.abs(np.diag(rr)) > 1e-9 * np.abs(rr).max()]
@@ -632,15 +652,16 @@ def attribute(
         y = loss - share.sum(axis=0)
         y = loss - q @ (q.T @ y)  # the loss less its technical part, given the shares
         for rows in days:
-            cols = np.concatenate([r[:, rows], z[:, rows]]).T  # bins x 2 meters
+            cols = f[:, :, rows].reshape(n_k * n, len(rows)).T  # bins x (kinds x meters)
+            target = y[rows]
             norm = np.sqrt((cols * cols).sum(axis=0))
             use = np.flatnonzero(norm > 0)
             a = cols[:, use] / norm[use]
             lhs = np.vstack([a, k * np.eye(len(use))])
-            sol, _ = nnls(lhs, np.concatenate([y[rows], np.zeros(len(use))]), maxiter=50 * len(use) + 100)
-            beta = np.zeros(2 * n)
+            sol, _ = nnls(lhs, np.concatenate([target, np.zeros(len(use))]), maxiter=50 * len(use) + 100)
+            beta = np.zeros(n_k * n)
             beta[use] = sol / norm[use]
-            share[:, rows] = beta[:n, None] * r[:, rows] + beta[n:, None] * z[:, rows]
+            share[:, rows] = np.einsum("km,kmt->mt", beta.reshape(n_k, n), f[:, :, rows])
     resid = y - share.sum(axis=0)
     gain = ((resid[None, :] + share) ** 2 - resid[None, :] ** 2).sum(axis=1)
     # What the fit leaves is noise too (register steps, technical loss off its model, causes no
