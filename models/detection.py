@@ -378,9 +378,9 @@ class Detection:
         if self.classifier is None or published is None:
             return []
         ev = published.evidence
+        # A suspect published before a field existed reads it as 0.
         fields: dict[str, Any] = {
-            f: (int(ev[f]) if f in ("rank", "drop_start", "drop_end") else float(ev[f]))
-            for f in _SUSPECT_FIELDS
+            f: (int(ev.get(f, 0)) if f in _INT_FIELDS else float(ev.get(f, 0.0))) for f in _SUSPECT_FIELDS
         }
         suspect = Suspect(area=str(ev["area_id"]), meter=meter, **fields)
         self.classifier.learn(suspect, verdict)
@@ -569,7 +569,13 @@ _SUSPECT_FIELDS = (
     "drop_end",
     "area_loss_rate",
     "area_loss_rate_change",
+    "joint_evidence",
+    "stolen_kwh",
+    "theft_days",
+    "theft_start",
+    "theft_end",
 )
+_INT_FIELDS = ("rank", "drop_start", "drop_end", "theft_days", "theft_start", "theft_end")
 
 
 def _pack(arrays: dict[str, npt.NDArray[Any]]) -> dict[str, list[Any]]:
