@@ -17,6 +17,7 @@ offsets as the windows themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import pickle
@@ -443,7 +444,7 @@ class Detection:
                     if ranked is None and self.ranker is not None and iv.area_id in self.ranker.areas:
                         ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
                     if not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
-                        ev = _Renamed(ev, UNEXPLAINED)  # type: ignore[assignment]
+                        ev = dataclasses.replace(ev, type=UNEXPLAINED)
             if ev.firing:
                 obs = float(e[pos])
                 exp = float(expected[pos])
@@ -611,30 +612,6 @@ class _Event:
 
 # A consumption drop the area's energy balance does not show (information, not paged).
 UNEXPLAINED = "consumption_drop"
-
-
-@dataclass(frozen=True, slots=True)
-class _Renamed:
-    """A detector event under another detector type (a drop the loss does not explain)."""
-
-    inner: Any
-    type: str
-
-    @property
-    def meter(self) -> int:
-        return int(self.inner.meter)
-
-    @property
-    def score(self) -> float:
-        return float(self.inner.score)
-
-    @property
-    def firing(self) -> bool:
-        return bool(self.inner.firing)
-
-    @property
-    def evidence(self) -> dict[str, Any]:
-        return dict(self.inner.evidence)
 
 
 @dataclass(frozen=True, slots=True)
