@@ -357,7 +357,8 @@ class Detection:
             # An open loss alarm lowers the bar to a third; a published suspect stays until its
             # score falls below half of it.
             bar = self.suspect_score / 3 if alarm else self.suspect_score
-            if s.score >= (bar / 2 if s.meter in current else bar):
+            published = s.meter in current
+            if s.score >= (bar / 2 if published else bar) and (published or self._balance_names(s)):
                 keep.add(s.meter)
                 evidence = {
                     **{f: getattr(s, f) for f in _SUSPECT_FIELDS},
@@ -436,15 +437,15 @@ class Detection:
         for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
-            if ev.type == "drop":
-                if not ev.firing:  # resolve whichever of the two the drop was opened as
-                    clear = _Event(UNEXPLAINED, 0.0, False, {})
+            if ev.type in UNEXPLAINED:
+                if not ev.firing:  # resolve whichever of the two the condition was opened as
+                    clear = _Event(UNEXPLAINED[ev.type], 0.0, False, {})
                     observed.append(Observed("meter", self._names[ev.meter], clear))
-                elif not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
-                    if ranked is None and self.ranker is not None and iv.area_id in self.ranker.areas:
+                elif self.ranker is not None:
+                    if ranked is None and iv.area_id in self.ranker.areas:
                         ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
-                    if not self._loss_explains(iv.area_id, self._names[ev.meter], ranked):
-                        ev = dataclasses.replace(ev, type=UNEXPLAINED)
+                    if not self._loss_explains(self._names[ev.meter], ranked):
+                        ev = dataclasses.replace(ev, type=UNEXPLAINED[ev.type])
             if ev.firing:
                 obs = float(e[pos])
                 exp = float(expected[pos])
@@ -464,17 +465,18 @@ class Detection:
             observed.append(Observed("area", iv.area_id, _WithEvidence(aev, _finite(evidence))))
         return observed
 
-    def _loss_explains(self, area: str, meter: str, ranked: dict[str, Suspect] | None) -> bool:
-        """Whether the area's energy balance shows a meter's drop (docs/detection.md, "Drops and
-        the energy balance"): the area has a loss alarm open, or the meter's deficit explains
-        part of the area's loss (positive loss evidence in the ranking, or a joint share of the
-        loss over the horizon worth a third of the suspect bar). ``ranked`` None: not ranked yet."""
-        if any(k == "area" and e == area and t in ("high_loss", "loss_jump") for (k, e, t) in self.book.open):
-            return True
-        if self.ranker is None:
-            return True  # no history of the balance kept to judge it by: a drop pages as before
+    def _loss_explains(self, meter: str, ranked: dict[str, Suspect] | None) -> bool:
+        """Whether the area's energy balance names a meter whose drop or zero run just opened
+        (docs/detection.md, "Drops and the energy balance"): the ranking would publish it as a
+        suspect without a loss alarm (``_balance_names`` and a score at the bar)."""
         s = None if ranked is None else ranked.get(meter)
-        return s is not None and (s.loss_evidence > 0 or s.joint_evidence >= self.suspect_score / 3)
+        return s is not None and s.score >= self.suspect_score and self._balance_names(s)
+
+    def _balance_names(self, s: Suspect) -> bool:
+        """The area's loss shows the meter's deficit: its joint share of the loss over the
+        horizon, or its deficit over the last days, is worth a third of the suspect bar. A deep
+        drop alone is what households do (holidays, vacancies), not evidence of theft."""
+        return max(s.joint_evidence, s.loss_evidence) >= self.suspect_score / 3
 
     def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """The meters' usual interval energy (EW mean) before this step."""
@@ -610,8 +612,9 @@ class _Event:
     evidence: dict[str, Any]
 
 
-# A consumption drop the area's energy balance does not show (information, not paged).
-UNEXPLAINED = "consumption_drop"
+# A consumption drop or zero run the area's energy balance does not show: its own type
+# (information, not paged, not a suspect).
+UNEXPLAINED = {"drop": "consumption_drop", "zero": "consumption_zero"}
 
 
 @dataclass(frozen=True, slots=True)
