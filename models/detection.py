@@ -474,9 +474,10 @@ class Detection:
 
     def _balance_names(self, s: Suspect) -> bool:
         """The area's loss shows the meter's deficit: its joint share of the loss over the
-        horizon, or its deficit over the last days, is worth a third of the suspect bar. A deep
-        drop alone is what households do (holidays, vacancies), not evidence of theft."""
-        return max(s.joint_evidence, s.loss_evidence) >= self.suspect_score / 3
+        horizon is worth a third of the suspect bar, or its deficit's fit to the loss over the
+        last days (one cause at a time, so held to the whole bar) is worth the bar. A deep drop
+        alone is what households do (holidays, vacancies), not evidence of theft."""
+        return s.joint_evidence >= self.suspect_score / 3 or s.loss_evidence >= self.suspect_score
 
     def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """The meters' usual interval energy (EW mean) before this step."""
