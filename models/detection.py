@@ -466,7 +466,7 @@ class Detection:
         return observed
 
     def _loss_explains(self, meter: str, ranked: dict[str, Suspect] | None) -> bool:
-        """Whether the area's energy balance names a meter whose drop or zero run just opened
+        """Whether the area's energy balance names a meter whose drop just opened
         (docs/detection.md, "Drops and the energy balance"): the ranking would publish it as a
         suspect without a loss alarm (``_balance_names`` and a score at the bar)."""
         s = None if ranked is None else ranked.get(meter)
@@ -613,9 +613,10 @@ class _Event:
     evidence: dict[str, Any]
 
 
-# A consumption drop or zero run the area's energy balance does not show: its own type
-# (information, not paged, not a suspect).
-UNEXPLAINED = {"drop": "consumption_drop", "zero": "consumption_zero"}
+# A consumption drop the area's energy balance does not show: its own type (information, not
+# paged, not a suspect). Zero runs are not gated: a stopped meter must page within four
+# intervals, before any balance can name it (docs/detection.md).
+UNEXPLAINED = {"drop": "consumption_drop"}
 
 
 @dataclass(frozen=True, slots=True)
