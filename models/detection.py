@@ -229,8 +229,10 @@ class Detection:
         suspect_score: float = 30.0,
         suspect_top: int = 3,
         mapping_every_s: int = 86400,
+        small_zero_kwh: float = 0.5,
     ) -> None:
         self.interval_s = interval_s
+        self.small_zero_kwh = small_zero_kwh
         # Suspects (docs/suspects.md): ranked when an area's hour closes; published when the
         # score passes ``suspect_score`` or the area's loss alarm is open (not in negative-loss
         # areas: there the ranking explains a mapping error, which the finder looks for).
@@ -437,7 +439,12 @@ class Detection:
         for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
-            if ev.type in UNEXPLAINED:
+            small_zero = (
+                ev.type == "zero"
+                and ev.firing
+                and ev.evidence.get("run", 0.0) * ev.evidence.get("mean_kwh", 0.0) < self.small_zero_kwh
+            )
+            if ev.type == "drop" or small_zero or (ev.type == "zero" and not ev.firing):
                 if not ev.firing:  # resolve whichever of the two the condition was opened as
                     clear = _Event(UNEXPLAINED[ev.type], 0.0, False, {})
                     observed.append(Observed("meter", self._names[ev.meter], clear))
@@ -614,9 +621,10 @@ class _Event:
 
 
 # A consumption drop the area's energy balance does not show: its own type (information, not
-# paged, not a suspect). Zero runs are not gated: a stopped meter must page within four
-# intervals, before any balance can name it (docs/detection.md).
-UNEXPLAINED = {"drop": "consumption_drop"}
+# paged, not a suspect). A zero run is gated so only when the home would have used little over
+# it (``small_zero_kwh``): a stopped meter must page within four intervals, before any balance
+# can name it (docs/detection.md).
+UNEXPLAINED = {"drop": "consumption_drop", "zero": "consumption_zero"}
 
 
 @dataclass(frozen=True, slots=True)
