@@ -12,6 +12,8 @@ from typing import Any, Protocol
 ALERT_TYPE: dict[tuple[str, str], str] = {
     ("meter", "zero"): "meter_zero_consumption",
     ("meter", "drop"): "meter_consumption_drop",
+    ("meter", "consumption_drop"): "consumption_drop",
+    ("meter", "consumption_zero"): "consumption_zero",
     ("meter", "rise"): "meter_consumption_rise",
     ("meter", "spike"): "meter_consumption_spike",
     ("meter", "rollback"): "meter_register_rollback",
@@ -28,6 +30,12 @@ SEVERITY: dict[str, str] = {
     "meter_inactive_consumption": "page",
     "area_high_loss": "page",
     "area_incomplete": "info",
+    # A drop the area's loss does not show (vacancy, holiday), appliance spikes and rises: what
+    # households do, not theft; kept as information, never paged.
+    "consumption_drop": "info",
+    "consumption_zero": "info",
+    "meter_consumption_spike": "info",
+    "meter_consumption_rise": "info",
     "meter_missing": "info",
 }
 

@@ -6,9 +6,10 @@ and ``EWMean``) is affordable here, unlike per meter.
 
 What it scores (event ``score``; higher = more anomalous):
 
-* ``loss_jump``: river ``PageHinkley`` (mode ``up``) on the interval loss rate; score = the jump
-  of the smoothed loss rate over its slow baseline. Clears when the smoothed loss rate is back
-  within half the jump.
+* ``loss_jump``: river ``PageHinkley`` (mode ``up``) on the interval loss rate, opened only when
+  the smoothed loss rate is above its slow baseline by more than ``ph_delta`` (so the score, the
+  jump of the smoothed rate over the baseline, is always positive). Clears when the smoothed loss
+  rate is back within ``ph_delta`` of the baseline it jumped from.
 * ``high_loss`` / ``negative_loss``: the smoothed (about daily) loss rate beyond the area's upper
   or lower bound; score = distance beyond the bound. Clears with a hysteresis of ``margin``.
 * ``collection_outage``: completeness below ``min_completeness`` for ``outage_run``
@@ -47,6 +48,7 @@ class _AreaState:
     n: int = 0
     short: int = 0  # consecutive intervals below the completeness bar
     open: dict[str, float] = field(default_factory=dict)  # type -> reference value when opened
+    pending: int = 0  # intervals left for the smoothed rate to confirm a drift PageHinkley saw
 
 
 class AreaAnomalyDetector:
@@ -64,6 +66,9 @@ class AreaAnomalyDetector:
         Hysteresis: high / negative loss clear ``margin`` inside the bound.
     min_completeness, outage_run
         A collection outage is ``outage_run`` intervals in a row below ``min_completeness``.
+    confirm
+        Intervals after a PageHinkley drift within which the smoothed rate must rise
+        ``ph_delta`` above its baseline for ``loss_jump`` to open.
 
     Examples
     --------
@@ -92,11 +97,12 @@ class AreaAnomalyDetector:
         margin: float = 0.005,
         min_completeness: float = 0.9,
         outage_run: int = 2,
+        confirm: int = 96,
     ) -> None:
         self.fast, self.slow, self.warmup = fast, slow, warmup
         self.ph_threshold, self.ph_delta = ph_threshold, ph_delta
         self.margin, self.min_completeness = margin, min_completeness
-        self.outage_run = outage_run
+        self.outage_run, self.confirm = outage_run, confirm
         self.areas: dict[str, _AreaState] = {}
 
     def _new(self) -> _AreaState:
@@ -139,7 +145,16 @@ class AreaAnomalyDetector:
         smooth, base = float(s.fast.get()), float(s.slow.get())
         if s.n < self.warmup:
             return out
-        if s.ph.drift_detected and "loss_jump" not in s.open:
+        # PageHinkley reacts to the raw rates; a drift it saw opens a jump only once the smoothed
+        # rate stands above its baseline by more than the clearing margin (within ``confirm``
+        # intervals), so a jump neither opens below the baseline (a negative score) nor resolves
+        # on the next interval (flapping).
+        if s.ph.drift_detected:
+            s.pending = self.confirm
+        pending = getattr(s, "pending", 0)  # a state pickled before the field: none pending
+        s.pending = max(pending - 1, 0)
+        if pending and "loss_jump" not in s.open and smooth > base + self.ph_delta:
+            s.pending = 0
             flip("loss_jump", True, smooth - base, base, loss_rate=smooth, baseline=base)
         elif "loss_jump" in s.open:
             ref = s.open["loss_jump"]

@@ -17,6 +17,7 @@ offsets as the windows themselves.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import pickle
@@ -228,8 +229,10 @@ class Detection:
         suspect_score: float = 30.0,
         suspect_top: int = 3,
         mapping_every_s: int = 86400,
+        small_zero_kwh: float = 0.5,
     ) -> None:
         self.interval_s = interval_s
+        self.small_zero_kwh = small_zero_kwh
         # Suspects (docs/suspects.md): ranked when an area's hour closes; published when the
         # score passes ``suspect_score`` or the area's loss alarm is open (not in negative-loss
         # areas: there the ranking explains a mapping error, which the finder looks for).
@@ -356,7 +359,8 @@ class Detection:
             # An open loss alarm lowers the bar to a third; a published suspect stays until its
             # score falls below half of it.
             bar = self.suspect_score / 3 if alarm else self.suspect_score
-            if s.score >= (bar / 2 if s.meter in current else bar):
+            published = s.meter in current
+            if s.score >= (bar / 2 if published else bar) and (published or self._balance_names(s)):
                 keep.add(s.meter)
                 evidence = {
                     **{f: getattr(s, f) for f in _SUSPECT_FIELDS},
@@ -378,9 +382,9 @@ class Detection:
         if self.classifier is None or published is None:
             return []
         ev = published.evidence
+        # A suspect published before a field existed reads it as 0.
         fields: dict[str, Any] = {
-            f: (int(ev[f]) if f in ("rank", "drop_start", "drop_end") else float(ev[f]))
-            for f in _SUSPECT_FIELDS
+            f: (int(ev.get(f, 0)) if f in _INT_FIELDS else float(ev.get(f, 0.0))) for f in _SUSPECT_FIELDS
         }
         suspect = Suspect(area=str(ev["area_id"]), meter=meter, **fields)
         self.classifier.learn(suspect, verdict)
@@ -431,9 +435,24 @@ class Detection:
         loss_kwh = s - sales if loss_rate is not None else None
         expected = self._expected_kwh(iv.meters)
         observed: list[Observed] = []
+        ranked: dict[str, Suspect] | None = None
         for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
+            small_zero = (
+                ev.type == "zero"
+                and ev.firing
+                and ev.evidence.get("run", 0.0) * ev.evidence.get("mean_kwh", 0.0) < self.small_zero_kwh
+            )
+            if ev.type == "drop" or small_zero or (ev.type == "zero" and not ev.firing):
+                if not ev.firing:  # resolve whichever of the two the condition was opened as
+                    clear = _Event(UNEXPLAINED[ev.type], 0.0, False, {})
+                    observed.append(Observed("meter", self._names[ev.meter], clear))
+                elif self.ranker is not None:
+                    if ranked is None and iv.area_id in self.ranker.areas:
+                        ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
+                    if not self._loss_explains(self._names[ev.meter], ranked):
+                        ev = dataclasses.replace(ev, type=UNEXPLAINED[ev.type])
             if ev.firing:
                 obs = float(e[pos])
                 exp = float(expected[pos])
@@ -452,6 +471,20 @@ class Detection:
                 evidence["expected_kwh"] = round(s * (1 - min(max(iv.upper, 0.0), 1.0)), 6)
             observed.append(Observed("area", iv.area_id, _WithEvidence(aev, _finite(evidence))))
         return observed
+
+    def _loss_explains(self, meter: str, ranked: dict[str, Suspect] | None) -> bool:
+        """Whether the area's energy balance names a meter whose drop just opened
+        (docs/detection.md, "Drops and the energy balance"): the ranking would publish it as a
+        suspect without a loss alarm (``_balance_names`` and a score at the bar)."""
+        s = None if ranked is None else ranked.get(meter)
+        return s is not None and s.score >= self.suspect_score and self._balance_names(s)
+
+    def _balance_names(self, s: Suspect) -> bool:
+        """The area's loss shows the meter's deficit: its joint share of the loss over the
+        horizon is worth a third of the suspect bar, or its deficit's fit to the loss over the
+        last days (one cause at a time, so held to the whole bar) is worth the bar. A deep drop
+        alone is what households do (holidays, vacancies), not evidence of theft."""
+        return s.joint_evidence >= self.suspect_score / 3 or s.loss_evidence >= self.suspect_score
 
     def _expected_kwh(self, meters: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
         """The meters' usual interval energy (EW mean) before this step."""
@@ -547,7 +580,13 @@ _SUSPECT_FIELDS = (
     "drop_end",
     "area_loss_rate",
     "area_loss_rate_change",
+    "joint_evidence",
+    "stolen_kwh",
+    "theft_days",
+    "theft_start",
+    "theft_end",
 )
+_INT_FIELDS = ("rank", "drop_start", "drop_end", "theft_days", "theft_start", "theft_end")
 
 
 def _pack(arrays: dict[str, npt.NDArray[Any]]) -> dict[str, list[Any]]:
@@ -579,6 +618,13 @@ class _Event:
     score: float
     firing: bool
     evidence: dict[str, Any]
+
+
+# A consumption drop the area's energy balance does not show: its own type (information, not
+# paged, not a suspect). A zero run is gated so only when the home would have used little over
+# it (``small_zero_kwh``): a stopped meter must page within four intervals, before any balance
+# can name it (docs/detection.md).
+UNEXPLAINED = {"drop": "consumption_drop", "zero": "consumption_zero"}
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,7 +183,9 @@ AlertType = Annotated[
             "area_incomplete, meter_zero_consumption, meter_consumption_drop, "
             "meter_consumption_rise, meter_consumption_spike, meter_flat_line, "
             "meter_register_rollback, meter_inactive_consumption, meter_missing, "
-            "meter_arrears_risk, meter_theft_suspect, meter_mapping_error (docs/detection.md)"
+            "meter_arrears_risk, meter_theft_suspect, meter_mapping_error, consumption_drop, "
+            "consumption_zero "
+            "(docs/detection.md)"
         ),
     ),
 ]

@@ -95,3 +95,26 @@ def test_river_objects_are_too_big_for_per_meter_state() -> None:
     pickled = sum(len(pickle.dumps(o)) for o in objs)
     shallow = sum(sys.getsizeof(o) + sys.getsizeof(vars(o)) for o in objs)
     assert min(pickled, shallow) > 64 * 4  # vs <= 64 bytes a meter in numpy arrays
+
+
+def test_loss_jump_opens_only_above_its_baseline_and_does_not_flap() -> None:
+    """A burst of loss the smoothed rate has not followed yet, or a fall, opens no jump; a real
+    rise opens one with a positive score that stays open while the loss stays up."""
+    det = AreaAnomalyDetector(warmup=4)
+    rng = np.random.default_rng(0)
+    events = []
+
+    def step(rate: float) -> list:
+        return det.step("A1", loss_rate=rate + rng.normal(0, 0.02), completeness=1.0, lower=-0.5, upper=0.5)
+
+    for _ in range(400):
+        events += step(0.04)
+    for _ in range(40):  # the loss falls: nothing to report as a jump
+        events += step(-0.02)
+    assert not [e for e in events if e.type == "loss_jump"]
+    for _ in range(300):
+        events += step(0.12)
+    jumps = [e for e in events if e.type == "loss_jump"]
+    assert jumps and jumps[0].firing and jumps[0].score > 0
+    assert all(e.score > 0 for e in jumps if e.firing)
+    assert len(jumps) == 1  # opened once, not opened and resolved again

@@ -133,8 +133,11 @@ def test_a_register_restarting_low_after_missing_reads_went_backwards() -> None:
     assert back == [False, False, True, False]
 
 
-def thief_area(det: Detection, first: int, last: int, thief_at: int = 150) -> list[dict]:
-    """30 meters with a daily shape; from ``thief_at`` M3 bills half of what it draws."""
+def thief_area(
+    det: Detection, first: int, last: int, thief_at: int = 150, *, honest: bool = False
+) -> list[dict]:
+    """30 meters with a daily shape; from ``thief_at`` M3 bills half of what it draws (or, when
+    ``honest``, really draws half: the supply falls with it)."""
     ids = [f"M{i}" for i in range(30)]
     rng = np.random.default_rng(1)
     mean = rng.lognormal(0.0, 0.4, len(ids))
@@ -144,6 +147,8 @@ def thief_area(det: Detection, first: int, last: int, thief_at: int = 150) -> li
         billed = real.copy()
         if t >= thief_at:
             billed[3] *= 0.5
+            if honest:
+                real[3] *= 0.5
         if t >= first:
             n = len(ids)
             iv = AreaInterval(
@@ -237,3 +242,18 @@ def test_a_customer_mapped_to_the_wrong_area_raises_a_mapping_alert() -> None:
     ev = found[0]["evidence"]
     assert (ev["recorded_area"], ev["likely_area"]) == ("A", "B")
     assert found[0]["at"] == "1970-01-03T00:00:00Z"  # the second midnight: a day of judged bins
+
+
+def test_a_drop_the_loss_does_not_show_is_information_not_a_page() -> None:
+    """The same drop of M3 makes it a theft suspect when the area's balance shows it, and is a
+    ``consumption_drop`` information event, never a suspect nor a page, when the supply fell
+    with it."""
+    theft = thief_area(Detection(suspects=True), 1, 400)
+    opened = {(r["type"], r["severity"]) for r in theft if (r["entity_id"], r["event"]) == ("M3", "opened")}
+    assert ("meter_theft_suspect", "warning") in opened
+    innocent = thief_area(Detection(suspects=True), 1, 400, honest=True)
+    m3 = [r for r in innocent if (r["entity_id"], r["event"]) == ("M3", "opened")]
+    opened = {(r["type"], r["severity"]) for r in m3}
+    assert ("consumption_drop", "info") in opened
+    assert not {t for t, _ in opened} & {"meter_consumption_drop", "meter_theft_suspect"}
+    assert not any(r["severity"] == "page" for r in innocent if r["entity_kind"] == "meter")
