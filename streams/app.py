@@ -13,6 +13,7 @@ import base64
 import gc
 import logging
 import time
+import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -44,6 +45,32 @@ from streams.settings import Settings
 from topology import MeterRecord, Role, Topology
 
 log = logging.getLogger("gridwatch")
+
+# One detector-state changelog value at most: the Faust producer refuses requests over 1,000,000
+# bytes, and the key and JSON framing take the rest.
+DETECTOR_STATE_MAX_BYTES = 990_000
+
+
+def encode_detector_state(blob: bytes) -> dict[str, str] | None:
+    """The table value of an area's detector snapshot, zlib-compressed (the ranker's one-byte
+    bins and the detector rows shrink ~2x); None when it would not fit one changelog record.
+
+    >>> v = encode_detector_state(b"state" * 1000)
+    >>> sorted(v), decode_detector_state(v) == b"state" * 1000, len(v["z64"]) < 100
+    (['z64'], True, True)
+    >>> import random
+    >>> encode_detector_state(random.Random(0).randbytes(800_000)) is None  # incompressible
+    True
+    """
+    text = base64.b64encode(zlib.compress(blob, 1)).decode("ascii")
+    return {"z64": text} if len(text) <= DETECTOR_STATE_MAX_BYTES else None
+
+
+def decode_detector_state(value: dict[str, str]) -> bytes:
+    """The snapshot bytes of a table value written by this or an earlier version."""
+    if "z64" in value:
+        return zlib.decompress(base64.b64decode(value["z64"]))
+    return base64.b64decode(value["b64"])
 
 # How many recent windows' results are kept for the latest-window gauges.
 _WINDOWS_KEPT = 32
@@ -161,7 +188,8 @@ class GridwatchWorker:
         self.deadletter_topic = app.topic(s.topic_deadletter, partitions=s.partitions)
         self.alerts_topic = app.topic(s.topic_alerts, partitions=s.partitions)
         self.inspections_topic = app.topic(s.topic_inspections, partitions=s.partitions)
-        # Values are {"b64": msgpack blob} (Faust's "raw" values do not survive changelog recovery).
+        # Values are {"z64": zlib'd msgpack blob} (Faust's "raw" values do not survive changelog
+        # recovery); {"b64": ...} (uncompressed) from earlier versions is still read.
         self.detector_table = app.Table(
             "detector-state",
             default=None,
@@ -589,7 +617,7 @@ class GridwatchWorker:
         if area not in self._det_restored:
             saved = self.detector_table.get(area)
             if saved:
-                det.restore_area(base64.b64decode(saved["b64"]))
+                det.restore_area(decode_detector_state(saved))
             self._det_restored.add(area)
         intervals = window_intervals(
             det,
@@ -651,7 +679,7 @@ class GridwatchWorker:
         if area is not None and area not in self._det_restored:
             saved = self.detector_table.get(area)
             if saved:
-                det.restore_area(base64.b64decode(saved["b64"]))
+                det.restore_area(decode_detector_state(saved))
             self._det_restored.add(area)
         records = det.learn_verdict(record.meter, record.verdict, int(when.timestamp()) + 86400)
         self.metrics.verdicts.labels(verdict=record.verdict.value, matched=str(bool(records)).lower()).inc()
@@ -673,8 +701,14 @@ class GridwatchWorker:
             return
         table = self.detector_table
         for area in sorted(areas):
-            blob = det.snapshot_area(area, self._det_meters.get(area, []))
-            value = {"b64": base64.b64encode(blob).decode("ascii")}
+            value = encode_detector_state(det.snapshot_area(area, self._det_meters.get(area, [])))
+            if value is None:
+                # A month of ranking evidence for a very large area (~1,000 meters) can pass the
+                # producer's 1 MB request limit even compressed; failing the send would stop the
+                # worker. Unsaved state is relearned after a restart (docs/detection.md).
+                self.metrics.detector_state_unsaved.inc()
+                log.error("detector state of area %s exceeds one changelog record: not saved", area)
+                continue
             table.data[area] = value
             self._changelog_sends.append(table.send_changelog(partition, area, value))
 

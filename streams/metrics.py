@@ -204,6 +204,11 @@ class Metrics:
         self.detector_meters = Gauge(
             "gridwatch_detector_meters", "Meters with detector state in this worker", registry=registry
         )
+        self.detector_state_unsaved = Counter(
+            "gridwatch_detector_state_unsaved",
+            "Area detector states too large for one changelog record, not saved (relearned after a restart)",
+            registry=registry,
+        )
         self.detector_state_bytes = Gauge(
             "gridwatch_detector_state_bytes",
             "Bytes of per-meter detector state (numpy arrays) in this worker",
