@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import bisect
 import csv
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -223,9 +223,7 @@ class Topology:
         archive = self.archive
         assert archive is not None
         area, flags, cls, multiplier, start, _ = v
-        at = self._at.get(start)
-        if at is None:
-            at = self._at[start] = datetime.fromtimestamp(start, UTC)
+        at = self.at(start)
         return MeterRecord(
             meter_id,
             archive.area_ids[area],
@@ -235,6 +233,13 @@ class Topology:
             bool(flags & ACTIVE),
             at,
         )
+
+    def at(self, start: float) -> datetime:
+        """The instant of POSIX seconds ``start`` (shared: records of one start share it)."""
+        at = self._at.get(start)
+        if at is None:
+            at = self._at[start] = datetime.fromtimestamp(start, UTC)
+        return at
 
     def meter_at(self, meter_id: str, at: datetime) -> MeterRecord | None:
         """The archive record in force for ``meter_id`` at ``at``, or None if unknown then."""
@@ -406,18 +411,24 @@ def build_archive(
     """Columns of many records at once, in the order given (a later record of a meter and
     effective time replaces an earlier one, as with :meth:`Topology.apply`); ``keep_area``
     selects the areas held (see :class:`archive.ArchiveBuilder`)."""
-    recs = list(records)
     builder = ArchiveBuilder(keep_area)
-    builder.add(
-        [r.meter_id for r in recs],
-        [r.area_id for r in recs],
-        [r.role is Role.SUPPLY for r in recs],
-        [r.multiplier for r in recs],
-        [r.customer_class for r in recs],
-        [r.active for r in recs],
-        [r.effective_from.timestamp() for r in recs],
-    )
+    builder.add(*record_columns(list(records)))
     return builder.build()
+
+
+def record_columns(
+    records: Sequence[MeterRecord],
+) -> tuple[list[str], list[str], list[bool], list[float], list[str], list[bool], list[float]]:
+    """The fields of ``records`` as the columns :meth:`archive.ArchiveBuilder.add` takes."""
+    return (
+        [r.meter_id for r in records],
+        [r.area_id for r in records],
+        [r.role is Role.SUPPLY for r in records],
+        [r.multiplier for r in records],
+        [r.customer_class for r in records],
+        [r.active for r in records],
+        [r.effective_from.timestamp() for r in records],
+    )
 
 
 def parse_time(value: str) -> datetime:
