@@ -138,7 +138,7 @@ class MeterArchive:
 
     def indices(self, meter_ids: Sequence[str]) -> _Array:
         """Dense indices of many ids at once (-1: unknown); the columnar path's lookup."""
-        h = np.fromiter((hash(m) & _MASK64 for m in meter_ids), dtype=np.uint64, count=len(meter_ids))
+        h = np.array(list(map(hash, meter_ids)), dtype=np.int64).view(np.uint64)
         j = np.searchsorted(self.hashes, h)
         out = np.full(len(meter_ids), -1, dtype=np.int64)
         found = j < self.size
@@ -163,6 +163,18 @@ class MeterArchive:
             yield blob[id_off[i] : id_off[i + 1]].decode()
 
     # ---- versions --------------------------------------------------------------------------
+
+    def placement(self, i: int, ts: float) -> tuple[int, int, float] | None:
+        """(area code, flags, until) of meter ``i`` at ``ts``: :meth:`span` without the
+        rest of the version (the engine's lookup per reading)."""
+        mv = self._mv
+        flags = mv["flags"][i]
+        if not flags & HISTORY:
+            if self._starts_mv[mv["start"][i]] > ts:
+                return None
+            return mv["area"][i], flags, _INF
+        version, until = self.span(i, ts)
+        return (version[0], version[1], until) if version is not None else None
 
     def version_at(self, i: int, ts: float) -> Version | None:
         """The version of meter ``i`` in force at ``ts``; None before its first."""
@@ -290,20 +302,20 @@ class ArchiveBuilder:
         for a in set(area_ids) - area_code.keys():
             area_code[a] = len(kept)
             kept.append(self.keep_area is None or self.keep_area(a))
-        areas = np.fromiter((area_code[a] for a in area_ids), dtype=np.int32, count=n)
+        areas = np.array(list(map(area_code.__getitem__, area_ids)), dtype=np.int32)
         class_code = self._class_code
         for c in set(classes) - class_code.keys():
             class_code[c] = len(class_code)
-        cls = np.fromiter((class_code[c] for c in classes), dtype=np.int32, count=n)
-        flags = (np.fromiter(supply, dtype=bool, count=n).astype(np.uint8) * SUPPLY
-                 | np.fromiter(active, dtype=bool, count=n).astype(np.uint8) * ACTIVE)
+        cls = np.array(list(map(class_code.__getitem__, classes)), dtype=np.int32)
+        flags = (np.array(supply, dtype=bool).astype(np.uint8) * SUPPLY
+                 | np.array(active, dtype=bool).astype(np.uint8) * ACTIVE)
         cols: dict[str, _Array] = {
-            "hash": np.fromiter((hash(m) & _MASK64 for m in meter_ids), dtype=np.uint64, count=n),
+            "hash": np.array(list(map(hash, meter_ids)), dtype=np.int64).view(np.uint64),
             "area": areas,
             "flags": flags,
             "cls": cls,
-            "mult": np.fromiter(multipliers, dtype=np.float64, count=n),
-            "start": np.fromiter(starts, dtype=np.float64, count=n),
+            "mult": np.array(multipliers, dtype=np.float64),
+            "start": np.array(starts, dtype=np.float64),
             "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
         }
         self._seq += n
@@ -318,10 +330,16 @@ class ArchiveBuilder:
             self._foreign.append({k: v[foreign] for k, v in cols.items()})
 
     def _add_held(self, cols: dict[str, _Array], meter_ids: Sequence[str]) -> None:
-        encoded = [m.encode() for m in meter_ids]
-        cols["id_len"] = np.fromiter(map(len, encoded), dtype=np.int32, count=len(encoded))
+        joined = "".join(meter_ids)
+        if joined.isascii():  # nearly always: one encode for the chunk, lengths in characters
+            blob = joined.encode("ascii")
+            lengths = list(map(len, meter_ids))
+        else:
+            encoded = [m.encode() for m in meter_ids]
+            blob, lengths = b"".join(encoded), list(map(len, encoded))
+        cols["id_len"] = np.array(lengths, dtype=np.int32)
         self._held.append(cols)
-        self._blobs.append(b"".join(encoded))
+        self._blobs.append(blob)
 
     def build(self) -> MeterArchive:
         held = _concat(self._held)
@@ -333,7 +351,9 @@ class ArchiveBuilder:
         if self._foreign:
             foreign = _concat(self._foreign)
             self._foreign = []
-            take = np.isin(foreign["hash"], held["hash"])
+            known = _unique(held["hash"])
+            at = np.minimum(np.searchsorted(known, foreign["hash"]), max(len(known) - 1, 0))
+            take = known[at] == foreign["hash"] if len(known) else np.zeros(len(at), dtype=bool)
             foreign = {k: v[take] for k, v in foreign.items()}
             foreign["id_len"] = np.full(len(foreign["hash"]), -1, dtype=np.int32)
             foreign["id_at"] = np.full(len(foreign["hash"]), -1, dtype=np.int64)
@@ -373,8 +393,10 @@ class ArchiveBuilder:
         meter_rows = np.flatnonzero(np.diff(meter_of_row, prepend=-1) != 0)
         counts = np.diff(np.append(meter_rows, n))
 
-        mult_table, mult_codes = np.unique(rows["mult"], return_inverse=True)
-        start_table, start_codes = np.unique(rows["start"], return_inverse=True)
+        mult_table = _unique(rows["mult"])
+        mult_codes = np.searchsorted(mult_table, rows["mult"])
+        start_table = _unique(rows["start"])
+        start_codes = np.searchsorted(start_table, rows["start"])
         classes = list(self._class_code)
         area_ids = list(self._area_code)
         flags = rows["flags"][meter_rows].copy()
@@ -389,7 +411,7 @@ class ArchiveBuilder:
         start_dtype = _code_dtype(len(start_table))
 
         # Membership: every (area, meter) pair of any version, grouped by area.
-        pairs = np.unique(rows["area"].astype(np.int64) << 32 | meter_of_row.astype(np.int64))
+        pairs = _unique(rows["area"].astype(np.int64) << 32 | meter_of_row.astype(np.int64))
         member_area = (pairs >> 32).astype(np.int32)
         member_meter = (pairs & 0xFFFFFFFF).astype(np.int32)
         member_off = np.searchsorted(member_area, np.arange(len(area_ids) + 1)).astype(np.int64)
@@ -425,6 +447,14 @@ class ArchiveBuilder:
         )
 
 
+def _unique(x: _Array) -> _Array:
+    """Sorted distinct values (numpy 2.4's np.unique hashes integers, 60x slower than this)."""
+    s = np.sort(x)
+    if len(s) < 2:
+        return s
+    return s[np.concatenate(([True], s[1:] != s[:-1]))]
+
+
 def _concat(chunks: list[dict[str, _Array]]) -> dict[str, _Array]:
     if not chunks:
         return {
@@ -446,7 +476,7 @@ def _check_ids(
     """Two different ids with one hash would be merged into one meter: refuse to build rather
     than mix two meters' histories (keyed SipHash: not expected in practice)."""
     meters = meter_of_row[has_id]
-    if len(meters) == len(np.unique(meters)):
+    if len(meters) == len(_unique(meters)):
         return  # one held row per meter: nothing to compare
     at, length = rows["id_at"][has_id], rows["id_len"][has_id]
     raw = blob.tobytes()

@@ -139,6 +139,7 @@ _INF = float("inf")
 # Materialised member sets kept per (area, role): a worker evaluates its areas over and over,
 # but a province's worth of MeterRecord objects is what the columns exist to avoid.
 _MEMBERS_KEPT = 8192
+_ROLE_OF_FLAGS = {0: Role.CUSTOMER, SUPPLY: Role.SUPPLY}
 
 
 @dataclass
@@ -271,9 +272,10 @@ class Topology:
         """Area and role of ``meter_id`` at ``ts`` and when its next record takes effect, or
         None if unknown then: :meth:`meter_span_ts` without building a record (the engine's
         lookup per reading)."""
-        only = self._only.get(meter_id)
-        if only is not None and only[0] <= ts:
-            return only[1].area_id, only[1].role, _INF
+        if self._starts:
+            only = self._only.get(meter_id)
+            if only is not None and only[0] <= ts:
+                return only[1].area_id, only[1].role, _INF
         if meter_id in self._starts:
             rec, until = self.meter_span_ts(meter_id, ts)
             return (rec.area_id, rec.role, until) if rec is not None else None
@@ -281,12 +283,11 @@ class Topology:
         if archive is None:
             return None
         i = archive.index(meter_id)
-        if i < 0:
+        placed = archive.placement(i, ts) if i >= 0 else None
+        if placed is None:
             return None
-        version, until = archive.span(i, ts)
-        if version is None:
-            return None
-        return archive.area_ids[version[0]], Role.SUPPLY if version[1] & SUPPLY else Role.CUSTOMER, until
+        area, flags, until = placed
+        return archive.area_ids[area], _ROLE_OF_FLAGS[flags & SUPPLY], until
 
     def area_at_ts(self, meter_id: str, ts: float) -> str | None:
         """The area ``meter_id`` is mapped to at ``ts``, or None if unknown then."""

@@ -10,11 +10,13 @@ archive per worker"). On a rebalance that brings new partitions the archive is b
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -33,7 +35,7 @@ log = logging.getLogger("gridwatch")
 
 DeadLetter = Callable[[str, str, str, int, int, "bytes | None", "bytes | None"], Awaitable[None]]
 
-_CHUNK = 50_000  # records decoded and added to the archive per step of a load
+_CHUNK = 10_000  # records decoded and added per step of a load (its objects are transient)
 
 
 def area_partition(area_id: str, partitions: int) -> int:
@@ -46,7 +48,7 @@ def area_partition(area_id: str, partitions: int) -> int:
     return (murmur2(area_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-class _Row(msgspec.Struct, forbid_unknown_fields=True):
+class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A topology record without the contract's per-field checks, which are done per chunk
     (the pattern checks per field were two thirds of the decoding time)."""
 
@@ -61,6 +63,9 @@ class _Row(msgspec.Struct, forbid_unknown_fields=True):
 
 
 _row_decoder = msgspec.json.Decoder(_Row)
+_METER_ID, _AREA_ID, _ROLE, _MULTIPLIER, _CLASS, _ACTIVE, _EFFECTIVE_FROM, _V = (
+    attrgetter(f) for f in _Row.__struct_fields__
+)
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
 
 
@@ -91,39 +96,36 @@ class ChunkDecoder:
     def decode(self, values: Sequence[bytes | None]) -> tuple[Columns, list[tuple[int, InvalidRecord]]]:
         """Columns of the valid records; tombstones (None) are skipped, the rest refused with
         their position in ``values``."""
-        rows: list[_Row] = []
-        index: list[int] = []
-        suspect: list[int] = []
         decode = _row_decoder.decode
-        for i, value in enumerate(values):
-            if value is None:
-                continue
-            try:
-                rows.append(decode(value))
-                index.append(i)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                suspect.append(i)
+        suspect: list[int] = []
+        try:
+            rows = [decode(value) for value in values]  # type: ignore[arg-type]
+            index = list(range(len(values)))
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            rows, index = [], []
+            for i, value in enumerate(values):
+                if value is None:
+                    continue  # a tombstone: the archive keeps history, nothing to undo
+                try:
+                    rows.append(decode(value))
+                    index.append(i)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    suspect.append(i)
+        efs = list(map(_EFFECTIVE_FROM, rows))
+        start_of = self._start_of
+        for ef in set(efs) - start_of.keys():
+            start_of[ef] = _start(ef)
         cols = Columns(
             index,
-            [r.meter_id for r in rows],
-            [r.area_id for r in rows],
-            [r.role == "supply" for r in rows],
-            [r.multiplier for r in rows],
-            [r.customer_class for r in rows],
-            [r.active for r in rows],
-            [],
+            list(map(_METER_ID, rows)),
+            list(map(_AREA_ID, rows)),
+            [role == "supply" for role in map(_ROLE, rows)],
+            list(map(_MULTIPLIER, rows)),
+            list(map(_CLASS, rows)),
+            list(map(_ACTIVE, rows)),
+            list(map(start_of.__getitem__, efs)),
         )
         bad = self._bad_rows(rows, cols)
-        starts = []
-        start_of = self._start_of
-        for k, r in enumerate(rows):
-            ef = r.effective_from
-            start = start_of[ef] if ef in start_of else self._start(ef)
-            if start is None:
-                bad.add(k)
-                start = 0.0
-            starts.append(start)
-        cols.starts = starts
         if bad:
             suspect.extend(index[k] for k in bad)
             keep = [k for k in range(len(rows)) if k not in bad]
@@ -157,30 +159,43 @@ class ChunkDecoder:
             )
             if not ok:
                 bad.update(k for k, m in enumerate(ids) if not _good_id(m))
-        for a in set(cols.area_ids) - self._good_area.keys():
-            self._good_area[a] = _good_id(a)
-        for c in set(cols.classes) - self._good_class.keys():
-            self._good_class[c] = len(c) <= 32
+        areas, classes = set(cols.area_ids), set(cols.classes)
         good_area, good_class = self._good_area, self._good_class
+        for a in areas - good_area.keys():
+            good_area[a] = _good_id(a)
+        for c in classes - good_class.keys():
+            good_class[c] = len(c) <= 32
         mult = np.asarray(cols.multipliers, dtype=np.float64)
-        out_of_range = ~((mult > 0) & (mult < 1e6))
-        bad.update(np.flatnonzero(out_of_range).tolist())
-        for k, r in enumerate(rows):
-            if not (good_area[r.area_id] and good_class[r.customer_class]) or r.v != 1 or (
-                r.role != "customer" and r.role != "supply"
-            ):
-                bad.add(k)
+        bad.update(np.flatnonzero(~((mult > 0) & (mult < 1e6))).tolist())
+        wrong_area = {a for a in areas if not good_area[a]}
+        wrong_class = {c for c in classes if not good_class[c]}
+        wrong_role = set(map(_ROLE, rows)) - {"customer", "supply"}
+        wrong_v = set(map(_V, rows)) - {1}
+        if wrong_area or wrong_class or wrong_role or wrong_v or None in self._start_of.values():
+            start_of = self._start_of
+            for k, r in enumerate(rows):
+                if (r.area_id in wrong_area or r.customer_class in wrong_class or r.role in wrong_role
+                        or r.v in wrong_v or start_of[r.effective_from] is None):
+                    bad.add(k)
         return bad
 
-    def _start(self, value: str) -> float | None:
-        """POSIX seconds of an effective_from, or None when the contract refuses it."""
-        try:
-            at = msgspec.convert(value, contracts.Instant)  # type: ignore[arg-type]
-        except msgspec.ValidationError:
-            at = None
-        start = at.timestamp() if isinstance(at, datetime) else None
-        self._start_of[value] = start
-        return start
+
+def _start(value: str) -> float | None:
+    """POSIX seconds of an effective_from, or None when the contract refuses it."""
+    try:
+        at = msgspec.convert(value, contracts.Instant)  # type: ignore[arg-type]
+    except msgspec.ValidationError:
+        return None
+    return at.timestamp() if isinstance(at, datetime) else None
+
+
+def release_free_memory() -> None:
+    """Give the heap freed by a load back to the OS: glibc keeps it (its mmap threshold rises
+    after large frees), and a load's transient columns are several times the archive."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to do
 
 
 def _good_id(value: str) -> bool:
@@ -312,7 +327,7 @@ class TopologyFeed:
             batch = await consumer.getmany(timeout_ms=500, max_records=_CHUNK)
             for records in batch.values():
                 pending.extend(records)
-            done = all(await consumer.position(tp) >= end[tp] for tp in tps)
+            done = all([await consumer.position(tp) >= end[tp] for tp in tps])
             if len(pending) >= _CHUNK or (done and pending):
                 await self._add(builder, decoder, pending)
                 pending = []
@@ -332,6 +347,7 @@ class TopologyFeed:
             "topology loaded for %d of %d partitions: %d meters (%.1f MB) from %d records in %.1f s",
             len(held), self.partitions, archive.size, archive.nbytes / 1e6, builder.records, took["seconds"],
         )
+        release_free_memory()
         if not self.loaded.is_set():
             # The archive and the app's long-lived objects leave the collector's generations:
             # a full collection walks every tracked object, and these live as long as the
