@@ -64,11 +64,13 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
     # Two meters of one area move to an area of another partition halfway through: their
     # readings keep coming under the old area and are forwarded across partitions.
     old_area = city.area_ids[0]
-    new_area = next(a for a in city.area_ids if area_partition(a, s.partitions) != area_partition(old_area, s.partitions))
+    old_partition = area_partition(old_area, s.partitions)
+    new_area = next(a for a in city.area_ids if area_partition(a, s.partitions) != old_partition)
     moved_at = datetime.fromtimestamp(city.times[len(city.times) // 2], UTC)
     moved = city.customers[old_area][:2]
     for meter_id in moved:
-        city.topology.apply(MeterRecord(meter_id, new_area, Role.CUSTOMER, 1.0, "residential", True, moved_at))
+        record = MeterRecord(meter_id, new_area, Role.CUSTOMER, 1.0, "residential", True, moved_at)
+        city.topology.apply(record)
     total_meters = city.topology.meter_count()
 
     msgs = [(m.kind, m.key.encode(), orjson.dumps(m.value)) for m in messages(city)]
