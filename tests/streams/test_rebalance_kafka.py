@@ -1,5 +1,5 @@
 """Partitions move between two workers: each holds the archive of its own partitions' areas only
-(fewer meters than the city), builds it again when a rebalance brings partitions, and forwards a
+(fewer meters than the city), builds it again when a rebalance moves partitions, and forwards a
 moved meter's readings to the worker of its new area; the final area-window results equal a
 batch recomputation of the same data (streams.offline)."""
 
@@ -107,12 +107,13 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
 
         def split() -> bool:
             na, nb = a.metric("gridwatch_topology_meters"), b.metric("gridwatch_topology_meters")
-            if na is None or nb is None or not (0 < nb < total_meters):
+            if na is None or nb is None or not (0 < na < total_meters and 0 < nb < total_meters):
                 return False
             shared.update(a=na, b=nb)
             return True
 
-        _wait("B to hold a share of the archive", split, [a, b])
+        _wait("A and B to hold a share of the archive each", split, [a, b])
+        assert shared["a"] + shared["b"] >= total_meters  # every meter somewhere (moved: twice)
         produce(s.bootstrap, [(topic[k], key, value) for k, key, value in phases[1]])
         _wait("B to work", lambda: (b.metric_sum("gridwatch_messages_total") or 0) > 0, [a, b])
 
