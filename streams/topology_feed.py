@@ -3,7 +3,7 @@ columns of a :class:`archive.MeterArchive` for the partitions the worker holds, 
 
 Readings are keyed by area, so a worker needs the meters of its partitions' areas only; it
 holds every version of each meter mapped to one of them at any time, so a moved meter's
-readings that arrive under its other area are forwarded as before (docs/design.md, "The
+readings that arrive under its other area are forwarded as before (docs/scaling.md, "The
 archive per worker"). A rebalance that changes the worker's partitions builds it again.
 """
 
