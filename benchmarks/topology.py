@@ -128,23 +128,10 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     lookup_us = (time.process_time() - c) / max(1, len(sample)) * 1e6
     held_meters = archive.size
     return {
-        "representation": "compact",
-        "meters": meters,
-        "records": records,
-        "partitions_held": held,
-        "partitions": PARTITIONS,
-        "meters_held": held_meters,
+        **_figures("compact", meters, records, held, held_meters, wall, cpu, rss1 - rss0),
         "refused": refused,
-        "load_wall_s": round(wall, 3),
-        "load_cpu_s": round(cpu, 3),
-        "records_per_s_cpu": round(records / cpu),
-        "records_per_s_wall": round(records / wall),
-        "rss_delta_mb": round((rss1 - rss0) / 1024, 1),
-        "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
         "archive_nbytes_mb": round(archive.nbytes / 2**20, 1),
-        "bytes_per_meter_held_rss": round((rss1 - rss0) * 1024 / max(1, held_meters), 1),
         "bytes_per_meter_held_arrays": round(archive.nbytes / max(1, held_meters), 1),
-        "bytes_per_archive_meter_rss": round((rss1 - rss0) * 1024 / meters, 1),
         "lookup_us_cpu": round(lookup_us, 2),
         "decode_only_records_per_s_cpu": _decode_floor(meters),
         "lookups_found": found,
@@ -189,21 +176,27 @@ def measure_old(meters: int) -> dict[str, Any]:
         del values
     gc.collect()
     rss1 = _status_kb("VmRSS")
+    return _figures("old", meters, records, PARTITIONS, topo.meter_count(), wall, cpu, rss1 - rss0)
+
+
+def _figures(
+    kind: str, meters: int, records: int, held: int, held_meters: int, wall: float, cpu: float, rss_kb: int
+) -> dict[str, Any]:
     return {
-        "representation": "old",
+        "representation": kind,
         "meters": meters,
         "records": records,
-        "partitions_held": PARTITIONS,
+        "partitions_held": held,
         "partitions": PARTITIONS,
-        "meters_held": topo.meter_count(),
+        "meters_held": held_meters,
         "load_wall_s": round(wall, 3),
         "load_cpu_s": round(cpu, 3),
         "records_per_s_cpu": round(records / cpu),
         "records_per_s_wall": round(records / wall),
-        "rss_delta_mb": round((rss1 - rss0) / 1024, 1),
+        "rss_delta_mb": round(rss_kb / 1024, 1),
         "peak_rss_mb": round(_status_kb("VmHWM") / 1024, 1),
-        "bytes_per_meter_held_rss": round((rss1 - rss0) * 1024 / topo.meter_count(), 1),
-        "bytes_per_archive_meter_rss": round((rss1 - rss0) * 1024 / meters, 1),
+        "bytes_per_meter_held_rss": round(rss_kb * 1024 / max(1, held_meters), 1),
+        "bytes_per_archive_meter_rss": round(rss_kb * 1024 / meters, 1),
     }
 
 

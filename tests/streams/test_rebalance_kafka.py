@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from test_crash_kafka import FIELDS, _final_results
 from worker_env import areas_csv, settings_for, worker_env
 
 from models.detection import Detection
@@ -27,16 +28,6 @@ INTERVAL = 900
 # partition may be hours ahead in event time. A lateness of two days keeps every forward in
 # time here, in the workers and in the recomputation alike.
 LATENESS = 2 * 86400
-FIELDS = ("state", "loss_rate", "supply_kwh", "sales_kwh", "customers_reported", "supplies_reported")
-
-
-def _final(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
-    final = {}
-    for rec in read_topic(bootstrap, topic, idle_s=1.0):
-        v = orjson.loads(rec.value or b"{}")
-        start = int(datetime.fromisoformat(str(v["window_start"]).replace("Z", "+00:00")).timestamp())
-        final[f"{v['area_id']}|{start}"] = v
-    return final
 
 
 def _wait(what: str, cond: Any, workers: list[WorkerProcess], timeout: float = 180.0) -> None:
@@ -123,12 +114,12 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
         _wait("B to hold every meter", lambda: b.metric("gridwatch_topology_meters") == total_meters, [b])
 
         def matches() -> bool:
-            final = _final(s.bootstrap, s.topic_lineloss)
+            final = _final_results(s.bootstrap, s.topic_lineloss)
             return all(k in final and all(final[k][f] == w[f] for f in FIELDS) for k, w in want.items())
 
         _wait("results equal to the batch recomputation", matches, [b], timeout=300)
         time.sleep(3.0)  # anything extra would follow closely
-        final = _final(s.bootstrap, s.topic_lineloss)
+        final = _final_results(s.bootstrap, s.topic_lineloss)
         assert set(final) == set(want)
         for k, w in want.items():
             assert {f: final[k][f] for f in FIELDS} == {f: w[f] for f in FIELDS}, k
