@@ -398,7 +398,11 @@ class ArchiveBuilder:
         start_table = _unique(rows["start"])
         start_codes = np.searchsorted(start_table, rows["start"])
         classes = list(self._class_code)
-        area_ids = list(self._area_code)
+        # Only the areas of the meters held: a worker's share of a province, not all of it.
+        every_area = list(self._area_code)
+        used = _unique(rows["area"])
+        area_ids = [every_area[a] for a in used.tolist()]
+        rows["area"] = np.searchsorted(used, rows["area"]).astype(np.int32)
         flags = rows["flags"][meter_rows].copy()
         multi = counts > 1
         flags[multi] |= HISTORY

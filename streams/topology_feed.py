@@ -237,7 +237,6 @@ class TopologyFeed:
         self._changed = asyncio.Event()
         self._installed = asyncio.Event()
         self._reported: dict[Any, int] = {}  # topic partition -> offsets dead-lettered below
-        self._area_held: dict[str, bool] = {}
         self.loads: list[dict[str, float]] = []  # records, seconds, meters of every load
 
     # ---- assignment ------------------------------------------------------------------------
@@ -326,7 +325,6 @@ class TopologyFeed:
         archive = builder.build()
         self.topology.install(archive)
         self.held = held
-        self._area_held = {}
         self.on_install(archive)
         self.on_count(self.topology.meter_count())
         took = {"records": builder.records, "seconds": time.monotonic() - started,
@@ -393,10 +391,8 @@ class TopologyFeed:
             self.on_count(self.topology.meter_count())
 
     def _holds_area(self, area_id: str, held: frozenset[int]) -> bool:
-        known = self._area_held.get(area_id)
-        if known is None:
-            known = self._area_held[area_id] = area_partition(area_id, self.partitions) in held
-        return known
+        # Not cached: live records are few, and a cache would grow to every area of the province.
+        return area_partition(area_id, self.partitions) in held
 
 
 def customer_ids(archive: MeterArchive) -> list[str]:
