@@ -43,7 +43,7 @@ def area_partition(area_id: str, partitions: int) -> int:
     key), which the readings' producers and the worker's forwards use.
 
     >>> area_partition("A0001", 8), area_partition("A0001", 1)
-    (2, 0)
+    (6, 0)
     """
     return (murmur2(area_id.encode()) & 0x7FFFFFFF) % partitions
 
