@@ -41,7 +41,7 @@ from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topology_feed import TopologyFeed, customer_ids
-from topology import Role, Topology
+from topology import MeterRecord, Role, Topology
 
 log = logging.getLogger("gridwatch")
 
@@ -88,13 +88,14 @@ class GridwatchWorker:
             for role in Role
         }
         # The archive of this worker's partitions, read in bulk from the topology topic and
-        # rebuilt when a rebalance brings partitions (streams/topology_feed.py).
+        # rebuilt when a rebalance changes them (streams/topology_feed.py).
         self.topology_feed = TopologyFeed(
             settings,
             self.topology,
             dead_letter=self._dead_letter,
             on_install=self._remember_customers,
             on_count=self.metrics.topology_records.set,
+            on_apply=self._remember_customer,
             base=list(self.topology.records()),  # GRIDWATCH_TOPOLOGY_CSV, read before the topic
         )
         self.topology_ready = self.topology_feed.loaded
@@ -278,6 +279,10 @@ class GridwatchWorker:
     def _remember_customers(self, archive: MeterArchive) -> None:
         if self.mask.enabled:
             self.mask.remember(*customer_ids(archive))
+
+    def _remember_customer(self, record: MeterRecord) -> None:
+        if record.role is Role.CUSTOMER:
+            self.mask.remember(record.meter_id)
 
     # ---- readings --------------------------------------------------------------------------
 

@@ -222,6 +222,7 @@ class TopologyFeed:
         dead_letter: DeadLetter,
         on_install: Callable[[MeterArchive], None] = lambda archive: None,
         on_count: Callable[[int], None] = lambda n: None,
+        on_apply: Callable[[MeterRecord], None] = lambda record: None,
         base: Sequence[MeterRecord] = (),
     ) -> None:
         self.settings = settings
@@ -229,6 +230,7 @@ class TopologyFeed:
         self.dead_letter = dead_letter
         self.on_install = on_install
         self.on_count = on_count
+        self.on_apply = on_apply
         self.base = list(base)  # records read before the topic (a meters CSV), in that order
         self.partitions = settings.partitions  # of the readings topic, read from the broker
         self.wanted: frozenset[int] | None = None
@@ -377,17 +379,17 @@ class TopologyFeed:
                 meter_id, area_id = cols.meter_ids[k], cols.area_ids[k]
                 if not (everything or self._holds_area(area_id, held) or self.topology.knows(meter_id)):
                     continue  # another worker's meter
-                self.topology.apply(
-                    MeterRecord(
-                        meter_id,
-                        area_id,
-                        Role.SUPPLY if cols.supply[k] else Role.CUSTOMER,
-                        cols.multipliers[k],
-                        cols.classes[k],
-                        cols.active[k],
-                        self.topology.at(cols.starts[k]),
-                    )
+                record = MeterRecord(
+                    meter_id,
+                    area_id,
+                    Role.SUPPLY if cols.supply[k] else Role.CUSTOMER,
+                    cols.multipliers[k],
+                    cols.classes[k],
+                    cols.active[k],
+                    self.topology.at(cols.starts[k]),
                 )
+                self.topology.apply(record)
+                self.on_apply(record)
             self.on_count(self.topology.meter_count())
 
     def _holds_area(self, area_id: str, held: frozenset[int]) -> bool:
