@@ -180,9 +180,8 @@ class Topology:
         self._only.clear()
         self._members.clear()
         self.version += 1
-        for area_id in archive.area_ids:
-            if area_id not in self.areas:
-                self.areas[area_id] = Area(area_id)
+        # No Area per archive area: an area without one is judged with the default class's
+        # bounds either way, and a province's worth of them would be a per-worker constant.
 
     def apply(self, record: MeterRecord) -> None:
         """Add or replace (same meter and effective_from) one archive record."""
