@@ -97,6 +97,10 @@ class MeterArchive:
             self._mv[name] = memoryview(np.ascontiguousarray(getattr(self, name)))  # type: ignore[arg-type]
         self._starts_mv = self._mv["starts"]
         self._mult_mv = self._mv["multipliers"]
+        mv = self._mv
+        # Everything locate() reads, fetched with one attribute load per call.
+        self._locate = (mv["bucket_off"], mv["hashes"], mv["id_off"], self.id_blob, mv["flags"],
+                        mv["start"], mv["starts"], mv["area"], self.area_ids, self.bucket_shift)
 
     @property
     def size(self) -> int:
@@ -163,6 +167,27 @@ class MeterArchive:
             yield blob[id_off[i] : id_off[i + 1]].decode()
 
     # ---- versions --------------------------------------------------------------------------
+
+    def locate(self, meter_id: str, ts: float) -> tuple[str, int, float] | None:
+        """(area id, flags, until) of ``meter_id`` at ``ts``, or None if not held or not in
+        force yet: :meth:`index` and :meth:`placement` in one call (the engine's per reading)."""
+        boff, hashes, id_off, blob, flags_mv, start_mv, starts, area_mv, area_ids, shift = self._locate
+        h = hash(meter_id) & _MASK64
+        b = h >> shift
+        hi = boff[b + 1]
+        j = bisect.bisect_left(hashes, h, boff[b], hi)
+        encoded = meter_id.encode()
+        while j < hi and hashes[j] == h:
+            if blob[id_off[j] : id_off[j + 1]] == encoded:
+                flags = flags_mv[j]
+                if flags & HISTORY:
+                    placed = self.placement(j, ts)
+                    return (area_ids[placed[0]], placed[1], placed[2]) if placed is not None else None
+                if starts[start_mv[j]] > ts:
+                    return None
+                return area_ids[area_mv[j]], flags, _INF
+            j += 1
+        return None
 
     def placement(self, i: int, ts: float) -> tuple[int, int, float] | None:
         """(area code, flags, until) of meter ``i`` at ``ts``: :meth:`span` without the

@@ -279,14 +279,11 @@ class Topology:
             rec, until = self.meter_span_ts(meter_id, ts)
             return (rec.area_id, rec.role, until) if rec is not None else None
         archive = self.archive
-        if archive is None:
-            return None
-        i = archive.index(meter_id)
-        placed = archive.placement(i, ts) if i >= 0 else None
+        placed = archive.locate(meter_id, ts) if archive is not None else None
         if placed is None:
             return None
-        area, flags, until = placed
-        return archive.area_ids[area], _ROLE_OF_FLAGS[flags & SUPPLY], until
+        area_id, flags, until = placed
+        return area_id, _ROLE_OF_FLAGS[flags & SUPPLY], until
 
     def area_at_ts(self, meter_id: str, ts: float) -> str | None:
         """The area ``meter_id`` is mapped to at ``ts``, or None if unknown then."""
