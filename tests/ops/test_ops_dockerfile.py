@@ -134,3 +134,15 @@ def test_the_image_reads_areas_where_compose_mounts_the_utilitys_own(compose: di
     worker = compose["services"]["worker"]
     assert worker["environment"]["GRIDWATCH_AREAS_CSV"] == "/etc/gridwatch/areas.csv"
     assert any(v.split(":")[1] == "/etc/gridwatch" for v in worker["volumes"])
+
+
+def test_everything_pyproject_installs_is_copied_before_the_install() -> None:
+    """A module left out of the image's COPY lines breaks `pip install .` only in Docker."""
+    import tomllib
+
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    wanted = {f"{m}.py" for m in setup["py-modules"]} | set(setup["packages"]) | {"pyproject.toml"}
+    steps = instructions()
+    package = next(i for i, s in enumerate(steps) if s.startswith("RUN pip install") and s.endswith(" ."))
+    copied = {src.rstrip("/") for s in steps[:package] if s.startswith("COPY") for src in s.split()[1:-1]}
+    assert wanted <= copied, f"not copied before `pip install .`: {sorted(wanted - copied)}"
