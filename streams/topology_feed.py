@@ -248,6 +248,11 @@ class TopologyFeed:
         Partitions held already are served by the current archive meanwhile; new ones wait."""
         wanted = frozenset(partitions)
         self.wanted = wanted
+        if not self.settings.archive_shard:
+            # One archive of every meter serves any assignment: built once, never again.
+            if self.held is None:
+                self._changed.set()
+            return
         if wanted != self.held:
             self._changed.set()
         if self.held is None or not wanted <= self.held:
@@ -295,7 +300,7 @@ class TopologyFeed:
             while True:
                 await self._changed.wait()
                 self._changed.clear()
-                wanted = self.wanted
+                wanted = self.wanted if s.archive_shard else frozenset(range(self.partitions))
                 assert wanted is not None
                 await self._load(consumer, wanted)
                 await self._follow(consumer)

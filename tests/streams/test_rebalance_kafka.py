@@ -50,6 +50,7 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
         areas_csv=areas_csv(city, tmp_path),
         allowed_lateness_s=str(LATENESS),
         detect="false",
+        archive_shard="true",  # each worker holds its own partitions' meters only
     )
     s = settings_for(env)
     # Two meters of one area move to an area of another partition halfway through: their
