@@ -18,11 +18,13 @@ from the effective time on, while late readings from before still count in the o
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
+
+from archive import ACTIVE, SHADOWED, SUPPLY, ArchiveBuilder, MeterArchive, Version
 
 HOUR = timedelta(hours=1)
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -133,14 +135,24 @@ class Area:
 
 
 _INF = float("inf")
+# Materialised member sets kept per (area, role): a worker evaluates its areas over and over,
+# but a province's worth of MeterRecord objects is what the columns exist to avoid.
+_MEMBERS_KEPT = 8192
+_ROLE_OF_FLAGS = {0: Role.CUSTOMER, SUPPLY: Role.SUPPLY}
 
 
 @dataclass
 class Topology:
-    """Meter-to-area mapping over time, and the bounds each area is judged against."""
+    """Meter-to-area mapping over time, and the bounds each area is judged against.
+
+    Bulk-loaded meters live in a compact :class:`archive.MeterArchive` (:meth:`install`);
+    records applied one by one afterwards (the live topology feed, tests, the simulator) live
+    beside it as Python objects, and a meter touched by one moves there with its history.
+    """
 
     class_bounds: dict[str, Bounds] = field(default_factory=lambda: dict(DEFAULT_CLASS_BOUNDS))
     areas: dict[str, Area] = field(default_factory=dict)
+    archive: MeterArchive | None = None
     # meter_id -> records sorted by effective_from (parallel list of epoch seconds for bisect)
     _history: dict[str, list[MeterRecord]] = field(default_factory=dict)
     _starts: dict[str, list[float]] = field(default_factory=dict)
@@ -155,13 +167,30 @@ class Topology:
     version: int = 0  # bumped by every apply(): results judged before may be stale
     # meter_id -> (effective from, record) for meters with one archive record: most of them
     _only: dict[str, tuple[float, MeterRecord]] = field(default_factory=dict)
+    _at: dict[float, datetime] = field(default_factory=dict)  # effective_from by POSIX seconds
+
+    def install(self, archive: MeterArchive) -> None:
+        """Replace every meter with the bulk-built ``archive`` (records applied one by one
+        before are dropped: the archive is built from the whole topic, which holds them)."""
+        self.archive = archive
+        self._history.clear()
+        self._starts.clear()
+        self._area_meters.clear()
+        self._only.clear()
+        self._members.clear()
+        self.version += 1
+        # No Area per archive area: an area without one is judged with the default class's
+        # bounds either way, and a province's worth of them would be a per-worker constant.
 
     def apply(self, record: MeterRecord) -> None:
         """Add or replace (same meter and effective_from) one archive record."""
         self._members.clear()
         self.version += 1
-        history = self._history.setdefault(record.meter_id, [])
-        starts = self._starts.setdefault(record.meter_id, [])
+        history = self._history.get(record.meter_id)
+        if history is None:
+            history = self._history[record.meter_id] = self._take_from_archive(record.meter_id)
+            self._starts[record.meter_id] = [r.effective_from.timestamp() for r in history]
+        starts = self._starts[record.meter_id]
         ts = record.effective_from.timestamp()
         i = bisect.bisect_left(starts, ts)
         if i < len(starts) and starts[i] == ts:
@@ -176,19 +205,48 @@ class Topology:
         else:
             self._only.pop(record.meter_id, None)
 
+    def _take_from_archive(self, meter_id: str) -> list[MeterRecord]:
+        """The versions of a bulk-loaded meter, moved out of the columns (which stop answering
+        for it) so that records applied later combine with them."""
+        archive = self.archive
+        i = archive.index(meter_id) if archive is not None else -1
+        if archive is None or i < 0:
+            return []
+        history = [self._record(meter_id, v) for v in archive.versions(i)]
+        archive.shadow(i)
+        for rec in history:
+            self._area_meters.setdefault(rec.area_id, set()).add(meter_id)
+        return history
+
+    def _record(self, meter_id: str, v: Version) -> MeterRecord:
+        archive = self.archive
+        assert archive is not None
+        area, flags, cls, multiplier, start, _ = v
+        at = self.at(start)
+        return MeterRecord(
+            meter_id,
+            archive.area_ids[area],
+            Role.SUPPLY if flags & SUPPLY else Role.CUSTOMER,
+            multiplier,
+            archive.classes[cls],
+            bool(flags & ACTIVE),
+            at,
+        )
+
+    def at(self, start: float) -> datetime:
+        """The instant of POSIX seconds ``start`` (shared: records of one start share it)."""
+        at = self._at.get(start)
+        if at is None:
+            at = self._at[start] = datetime.fromtimestamp(start, UTC)
+        return at
+
     def meter_at(self, meter_id: str, at: datetime) -> MeterRecord | None:
         """The archive record in force for ``meter_id`` at ``at``, or None if unknown then."""
         return self.meter_at_ts(meter_id, at.timestamp())
 
     def meter_at_ts(self, meter_id: str, ts: float) -> MeterRecord | None:
-        """:meth:`meter_at` for a POSIX timestamp (the engine's per-reading lookup)."""
-        starts = self._starts.get(meter_id)
-        if not starts:
-            return None
-        if len(starts) == 1:  # most meters: one record, no history to search
-            return self._history[meter_id][0] if starts[0] <= ts else None
-        i = bisect.bisect_right(starts, ts) - 1
-        return self._history[meter_id][i] if i >= 0 else None
+        """:meth:`meter_at` for a POSIX timestamp."""
+        return self.meter_span_ts(meter_id, ts)[0]
 
     def meter_span_ts(self, meter_id: str, ts: float) -> tuple[MeterRecord | None, float]:
         """The record in force at ``ts`` and when the next one takes effect (inf: none does),
@@ -198,13 +256,43 @@ class Topology:
             return only[1], _INF
         starts = self._starts.get(meter_id)
         if not starts:
-            return None, float("inf")
+            archive = self.archive
+            i = archive.index(meter_id) if archive is not None else -1
+            if archive is None or i < 0:
+                return None, _INF
+            version, until = archive.span(i, ts)
+            return (self._record(meter_id, version) if version is not None else None), until
         i = bisect.bisect_right(starts, ts) - 1
-        until = starts[i + 1] if i + 1 < len(starts) else float("inf")
+        until = starts[i + 1] if i + 1 < len(starts) else _INF
         return (self._history[meter_id][i] if i >= 0 else None), until
 
+    def placement_ts(self, meter_id: str, ts: float) -> tuple[str, Role, float] | None:
+        """Area and role of ``meter_id`` at ``ts`` and when its next record takes effect, or
+        None if unknown then: :meth:`meter_span_ts` without building a record (the engine's
+        lookup per reading)."""
+        if self._starts:
+            only = self._only.get(meter_id)
+            if only is not None and only[0] <= ts:
+                return only[1].area_id, only[1].role, _INF
+        if meter_id in self._starts:
+            rec, until = self.meter_span_ts(meter_id, ts)
+            return (rec.area_id, rec.role, until) if rec is not None else None
+        archive = self.archive
+        placed = archive.locate(meter_id, ts) if archive is not None else None
+        if placed is None:
+            return None
+        area_id, flags, until = placed
+        return area_id, _ROLE_OF_FLAGS[flags & SUPPLY], until
+
+    def area_at_ts(self, meter_id: str, ts: float) -> str | None:
+        """The area ``meter_id`` is mapped to at ``ts``, or None if unknown then."""
+        placed = self.placement_ts(meter_id, ts)
+        return placed[0] if placed is not None else None
+
     def knows(self, meter_id: str) -> bool:
-        return meter_id in self._history
+        if meter_id in self._history:
+            return True
+        return self.archive is not None and self.archive.index(meter_id) >= 0
 
     def _meters(self, area_id: str, at: datetime, role: Role) -> dict[str, MeterRecord]:
         ts = at.timestamp()
@@ -223,6 +311,15 @@ class Topology:
                     members[meter_id] = rec
             if i + 1 < len(starts):
                 valid_until = min(valid_until, starts[i + 1])
+        archive = self.archive
+        if archive is not None:
+            a_from, a_until, found = archive.members(area_id, ts, role is Role.SUPPLY)
+            valid_from, valid_until = max(valid_from, a_from), min(valid_until, a_until)
+            for i, version in found:
+                meter_id = archive.meter_id(i)
+                members[meter_id] = self._record(meter_id, version)
+        if len(self._members) >= _MEMBERS_KEPT:
+            self._members.clear()
         self._members[(area_id, role)] = (valid_from, valid_until, members)
         return members
 
@@ -259,7 +356,9 @@ class Topology:
         self.areas[area.area_id] = area
 
     def meter_count(self) -> int:
-        return len(self._history)
+        archive = self.archive
+        held = archive.size - archive.shadowed() if archive is not None else 0
+        return len(self._history) + held
 
     # ---- loading ---------------------------------------------------------------------------
 
@@ -293,6 +392,38 @@ class Topology:
     def records(self) -> Iterable[MeterRecord]:
         for history in self._history.values():
             yield from history
+        archive = self.archive
+        if archive is not None:
+            for i, meter_id in enumerate(archive.meter_ids()):
+                if not archive.flags[i] & SHADOWED:
+                    for version in archive.versions(i):
+                        yield self._record(meter_id, version)
+
+
+def build_archive(
+    records: Iterable[MeterRecord], keep_area: Callable[[str], bool] | None = None
+) -> MeterArchive:
+    """Columns of many records at once, in the order given (a later record of a meter and
+    effective time replaces an earlier one, as with :meth:`Topology.apply`); ``keep_area``
+    selects the areas held (see :class:`archive.ArchiveBuilder`)."""
+    builder = ArchiveBuilder(keep_area)
+    builder.add(*record_columns(list(records)))
+    return builder.build()
+
+
+def record_columns(
+    records: Sequence[MeterRecord],
+) -> tuple[list[str], list[str], list[bool], list[float], list[str], list[bool], list[float]]:
+    """The fields of ``records`` as the columns :meth:`archive.ArchiveBuilder.add` takes."""
+    return (
+        [r.meter_id for r in records],
+        [r.area_id for r in records],
+        [r.role is Role.SUPPLY for r in records],
+        [r.multiplier for r in records],
+        [r.customer_class for r in records],
+        [r.active for r in records],
+        [r.effective_from.timestamp() for r in records],
+    )
 
 
 def parse_time(value: str) -> datetime:

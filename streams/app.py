@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import logging
 import time
 import zlib
@@ -24,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
+from archive import MeterArchive
 from models.detection import Detection, window_intervals
 from models.inspections import Inspection
 from models.lineloss import LossResult
@@ -34,7 +34,6 @@ from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
 from streams.kafkaio import (
     faust_broker_kwargs,
-    from_beginning,
     group_offsets,
     kafka_client_kwargs,
     set_faust_fetch_wait,
@@ -42,6 +41,7 @@ from streams.kafkaio import (
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.topology_feed import TopologyFeed, customer_ids
 from topology import MeterRecord, Role, Topology
 
 log = logging.getLogger("gridwatch")
@@ -114,7 +114,18 @@ class GridwatchWorker:
             for outcome in ("accepted", "duplicate", "replaced")
             for role in Role
         }
-        self.topology_ready = asyncio.Event()
+        # The archive of this worker's partitions, read in bulk from the topology topic and
+        # rebuilt when a rebalance changes them (streams/topology_feed.py).
+        self.topology_feed = TopologyFeed(
+            settings,
+            self.topology,
+            dead_letter=self._dead_letter,
+            on_install=self._remember_customers,
+            on_count=self.metrics.topology_records.set,
+            on_apply=self._remember_customer,
+            base=list(self.topology.records()),  # GRIDWATCH_TOPOLOGY_CSV, read before the topic
+        )
+        self.topology_ready = self.topology_feed.loaded
         self._last_event_wall: dict[tuple[int, str], float] = {}
         self._last_offset: dict[tuple[int, str], int] = {}
         self._started = time.monotonic()
@@ -210,6 +221,7 @@ class GridwatchWorker:
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
         app.timer(interval=5.0)(self._measure_lag)
         app.on_partitions_revoked.connect(self._on_revoked)
+        app.on_partitions_assigned.connect(self._on_assigned)
         app.sensors.add(_PersistOnCommit(self))
         self._guard_commit_flush(app)
         app.task(self._serve_metrics)
@@ -286,68 +298,19 @@ class GridwatchWorker:
     # ---- topology --------------------------------------------------------------------------
 
     async def _follow_topology(self) -> None:
-        """Read the whole compacted topology topic, then follow it live (every worker needs
-        every meter: readings of a moved meter may arrive under either area)."""
-        s = self.settings
-        consumer = AIOKafkaConsumer(
-            s.topic_topology,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            **kafka_client_kwargs(s),
-        )
-        await consumer.start()
-        try:
-            end = await from_beginning(consumer)
-            if not end:
-                log.error("topology topic %s not found; no meter is known", s.topic_topology)
-                self.topology_ready.set()
-                return
-            tps = sorted(end)
-            while True:
-                batch = await consumer.getmany(timeout_ms=500, max_records=10_000)
-                for tp, records in batch.items():
-                    for rec in records:
-                        await self._apply_topology(tp.topic, tp.partition, rec.offset, rec.key, rec.value)
-                if not self.topology_ready.is_set():
-                    positions = {tp: await consumer.position(tp) for tp in tps}
-                    if all(positions[tp] >= end[tp] for tp in tps):
-                        self.metrics.topology_records.set(self.topology.meter_count())
-                        log.info("topology loaded: %d meters", self.topology.meter_count())
-                        # The archive and the app's long-lived objects leave the collector's
-                        # generations: a full collection walks every tracked object (about
-                        # 1 s per few million), and these live as long as the process.
-                        gc.collect()
-                        gc.freeze()
-                        self.topology_ready.set()
-                elif batch:
-                    self.metrics.topology_records.set(self.topology.meter_count())
-        finally:
-            await consumer.stop()
+        await self.topology_feed.run()
 
-    async def _apply_topology(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
-        if value is None:
-            return  # a tombstone: the archive keeps history, nothing to undo
-        try:
-            rec = contracts.decode_topology(value)
-            self.topology.apply(
-                MeterRecord(
-                    rec.meter_id,
-                    rec.area_id,
-                    Role(rec.role),
-                    rec.multiplier,
-                    rec.customer_class,
-                    rec.active,
-                    rec.effective_from.astimezone(UTC),
-                )
-            )
-            if rec.role == Role.CUSTOMER.value:
-                self.mask.remember(rec.meter_id)
-        except (InvalidRecord, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, InvalidRecord) else "topology"
-            await self._dead_letter(reason, str(exc), topic, partition, offset, key, value)
+    async def _on_assigned(self, app: faust.App, assigned: set[Any], **_: Any) -> None:
+        sources = (self.settings.topic_readings, self.settings.topic_supply)
+        self.topology_feed.assign({tp.partition for tp in assigned if tp.topic in sources})
+
+    def _remember_customers(self, archive: MeterArchive) -> None:
+        if self.mask.enabled:
+            self.mask.remember(*customer_ids(archive))
+
+    def _remember_customer(self, record: MeterRecord) -> None:
+        if record.role is Role.CUSTOMER:
+            self.mask.remember(record.meter_id)
 
     # ---- readings --------------------------------------------------------------------------
 
@@ -361,10 +324,12 @@ class GridwatchWorker:
             await self._process_chunk([event.message for event in events])
 
     async def _process_chunk(self, messages: list[Any]) -> None:
-        assigned = self.app.consumer.assignment()
         by_tp: dict[tuple[str, int], list[Any]] = {}
         for msg in messages:
             by_tp.setdefault((msg.topic, msg.partition), []).append(msg)
+        for partition in {p for _, p in by_tp}:
+            await self.topology_feed.wait_for(partition)  # a new partition's meters are loading
+        assigned = self.app.consumer.assignment()
         for (topic, partition), msgs in by_tp.items():
             if TP(topic, partition) not in assigned:
                 # Revoked while buffered: the new owner reads these from its committed offset.
@@ -838,6 +803,8 @@ class GridwatchWorker:
             )
             if not all_idle:
                 continue  # records are coming: the first one loads the partition's windows
+            if not self.topology_feed.covers(partition):
+                continue  # its meters are still loading: judged without them, areas look empty
             if not self.engine.knows_partition(partition):
                 if not recovered:
                     continue

@@ -303,20 +303,21 @@ class LineLossEngine:
         # (nearly every reading): with a register, every window touched; without, its own.
         open_register = [by_start[s] for s in with_register if not released[s]]
         open_own = open_register[:1] if not released[own] else []
-        meter_at = self.topology.meter_at_ts
-        meter_span = self.topology.meter_span_ts
+        area_at = self.topology.area_at_ts
+        placement = self.topology.placement_ts
         accepted = 0
         for point in points:
             meter_id = point.meter_id
-            rec, until = meter_span(meter_id, own)
-            if rec is None:
+            placed = placement(meter_id, own)
+            if placed is None:
                 out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
                 continue
-            if rec.role is not role:
-                detail = f"meter {meter_id!r} is a {rec.role.value} meter in the archive"
+            meter_area, meter_role, until = placed
+            if meter_role is not role:
+                detail = f"meter {meter_id!r} is a {meter_role.value} meter in the archive"
                 out.refused.append(Refusal(point, "role_mismatch", detail))
                 continue
-            if until > last and rec.area_id == area_id:
+            if until > last and meter_area == area_id:
                 fed = open_register if point.register_kwh is not None else open_own
                 if fed:
                     for meters in fed:
@@ -332,16 +333,16 @@ class LineLossEngine:
             all_late = True
             misrouted = forwarded = False
             for start in starts:
-                target = rec if start < until else meter_at(meter_id, start)
+                target = meter_area if start < until else area_at(meter_id, start)
                 if target is None:
                     continue
                 if released[start]:
                     continue  # that window is released
                 all_late = False
-                if target.area_id != area_id:
+                if target != area_id:
                     # Forward once: a forwarded reading only feeds its own area's windows.
                     if REROUTED not in point.flags:
-                        forwards.setdefault(target.area_id, {})[meter_id] = point
+                        forwards.setdefault(target, {})[meter_id] = point
                         forwarded = True
                     else:
                         misrouted = True

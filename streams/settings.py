@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     connect_timeout_s: float = Field(5.0, gt=0, le=600, description="seconds to wait for the broker")
     app_id: str = "gridwatch"
     partitions: int = Field(4, ge=1)
+    # Off: every worker holds every meter (compact columns, ~42 bytes a meter), so a reading keyed
+    # under the wrong area is forwarded whatever the assignment. On: a worker holds only the
+    # meters of its partitions' areas (1/N of the memory; docs/scaling.md), but a reading of a
+    # meter it never held arrives as unknown_meter: forwards across workers need every meter.
+    archive_shard: bool = False
     topic_readings: str = "gridwatch.readings"
     topic_supply: str = "gridwatch.supply-readings"
     topic_topology: str = "gridwatch.topology"

@@ -6,6 +6,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from archive_csv import CsvError, read_meters
 from topology import (
@@ -16,6 +18,7 @@ from topology import (
     MeterRecord,
     Role,
     Topology,
+    build_archive,
     parse_time,
 )
 
@@ -372,3 +375,110 @@ def test_not_utf8_is_an_error(tmp_path: Path) -> None:
     path.write_bytes(METER_HEADER.encode() + "a1,Área,customer,1,,,\n".encode("cp1252"))
     with pytest.raises(CsvError, match="not UTF-8"):
         read_meters(path)
+
+
+# ---- the compact archive against record-by-record apply --------------------------------------
+
+_T0 = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
+_HOUR_S = 3600.0
+
+
+@st.composite
+def _histories(draw: st.DrawFn) -> list[MeterRecord]:
+    """Random archive records in topic order: few meters and areas, so that meters move,
+    change role, multiplier and activity, and records replace others of the same start."""
+    n = draw(st.integers(1, 40))
+    out = []
+    for _ in range(n):
+        hour = draw(st.integers(-2, 6))
+        out.append(
+            MeterRecord(
+                draw(st.sampled_from(["m1", "m2", "m3", "m4", "m5", "m6", "métre-7"])),
+                draw(st.sampled_from(["A", "B", "C", "D"])),
+                draw(st.sampled_from(list(Role))),
+                draw(st.sampled_from([1.0, 0.5, 80.0, 1.1])),
+                draw(st.sampled_from(["residential", "commercial"])),
+                draw(st.booleans()),
+                datetime.fromtimestamp(_T0 + hour * _HOUR_S, UTC),
+            )
+        )
+    return out
+
+
+def _applied(records: list[MeterRecord]) -> Topology:
+    topo = Topology()
+    for r in records:
+        topo.apply(r)
+    return topo
+
+
+def _lookups(topo: Topology, meters: list[str]) -> list[object]:
+    """Every lookup the engine, the models and the simulator make, at times around each
+    record's start, asked in an order that exercises the member cache."""
+    out: list[object] = []
+    for hour in (-3, -2, -1.5, -1, 0, 0.5, 1, 2, 3, 4, 5, 6, 7, 2, -1):
+        ts = _T0 + hour * _HOUR_S
+        at = datetime.fromtimestamp(ts, UTC)
+        for m in meters:
+            out.append((m, hour, topo.meter_at(m, at), topo.meter_span_ts(m, ts), topo.placement_ts(m, ts)))
+        for area in ("A", "B", "C", "D", "Z"):
+            out.append((area, hour, topo.customer_meters(area, at), topo.supply_meters(area, at)))
+    out.append(sorted((r.meter_id, r.effective_from) for r in topo.records()))
+    out.append(sorted(topo.records(), key=lambda r: (r.meter_id, r.effective_from)))
+    out.append((topo.meter_count(), [topo.knows(m) for m in meters]))
+    return out
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_histories(), st.integers(0, 40))
+def test_compact_archive_answers_like_records_applied_one_by_one(
+    records: list[MeterRecord], split: int
+) -> None:
+    meters = ["m1", "m2", "m3", "m4", "m5", "m6", "métre-7", "unknown"]
+    expected = _lookups(_applied(records), meters)
+    bulk = Topology()
+    bulk.install(build_archive(records))
+    assert _lookups(bulk, meters) == expected
+    # Bulk-loaded first, the rest applied live (the topology feed after its start-up load).
+    mixed = Topology()
+    mixed.install(build_archive(records[:split]))
+    for r in records[split:]:
+        mixed.apply(r)
+    assert _lookups(mixed, meters) == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(_histories(), st.sets(st.sampled_from(["A", "B", "C", "D"])))
+def test_shard_holds_every_version_of_the_meters_of_its_areas(
+    records: list[MeterRecord], kept: set[str]
+) -> None:
+    full = _applied(records)
+    shard = Topology()
+    shard.install(build_archive(records, keep_area=kept.__contains__))
+    held = {r.meter_id for r in records if r.area_id in kept}
+    assert shard.meter_count() == len(held)
+    for m in {r.meter_id for r in records}:
+        assert shard.knows(m) == (m in held)
+        if m in held:  # a moved meter's readings may arrive under any of its areas
+            for hour in (-3, -1, 0, 1, 3, 7):
+                ts = _T0 + hour * _HOUR_S
+                assert shard.meter_span_ts(m, ts) == full.meter_span_ts(m, ts)
+    for area in kept:
+        for hour in (-1, 0, 2, 7):
+            at = datetime.fromtimestamp(_T0 + hour * _HOUR_S, UTC)
+            assert shard.customer_meters(area, at) == full.customer_meters(area, at)
+            assert shard.supply_meters(area, at) == full.supply_meters(area, at)
+
+
+def test_archive_interns_meters_to_dense_indices() -> None:
+    recs = [
+        MeterRecord(f"m{i}", f"A{i % 3}", Role.CUSTOMER, 1.0, "residential", True, EPOCH) for i in range(1000)
+    ]
+    archive = build_archive(recs)
+    ids = [f"m{i}" for i in range(1000)] + ["nope", ""]
+    idx = archive.indices(ids)
+    assert sorted(idx[:1000].tolist()) == list(range(1000))
+    assert idx[1000:].tolist() == [-1, -1]
+    assert [archive.index(m) for m in ids] == idx.tolist()
+    assert [archive.meter_id(int(i)) for i in idx[:1000]] == ids[:1000]
+    assert archive.area_ids[int(archive.area[archive.index("m4")])] == "A1"
