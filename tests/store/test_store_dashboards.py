@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
-import yaml
+from ruamel.yaml import YAML
 
 from store import schema
 from store.sink import WriteParams, build_batch, write
@@ -242,7 +242,8 @@ def test_dashboard_follows_the_linter_rules(name: str) -> None:
 
 
 def test_the_postgres_datasource_is_provisioned() -> None:
-    doc = yaml.safe_load((REPO / "grafana" / "provisioning" / "datasources" / "postgres.yml").read_text())
+    path = REPO / "grafana" / "provisioning" / "datasources" / "postgres.yml"
+    doc = YAML(typ="safe", pure=True).load(path.read_text())
     (ds,) = doc["datasources"]
     assert (doc["apiVersion"], ds["uid"], ds["type"]) == (1, "gridwatch-postgres", PG_TYPE)
     assert ds["jsonData"]["database"] == "gridwatch" and not ds["isDefault"]

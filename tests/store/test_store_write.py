@@ -185,11 +185,11 @@ def test_verdicts_and_archive_are_joined_to_alerts_by_the_masked_meter_id() -> N
 
 
 def test_compose_runs_postgres_with_a_volume_and_the_store() -> None:
-    import yaml
+    from ruamel.yaml import YAML
 
     from streams.settings import REPO
 
-    services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    services = YAML(typ="safe", pure=True).load((REPO / "docker-compose.yml").read_text())["services"]
     pg, store = services["postgres"], services["store"]
     assert any(v.endswith(":/var/lib/postgresql/data") for v in pg["volumes"])
     assert store["command"] == ["gridwatch", "store"]
