@@ -179,6 +179,9 @@ class SuspectRanker:
         See :func:`drop_evidence` and :func:`loss_evidence`.
     confirm
         Loss evidence counts up to this multiple of the drop evidence (see the module docstring).
+    ridge, refit
+        See :func:`attribute`; the joint attribution is refitted every ``refit`` bins, on bin
+        numbers that are multiples of it (:meth:`attribution`).
     """
 
     def __init__(
@@ -322,14 +325,20 @@ class SuspectRanker:
         return AreaSeries(list(st.meters), st.bins[order], energy, expected, supply, loss)
 
     def attribution(self, area: str) -> tuple[npt.NDArray[np.int64], Attribution]:
-        """The judged bins of the area's horizon and the joint attribution of its loss over them
-        (refitted when ``refit`` bins closed since the last fit; only the result is cached)."""
+        """The judged bins of the area's horizon and the joint attribution of its loss over them.
+
+        Refitted every ``refit`` bins, on a schedule fixed by the bin numbers, not by when it was
+        last asked: the fit of bin ``f`` (a multiple of ``refit``) uses the bins before ``f``
+        that every open bin from ``f`` to ``f + refit - 1`` still holds in its ring. So a worker
+        restored from a snapshot (whose cache is empty) ranks exactly as one that never stopped.
+        Only the result is cached."""
         st = self.areas[area]
+        fit_bin = st.open_bin - st.open_bin % self.refit
         cached = self._fits.get(area)
-        if cached is not None and cached[0] is st and st.open_bin - cached[1] < self.refit:
+        if cached is not None and cached[0] is st and cached[1] == fit_bin:
             return cached[2], cached[3]
         s = self.series(area, bins=0)
-        v = ~np.isnan(s.loss)
+        v = ~np.isnan(s.loss) & (s.bins < fit_bin) & (s.bins >= fit_bin - self.history + self.refit)
         at = attribute(
             s.loss[v],
             s.supply[v],
@@ -339,7 +348,7 @@ class SuspectRanker:
             ridge=self.ridge,
             noise_floor=self.noise_floor,
         )
-        self._fits[area] = (st, st.open_bin, s.bins[v], at)
+        self._fits[area] = (st, fit_bin, s.bins[v], at)
         return s.bins[v], at
 
     def rank(self, area: str, *, top: int | None = 10, min_bins: int = 12) -> list[Suspect]:

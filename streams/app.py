@@ -72,6 +72,7 @@ def decode_detector_state(value: dict[str, str]) -> bytes:
         return zlib.decompress(base64.b64decode(value["z64"]))
     return base64.b64decode(value["b64"])
 
+
 # How many recent windows' results are kept for the latest-window gauges.
 _WINDOWS_KEPT = 32
 
@@ -162,6 +163,10 @@ class GridwatchWorker:
         )
         self._det_restored: set[str] = set()
         self._det_dirty: dict[int, set[str]] = {}  # partition -> areas to write back
+        # partition -> alert sends not yet acknowledged; the detector state that produced them
+        # is written back only after they are (a kill in between would otherwise leave a state
+        # that has learned the interval and a topic without its alert)
+        self._alert_sends: dict[int, list[Any]] = {}
         self._det_partition: dict[str, int] = {}
         self._det_meters: dict[str, list[str]] = {}  # area -> meters in its latest window
         self._open_types: set[str] = set()
@@ -294,6 +299,7 @@ class GridwatchWorker:
                     self._det_saved.pop(area, None)
             for p in partitions:
                 self._det_dirty.pop(p, None)
+                self._alert_sends.pop(p, None)
 
     # ---- topology --------------------------------------------------------------------------
 
@@ -506,7 +512,7 @@ class GridwatchWorker:
             group.partition, group.area_id, group.ts, group.points, group.role, source=group.topic
         )
         await self._publish(out, group)
-        self._save_detection(group.partition)
+        await self._save_detection(group.partition)
 
     async def _publish(self, out: Outcome, group: Group) -> None:
         role, area_id, ts, topic, partition = (
@@ -607,9 +613,10 @@ class GridwatchWorker:
         for record in records:
             record = masked_alert(record, self.mask)
             self.metrics.alerts_emitted.labels(type=record["type"], event=record["event"]).inc()
-            await self.alerts_topic.send(
+            sent = await self.alerts_topic.send(
                 key=str(record["entity_id"]).encode(), value=contracts.encode(record)
             )
+            self._alert_sends.setdefault(closed.partition, []).append(sent)
 
     async def _inspections(self, stream: faust.StreamT) -> None:
         """Inspectors' verdicts: the classifier learns each on the suspect as published, and
@@ -651,19 +658,41 @@ class GridwatchWorker:
         for alert in records:
             alert = masked_alert(alert, self.mask)
             self.metrics.alerts_emitted.labels(type=alert["type"], event=alert["event"]).inc()
-            await self.alerts_topic.send(key=str(alert["entity_id"]).encode(), value=contracts.encode(alert))
+            sent = await self.alerts_topic.send(
+                key=str(alert["entity_id"]).encode(), value=contracts.encode(alert)
+            )
+            self._alert_sends.setdefault(partition, []).append(sent)
         if records and area is not None and self._det_partition.get(area) == partition:
             self._det_dirty.setdefault(partition, set()).add(area)
-            self._save_detection(partition)
+            await self._save_detection(partition)
 
-    def _save_detection(self, partition: int) -> None:
+    async def _save_detection(self, partition: int) -> None:
         """Write back the detector state of this partition's areas: to the table and, with an
         explicit partition (chunks are processed outside Faust's per-event context), to its
-        changelog; the next commit waits for these writes like for the windows'."""
+        changelog; the next commit waits for these writes like for the windows'.
+
+        The alerts the state has produced are acknowledged first: the state says which
+        intervals were learned, and a restart does not learn (or alert) them again."""
         det = self.detection
-        areas = self._det_dirty.pop(partition, None)
-        if det is None or not areas:
+        if det is None or not self._det_dirty.get(partition):
             return
+        sends = self._alert_sends.pop(partition, [])
+        if sends:
+            failed = [
+                r
+                for r in await asyncio.gather(*sends, return_exceptions=True)
+                if isinstance(r, BaseException)
+            ]
+            if failed:
+                # Not saved: after a restart the intervals are learned again and the alerts re-sent.
+                log.error(
+                    "%d alert(s) of partition %d not acknowledged (%r): detector state not saved",
+                    len(failed),
+                    partition,
+                    failed[0],
+                )
+                return
+        areas = self._det_dirty.pop(partition)
         table = self.detector_table
         for area in sorted(areas):
             value = encode_detector_state(det.snapshot_area(area, self._det_meters.get(area, [])))

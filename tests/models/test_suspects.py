@@ -164,6 +164,24 @@ def test_snapshot_restore_ranks_the_same() -> None:
     assert a.state_bytes_per_meter() == 720 + 2 * 72 + 12 <= 1024
 
 
+def test_a_restored_ranker_ranks_as_one_that_never_stopped() -> None:
+    """The worker ranks after every bin and saves its state now and then; a restart between
+    two refits must not refit early (a suspect would open at another time, under another id)."""
+    meters, _, reported, supply = crafted(n=40, hours=70, onset=30)
+    a = SuspectRanker(interval_s=HOUR, refit=6)
+    ranked_a = {}
+    for h in range(70):
+        a.observe("A1", h * HOUR, meters, reported[:, h], float(supply[h]))
+        ranked_a[h] = a.rank("A1", top=None)
+        if h == 46:  # between two refits (open bin 47)
+            b = SuspectRanker(interval_s=HOUR, refit=6)
+            b.restore(a.snapshot())
+    for h in range(47, 70):
+        b.observe("A1", h * HOUR, meters, reported[:, h], float(supply[h]))
+        assert b.rank("A1", top=None) == ranked_a[h], h
+    assert ranked_a[69] and ranked_a[69][0].meter == "M017"
+
+
 def test_too_little_history_gives_no_ranking() -> None:
     meters, _, reported, supply = crafted(n=20, hours=8, thief=None)
     ranker = SuspectRanker(interval_s=HOUR)

@@ -65,6 +65,26 @@ def _diagnosis(s: Any, worker: WorkerProcess, want: dict[str, Any], final: dict[
     return "\n".join(lines)
 
 
+def _alert_diff(oracle_alerts: list[dict[str, Any]], missing: set[tuple[str, str]], s: Any) -> str:
+    """The missing alerts as the oracle wrote them, and the alerts on the topic for the same
+    entity and kind (a condition opened under another id, or never closed)."""
+    got = [orjson.loads(r.value) for r in read_topic(s.bootstrap, s.topic_alerts, idle_s=1.0)]
+    lines = []
+    for a in oracle_alerts:
+        if (a["id"], a["event"]) not in missing:
+            continue
+        same = [
+            (g["id"], g["event"], g.get("window_start"), g.get("window_end"))
+            for g in got
+            if g.get("entity_id") == a.get("entity_id") and g.get("type") == a.get("type")
+        ]
+        lines.append(
+            f"\n  want {a['type']} {a['event']} {a.get('entity_id')} {a['id']} "
+            f"{a.get('window_start')}..{a.get('window_end')}; topic has {same}"
+        )
+    return "".join(lines)
+
+
 FIELDS = ("state", "loss_rate", "supply_kwh", "sales_kwh", "customers_reported", "supplies_reported")
 
 
@@ -130,7 +150,8 @@ def test_ten_sigkills_during_a_replay_lose_nothing(kafka_broker, tmp_path: Path)
                 break
             assert time.monotonic() < deadline, (
                 f"after {len(progress)} kills: {sum(k not in final for k in want)} windows missing, "
-                f"{len(expected_alerts - got_alerts)} alerts missing\n"
+                f"{len(expected_alerts - got_alerts)} alerts missing: "
+                f"{_alert_diff(oracle.alerts, expected_alerts - got_alerts, s)}\n"
                 f"{_diagnosis(s, worker, want, final)}\n{worker.log_tail()}"
             )
             time.sleep(2.0)
