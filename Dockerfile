@@ -13,11 +13,14 @@ WORKDIR /app
 COPY requirements/runtime.lock requirements/runtime.lock
 RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 # Then gridwatch itself, without resolving anything again.
-COPY pyproject.toml README.md topology.py archive.py archive_csv.py ./
+COPY pyproject.toml README.md topology.py archive.py archive_csv.py cli.py cli_errors.py ./
 COPY models ./models
 COPY streams ./streams
 COPY simulator ./simulator
 COPY store ./store
+COPY local ./local
+COPY notifier ./notifier
+COPY evaluation ./evaluation
 RUN pip install --no-cache-dir --no-deps --no-build-isolation .
 
 # The sample city's area classes and meter archive, where a utility mounts its own

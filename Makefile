@@ -21,14 +21,14 @@ test:
 	$(PYTHON) -m mypy
 
 run:
-	$(PYTHON) -m streams.cli run
+	$(PYTHON) -m cli run
 
 # A detached broker on 127.0.0.1:9092, state in .gridwatch/broker (GRIDWATCH_KAFKA_VERSION picks 3.9.2 / 4.x).
 broker-start:
-	$(PYTHON) -m streams.broker start
+	$(PYTHON) -m local.kafka start
 
 broker-stop:
-	$(PYTHON) -m streams.broker stop
+	$(PYTHON) -m local.kafka stop
 
 broker-status:
-	$(PYTHON) -m streams.broker status
+	$(PYTHON) -m local.kafka status

@@ -20,11 +20,11 @@ from river import drift, stats
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.evaluate import evaluate  # noqa: E402
+from evaluation.report import BARS, measured_bars, report_html, status  # noqa: E402
 from models.meter_anomaly import MeterAnomalyDetector  # noqa: E402
 from simulator.anomalies import THEFTS, TYPES, AnomalySpec  # noqa: E402
 from simulator.synth import SimSpec  # noqa: E402
-from streams.evaluate import evaluate  # noqa: E402
-from streams.report import BARS, measured_bars, report_html, status  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -16,7 +16,7 @@ Two sets of seeded cities, half-hourly (as the smart-meter trials and the real c
   (``theft_mixed``), onsets in the first 30% of the run.
 
 Every interval of every area goes through :class:`models.detection.Detection` with suspects on,
-by :func:`streams.evaluate.run_detectors`, the worker's own path. At the end of day 7, 14 and 30
+by :func:`evaluation.evaluate.run_detectors`, the worker's own path. At the end of day 7, 14 and 30
 every theft area is ranked (``detection.ranker.rank(area, top=None)``), and so is a **correlation
 baseline** computed from the same readings: each meter's daily drop against its own history (its
 mean daily energy so far minus what it reported that day) correlated with the area's daily loss
@@ -59,13 +59,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.evaluate import run_detectors  # noqa: E402
 from models.detection import Detection  # noqa: E402
 from simulator.anomalies import AnomalySpec  # noqa: E402
 from simulator.faults import TransportSpec  # noqa: E402
 from simulator.synth import Chunk, Sim, SimSpec  # noqa: E402
 from simulator.theft_models import REALISTIC_THEFTS  # noqa: E402
 from simulator.thieves import ThiefSpec  # noqa: E402
-from streams.evaluate import run_detectors  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DAY = 86400
@@ -196,7 +196,7 @@ def area_days_with_suspects(
 
 
 class Recording:
-    """The simulated city as :func:`streams.evaluate.run_detectors` reads it (grid, anomalies,
+    """The simulated city as :func:`evaluation.evaluate.run_detectors` reads it (grid, anomalies,
     chunks), keeping each meter's daily reported energy and each area's daily supply for the
     correlation baseline as the chunks (a day each) pass."""
 

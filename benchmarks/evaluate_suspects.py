@@ -172,7 +172,7 @@ def interval_energies(
 ) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray]]:
     """Each day of the city with its interval energies as the worker gets them: customer meters
     (register deltas x the archive's multiplier; NaN for gaps, register rollbacks and data a
-    concentrator held back, as streams/evaluate.py) and supply (areas x intervals). ``drops``
+    concentrator held back, as evaluation/evaluate.py) and supply (areas x intervals). ``drops``
     rewrites the registers first (the innocent-drops scenario)."""
     grid = sim.grid
     outages = [x for x in sim.anomalies if x.type == "concentrator_outage"]
@@ -186,7 +186,7 @@ def interval_energies(
         energy = np.diff(reg, axis=1) * grid.archive_multiplier[:, None]
         steps = energy.shape[1]
         back = np.zeros(energy.shape, dtype=bool)
-        for j in range(steps):  # as streams/evaluate.py: below the last register received
+        for j in range(steps):  # as evaluation/evaluate.py: below the last register received
             ok = ~missing[:, j + 1]
             back[:, j] = ok & (reg[:, j + 1] < last_known)
             last_known = np.where(ok, reg[:, j + 1], last_known)

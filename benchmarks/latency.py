@@ -4,9 +4,9 @@
     python benchmarks/latency.py --rate 20000 --duration-s 60 --out /tmp/gw-latency
     (benchmarks/throughput.py runs this too, unless --no-latency)
 
-Starts its own Kafka broker (streams.broker.LocalKafka; throughput.py passes its own), builds a
+Starts its own Kafka broker (local.kafka.LocalKafka; throughput.py passes its own), builds a
 deterministic city (simulator.city) with injected anomalies (stopped meters, register rollbacks,
-a collection outage), starts the full worker (``gridwatch worker``, streams.localrun.WorkerProcess)
+a collection outage), starts the full worker (``gridwatch worker``, local.run.WorkerProcess)
 and waits until its consumer group is Stable. Only then a producer child process sends the city's
 readings, pre-encoded, at a paced steady rate: message i is due at
 ``t0 + (readings before i) / rate``, so readings/s is steady and a batch of 100 readings waits
@@ -323,7 +323,7 @@ def worker_env(
 ) -> dict[str, str]:
     """Production Faust timings (commit every 2.8 s etc.); idle close at 3 s so the stream's
     last windows close soon after it stops (they are not measured)."""
-    from streams.localrun import free_port
+    from local.run import free_port
 
     return {
         "GRIDWATCH_BOOTSTRAP": bootstrap,
@@ -471,9 +471,9 @@ def run_latency(
     """One latency run against the broker at ``bootstrap``; returns the result section."""
     import orjson
 
+    from local.run import WorkerProcess
     from simulator.city import messages
     from streams.kafkaio import create_topics, produce, read_topic
-    from streams.localrun import WorkerProcess
     from streams.topics import topic_specs
 
     batches = message_kind == "batches"
@@ -683,11 +683,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration-s", type=float, default=30.0, help="how long the producer runs")
     ap.add_argument("--kind", choices=("batches", "singles"), default="batches")
     ap.add_argument("--scrape-hz", type=float, default=10.0, help="pass-rate gauge scrapes/s; 0: off")
-    ap.add_argument("--kafka-version", default=None, help="default: streams.broker.DEFAULT_VERSION")
+    ap.add_argument("--kafka-version", default=None, help="default: local.kafka.DEFAULT_VERSION")
     ap.add_argument("--out", type=Path, default=None, help="write latency.json here (a directory)")
     args = ap.parse_args(argv)
 
-    from streams.broker import DEFAULT_VERSION, LocalKafka
+    from local.kafka import DEFAULT_VERSION, LocalKafka
 
     tmp = Path(tempfile.mkdtemp(prefix="gw-latency-"))
     broker = None

@@ -5,8 +5,8 @@
     python benchmarks/memory.py --backlog --drain 600   # the stream produced first: catching up
     python benchmarks/memory.py --max-rss-mb 200        # exit 1 above a bound
 
-Starts its own Kafka broker (streams.broker.LocalKafka in a temporary directory) and a real worker
-(``gridwatch worker`` through streams.localrun.WorkerProcess, default settings: 15-minute windows,
+Starts its own Kafka broker (local.kafka.LocalKafka in a temporary directory) and a real worker
+(``gridwatch worker`` through local.run.WorkerProcess, default settings: 15-minute windows,
 2 h allowed lateness, detection on), publishes the topology of a deterministic city
 (simulator.city: ``--areas`` x ``--meters`` customer meters and one supply meter per area), then
 streams ``--hours`` of event time, paced over ``--wall`` seconds of wall time. Every interval end
@@ -177,9 +177,9 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "memory.json")
     args = ap.parse_args()
 
-    from streams.broker import DEFAULT_VERSION, LocalKafka
+    from local.kafka import DEFAULT_VERSION, LocalKafka
+    from local.run import WorkerProcess, free_port
     from streams.kafkaio import create_topics, produce, producer
-    from streams.localrun import WorkerProcess, free_port
     from streams.settings import Settings
     from streams.topics import topic_specs
 

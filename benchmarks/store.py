@@ -3,8 +3,8 @@
     python benchmarks/store.py                      # a 2-million-meter city: 15,000 areas x 96 windows
     python benchmarks/store.py --areas 2000 --steady-s 20 --out /tmp/gw-store   # quick
 
-Starts its own Kafka broker (streams.broker.LocalKafka) and PostgreSQL (store.postgres), both
-in temporary folders, and measures the store as a child process (store.local.StoreProcess,
+Starts its own Kafka broker (local.kafka.LocalKafka) and PostgreSQL (local.postgres), both
+in temporary folders, and measures the store as a child process (local.store.StoreProcess,
 default settings: batches of up to 5,000 records):
 
 (a) backfill: one day of area-window results of a city of ``--areas`` areas (15,000 areas of
@@ -45,13 +45,13 @@ sys.path.insert(0, str(REPO))
 import psycopg  # noqa: E402
 from kafka import KafkaProducer  # noqa: E402
 
+from local.kafka import LocalKafka  # noqa: E402
+from local.postgres import LocalPostgres  # noqa: E402
+from local.run import free_port  # noqa: E402
+from local.store import StoreProcess  # noqa: E402
 from store import schema  # noqa: E402
-from store.local import StoreProcess  # noqa: E402
-from store.postgres import LocalPostgres  # noqa: E402
 from store.synthetic import city_day  # noqa: E402
-from streams.broker import LocalKafka  # noqa: E402
 from streams.kafkaio import _connect, create_topics  # noqa: E402
-from streams.localrun import free_port  # noqa: E402
 from streams.settings import Settings  # noqa: E402
 from streams.topics import topic_specs  # noqa: E402
 

@@ -4,7 +4,7 @@
     python benchmarks/throughput.py --areas 40 --meters 150 --intervals 96 --kafka-version 4.1.1
     python benchmarks/throughput.py --no-profile --no-latency --no-scaling --out /tmp/gw-quick
 
-Starts its own Kafka broker (streams.broker.LocalKafka in a temporary directory), builds a
+Starts its own Kafka broker (local.kafka.LocalKafka in a temporary directory), builds a
 deterministic city (simulator.city) and pre-fills two topic sets with the SAME readings:
 concentrator batches (one message per area and interval, ``--meters`` readings each) and single
 readings (one message per reading); supply readings are single messages in both sets. The
@@ -15,7 +15,7 @@ Then, for each message kind:
 (a) baseline: one aiokafka consumer (the client Faust uses), no group, reads every message of
     the readings and supply topics and decodes it with streams.contracts.decode_readings;
 (b) trivial:  benchmarks/trivial_agent.py, a Faust app whose agent decodes each message;
-(c) worker:   ``gridwatch worker`` (streams.localrun.WorkerProcess), the full pipeline.
+(c) worker:   ``gridwatch worker`` (local.run.WorkerProcess), the full pipeline.
 
 Each runs in its own child process. readings/s is counted from the first record processed
 until (a) the consumer has read everything, (b)/(c) the consumer group's committed offsets
@@ -299,7 +299,7 @@ def run_baseline(bootstrap: str, st: dict[str, Any], kind: str) -> dict[str, Any
 
 
 def run_trivial(bootstrap: str, st: dict[str, Any], kind: str, tmp: Path) -> dict[str, Any]:
-    from streams.localrun import free_port
+    from local.run import free_port
 
     names = st["names"]
     app_id = f"bench-trivial-{kind}-{uuid.uuid4().hex[:6]}"
@@ -418,7 +418,7 @@ def run_worker(
     areas_csv: Path,
     profile_s: float = 0.0,
 ) -> tuple[dict[str, Any], list[tuple[str, float]]]:
-    from streams.localrun import WorkerProcess
+    from local.run import WorkerProcess
 
     env = worker_env(bootstrap, st, topology, kind, tmp, areas_csv)
     app_id = env["GRIDWATCH_APP_ID"]
@@ -518,7 +518,7 @@ def run_group(
     """``workers`` gridwatch workers in one fresh consumer group over a pre-filled set:
     readings/s from the first record any of them processes until the group's committed offsets
     equal the end offsets."""
-    from streams.localrun import WorkerProcess
+    from local.run import WorkerProcess
 
     envs = [worker_env(bootstrap, st, topology, f"group{workers}", tmp, areas_csv) for _ in range(workers)]
     app_id = envs[0]["GRIDWATCH_APP_ID"]
@@ -609,7 +609,7 @@ def topic_bytes(tmp: Path, topic: str) -> int:
 
 def _ours(frame: str) -> bool:
     where = frame.partition(" (")[2]
-    if "site-packages" in where or "streams/cli.py" in where or frame.startswith("run_worker "):
+    if "site-packages" in where or "cli.py" in where or frame.startswith("run_worker "):
         return False
     return any(p in where for p in ("streams/", "models/", "topology.py"))
 
@@ -846,7 +846,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--areas", type=int, default=20)
     ap.add_argument("--meters", type=int, default=100, help="customer meters per area = readings per batch")
     ap.add_argument("--intervals", type=int, default=48, help="15-minute intervals (96 = one day)")
-    ap.add_argument("--kafka-version", default=None, help="default: streams.broker.DEFAULT_VERSION")
+    ap.add_argument("--kafka-version", default=None, help="default: local.kafka.DEFAULT_VERSION")
     ap.add_argument(
         "--profile-s", type=float, default=15.0, help="py-spy a 2nd worker run on batches; 0: off"
     )
@@ -871,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.no_profile:
         args.profile_s = 0.0
 
-    from streams.broker import DEFAULT_VERSION, LocalKafka
+    from local.kafka import DEFAULT_VERSION, LocalKafka
 
     version = args.kafka_version or DEFAULT_VERSION
     tmp = Path(tempfile.mkdtemp(prefix="gw-throughput-"))

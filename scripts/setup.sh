@@ -36,10 +36,10 @@ if ! command -v make >/dev/null 2>&1; then apt_pkgs+=(make); fi
 # promtool and amtool check prometheus/ and alertmanager/ in tests/ops
 if ! command -v promtool >/dev/null 2>&1; then apt_pkgs+=(prometheus); else say "promtool present"; fi
 if ! command -v amtool >/dev/null 2>&1; then apt_pkgs+=(prometheus-alertmanager); else say "amtool present"; fi
-# headless Chromium renders gridwatch evaluate's HTML report in tests/streams/test_evaluate.py
+# headless Chromium renders gridwatch evaluate's HTML report in tests/evaluation/test_evaluate.py
 if ! command -v chromium >/dev/null 2>&1; then apt_pkgs+=(chromium); else say "chromium present"; fi
 # PostgreSQL server binaries (/usr/lib/postgresql/<ver>/bin) for the results store, `make run` and
-# tests; store/postgres.py starts its own server, so the package's own cluster is never used.
+# tests; local/postgres.py starts its own server, so the package's own cluster is never used.
 if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then apt_pkgs+=(postgresql); else say "postgresql present"; fi
 if ((${#apt_pkgs[@]})); then
   say "apt-get install ${apt_pkgs[*]}"
@@ -68,6 +68,6 @@ say "$PYTHON -m pip install --no-deps -e ."
 
 # --- Kafka broker jars (cached; a no-op when already there) ------------------------------------
 for v in 3.9.2 ${GRIDWATCH_KAFKA_VERSION:-}; do
-  say "Kafka $v jars: $("$PYTHON" -c "from streams.broker import fetch_jars; print(fetch_jars('$v'))")"
+  say "Kafka $v jars: $("$PYTHON" -c "from local.kafka import fetch_jars; print(fetch_jars('$v'))")"
 done
 say "done"

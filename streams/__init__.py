@@ -1,1 +1,1 @@
-"""gridwatch stream processing: Faust workers, the local Kafka broker and their settings."""
+"""gridwatch stream processing: the Faust worker, its Kafka I/O, contracts, metrics and settings."""

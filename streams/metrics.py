@@ -278,7 +278,7 @@ class Metrics:
 _JUDGED = {LossState.QUALIFIED, LossState.HIGH_LOSS, LossState.NEGATIVE_LOSS}
 
 
-# The label values streams.notify can set (tests/ops checks them against the code's own sets).
+# The label values notifier.notify can set (tests/ops checks them against the code's own sets).
 NOTIFY_SEVERITIES = ("info", "warning", "page")
 NOTIFY_RETRY_REASONS = ("connection", "timeout", "http_5xx", "http_429")
 NOTIFY_DEAD_LETTER_REASONS = ("json", "schema", "rejected", "retries_exhausted")

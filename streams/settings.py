@@ -161,9 +161,9 @@ PREFIX = "GRIDWATCH_"
 # GRIDWATCH_* variables read by tooling, not by Settings: not typos.
 TOOLING_VARIABLES = frozenset(
     {
-        "GRIDWATCH_CACHE",  # streams/broker.py: where the Kafka jars are kept
-        "GRIDWATCH_KAFKA_VERSION",  # streams/broker.py, tests: the local broker's version
-        "GRIDWATCH_LOGLEVEL",  # streams/localrun.py: the demo worker's log level
+        "GRIDWATCH_CACHE",  # local/kafka.py: where the Kafka jars are kept
+        "GRIDWATCH_KAFKA_VERSION",  # local/kafka.py, tests: the local broker's version
+        "GRIDWATCH_LOGLEVEL",  # local/run.py: the demo worker's log level
         "GRIDWATCH_CRASH_KILLS",  # tests/streams/test_crash_kafka.py
         "GRIDWATCH_FUZZ_RECORDS",  # tests/streams/test_fuzz_kafka.py
         "GRIDWATCH_FUZZ_SEED",

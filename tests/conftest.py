@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from store.postgres import LocalPostgres
-from streams.broker import DEFAULT_VERSION, LocalKafka
+from local.kafka import DEFAULT_VERSION, LocalKafka
+from local.postgres import LocalPostgres
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
+from local.run import free_port
 from streams.kafkaio import end_offsets, group_offsets
-from streams.localrun import free_port
 from streams.settings import Settings
 
 QUICK_TIMINGS = {

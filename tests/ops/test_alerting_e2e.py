@@ -46,9 +46,9 @@ from e2e_support import (
 from ops_support import runbook_base
 from worker_env import settings_for, worker_env
 
+from local.run import WorkerProcess, free_port
 from simulator.city import CitySpec, aligned_start
 from streams.kafkaio import create_topics, produce
-from streams.localrun import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import topic_specs
 
@@ -187,7 +187,7 @@ def test_pass_rate_alert_fires_and_resolves_through_alertmanager(
     prom_url = f"http://127.0.0.1:{prom_port}"
     receiver = WebhookReceiver()
     notify = Service(
-        "notify", [sys.executable, "-m", "streams.cli", "notify"], tmp_path / "notify.log",
+        "notify", [sys.executable, "-m", "cli", "notify"], tmp_path / "notify.log",
         f"http://127.0.0.1:{notify_port}/metrics",
         env=_notify_env(s, f"http://127.0.0.1:{receiver.port}/notify", notify_port), cwd=REPO,
     )

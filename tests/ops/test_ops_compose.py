@@ -21,7 +21,7 @@ from ops_support import (
     load_yaml,
 )
 
-from streams.broker import DEFAULT_VERSION
+from local.kafka import DEFAULT_VERSION
 from streams.settings import Settings
 from streams.topics import topic_specs
 
@@ -181,7 +181,7 @@ def test_the_sim_profile_streams_a_demo_city_into_the_worker_topics(compose: dic
     # each option is one the simulate command has, spelled as typer parses it
     from typer.main import get_command
 
-    from streams.cli import app
+    from cli import app
 
     simulate = get_command(app).commands["simulate"]  # type: ignore[attr-defined]
     known = {opt for p in simulate.params for opt in p.opts + p.secondary_opts}

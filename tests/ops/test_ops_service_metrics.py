@@ -13,8 +13,9 @@ import pytest
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
+from local.run import free_port
+from notifier.notify import classify
 from streams.contracts import Alert
-from streams.localrun import free_port
 from streams.metrics import (
     NOTIFY_DEAD_LETTER_REASONS,
     NOTIFY_RETRY_REASONS,
@@ -22,7 +23,6 @@ from streams.metrics import (
     Metrics,
     NotifyMetrics,
 )
-from streams.notify import classify
 
 
 def scrape(registry: CollectorRegistry) -> dict[str, list[tuple[dict[str, str], float]]]:

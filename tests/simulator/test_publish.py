@@ -10,13 +10,13 @@ from pathlib import Path
 
 import orjson
 
+from local.kafka import LocalKafka
 from simulator.city import aligned_start
 from simulator.faults import TransportSpec
 from simulator.files import JsonlSink
 from simulator.publish import KafkaSink
 from simulator.run import simulate
 from simulator.synth import SimSpec
-from streams.broker import LocalKafka
 from streams.kafkaio import read_topic
 from streams.settings import Settings
 from topology import MeterRecord

@@ -13,13 +13,13 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
 from simulator.anomalies import AnomalySpec
 from simulator.faults import TransportSpec
 from simulator.files import JsonlSink, read_labels
 from simulator.run import simulate
 from simulator.stream import Delivery, Streamer
 from simulator.synth import Sim, SimSpec
-from streams.cli import app
 from streams.contracts import DecodedBatch, InvalidRecord, Reading, decode_readings
 from topology import parse_time
 

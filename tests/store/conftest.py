@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
+from local.postgres import LocalPostgres
 from store import schema
-from store.postgres import LocalPostgres
 
 
 def fresh_database(server: LocalPostgres) -> str:

@@ -18,12 +18,12 @@ import psycopg
 import pytest
 from worker_env import areas_csv, settings_for, worker_env
 
+from local.run import WorkerProcess, free_port
+from local.store import StoreProcess
 from simulator.city import CitySpec, aligned_start, build, iso, messages
-from store.local import StoreProcess
 from store.sink import LINELOSS_COLUMNS
 from streams.contracts import LineLossRecord
 from streams.kafkaio import create_topics, produce, read_topic
-from streams.localrun import WorkerProcess, free_port
 from streams.settings import Settings
 from streams.topics import topic_specs
 

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 from worker_env import areas_csv, committed_lag, settings_for, worker_env
 
+from local.run import WorkerProcess
 from models.detection import Detection
 from simulator.city import CitySpec, aligned_start, build, messages
 from streams.kafkaio import create_topics, end_offsets, group_offsets, produce, read_topic
-from streams.localrun import WorkerProcess
 from streams.offline import run_records
 from streams.topics import topic_specs
 

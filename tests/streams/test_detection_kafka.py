@@ -18,11 +18,11 @@ import orjson
 import pytest
 from worker_env import areas_csv, settings_for, worker_env
 
+from local.run import WorkerProcess
 from models.detection import Detection, window_intervals
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from streams.contracts import Alert
 from streams.kafkaio import create_topics, produce, read_topic
-from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import topic_specs
 

@@ -48,9 +48,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from worker_env import committed_lag, settings_for, worker_env
 
+from local.run import WorkerProcess
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from streams.kafkaio import create_topics, end_offsets, produce, read_topic
-from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import topic_specs
 

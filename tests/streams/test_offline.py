@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cli import app
+from evaluation.evaluate import run_detectors
 from models.detection import Detection
 from simulator.anomalies import AnomalySpec
 from simulator.faults import TransportSpec
 from simulator.synth import Sim, SimSpec
-from streams.cli import app
-from streams.evaluate import run_detectors
 from streams.offline import load_city, run_file
 
 COUNTS = {"stopped": 3, "theft_h2": 2, "rollback": 2, "spike": 2}

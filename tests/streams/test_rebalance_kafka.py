@@ -14,10 +14,10 @@ import orjson
 from test_crash_kafka import FIELDS, _final_results
 from worker_env import areas_csv, settings_for, worker_env
 
+from local.run import WorkerProcess, free_port
 from models.detection import Detection
 from simulator.city import CitySpec, aligned_start, build, messages
 from streams.kafkaio import create_topics, produce, read_topic
-from streams.localrun import WorkerProcess, free_port
 from streams.offline import run_records
 from streams.topics import topic_specs
 from streams.topology_feed import area_partition

@@ -27,8 +27,9 @@ from kafka.errors import KafkaError
 from pydantic import SecretStr
 from worker_env import settings_for, worker_env
 
+from local.kafka import DEFAULT_VERSION, BrokerSecurity, LocalKafka, _tool
+from local.run import WorkerProcess
 from simulator.city import CitySpec, aligned_start, build, messages
-from streams.broker import DEFAULT_VERSION, BrokerSecurity, LocalKafka, _tool
 from streams.kafkaio import (
     KafkaConfigError,
     KafkaUnavailable,
@@ -40,7 +41,6 @@ from streams.kafkaio import (
     sasl_password,
     security_kwargs,
 )
-from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import TopicSpec, topic_specs
 

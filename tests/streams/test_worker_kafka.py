@@ -15,11 +15,11 @@ import orjson
 import pytest
 from worker_env import committed_lag, settings_for, worker_env
 
+from local.run import WorkerProcess
 from models.lineloss import LossState, judge, pass_rate
 from simulator.city import City, CitySpec, aligned_start, build, messages
 from simulator.faults import Faulted, FaultSpec, apply_faults
 from streams.kafkaio import create_topics, produce, read_topic
-from streams.localrun import WorkerProcess
 from streams.settings import Settings
 from streams.topics import topic_specs
 from topology import Role
@@ -311,7 +311,7 @@ def test_broker_restart_mid_stream_loses_nothing(scenario: Scenario, tmp_path: P
     back 5 s later; the worker reconnects by itself and the final results equal the batch."""
     import os
 
-    from streams.broker import DEFAULT_VERSION, LocalKafka
+    from local.kafka import DEFAULT_VERSION, LocalKafka
 
     version = os.environ.get("GRIDWATCH_KAFKA_VERSION", DEFAULT_VERSION)
     broker = LocalKafka.start(tmp_path / "kafka", version=version)

@@ -9,7 +9,7 @@ straight from the JVM with a config written here.
 Library use: `LocalKafka.start(tmpdir)` (tests); topics are created with streams.kafkaio.create_topics.
 `LocalKafka.start(tmpdir, security=BrokerSecurity(...))` serves clients over SASL_SSL instead
 (docs/security.md); the default stays a PLAINTEXT listener.
-CLI use: `python -m streams.broker start|stop|status` keeps one detached broker per state dir.
+CLI use: `python -m local.kafka start|stop|status` keeps one detached broker per state dir.
 """
 
 from __future__ import annotations
@@ -659,8 +659,8 @@ def stop_background(state_dir: Path | None = None, timeout: float = 30) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m streams.broker start|stop|status` - used by `make broker-start/-stop`."""
-    ap = argparse.ArgumentParser(prog="python -m streams.broker", description=(__doc__ or "").split("\n")[0])
+    """`python -m local.kafka start|stop|status` - used by `make broker-start/-stop`."""
+    ap = argparse.ArgumentParser(prog="python -m local.kafka", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("command", choices=["start", "stop", "status"])
     ap.add_argument(
         "--state-dir",

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from streams.localrun import WorkerProcess
+from local.run import WorkerProcess
 from streams.settings import REPO
 
 
@@ -21,7 +21,7 @@ class StoreProcess(WorkerProcess):
     def start(self) -> StoreProcess:
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "store"],
+                [sys.executable, "-m", "cli", "store"],
                 cwd=REPO,
                 env=self.env,
                 stdout=log,
@@ -34,7 +34,7 @@ class StoreProcess(WorkerProcess):
 def start_local_store(state: Path, env: Mapping[str, str]) -> tuple[StoreProcess, str]:
     """For `make run`: PostgreSQL in ``state``/postgres (kept between runs) and a store process
     reading the demo's topics; returns the process and a line saying where to look."""
-    from store import postgres
+    from local import postgres
 
     pg = postgres.start_background(state / "postgres")
     assert pg.dsn is not None
@@ -48,14 +48,14 @@ def start_local_store(state: Path, env: Mapping[str, str]) -> tuple[StoreProcess
         f"[bold]store[/] pid {store.proc.pid if store.proc else '?'}, metrics "
         f"http://127.0.0.1:{store.metrics_port}/metrics, log {store.log_path}\n"
         f"[bold]postgres[/] {str(pg).removeprefix('postgres ')};"
-        ' psql "$(python -m store.postgres dsn)": tables lineloss, alerts,'
+        ' psql "$(python -m local.postgres dsn)": tables lineloss, alerts,'
         " inspections; views cases, ledger_daily, ledger_monthly; Grafana: gridwatch-area, gridwatch-cases\n"
     )
     return store, where
 
 
 def stop_local_store(state: Path, store: StoreProcess) -> None:
-    from store import postgres
+    from local import postgres
 
     store.stop()
     postgres.stop_background(state / "postgres")

@@ -19,11 +19,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from models.suspects import Suspect
-from simulator.anomalies import AnomalySpec
-from simulator.synth import SimSpec
-from streams.cli import app
-from streams.evaluate import (
+from cli import app
+from evaluation.evaluate import (
     LabelsError,
     auc,
     checkpoints,
@@ -34,6 +31,9 @@ from streams.evaluate import (
     score,
     suspect_figures,
 )
+from models.suspects import Suspect
+from simulator.anomalies import AnomalySpec
+from simulator.synth import SimSpec
 from streams.settings import REPO
 from topology import Topology
 
@@ -294,10 +294,10 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
 
 
 def _gridwatch(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    """``python -m streams.cli`` from ``cwd``, importing this checkout's code."""
+    """``python -m cli`` from ``cwd``, importing this checkout's code."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "120"}
     return subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         env=env,
         capture_output=True,

@@ -1,13 +1,13 @@
 """A local PostgreSQL server from Debian's `postgresql` package, on 127.0.0.1, for tests and `make run`.
 
-Like streams/broker.py does for Kafka: `LocalPostgres.start(workdir)` runs `initdb` once (a
+Like local/kafka.py does for Kafka: `LocalPostgres.start(workdir)` runs `initdb` once (a
 `gridwatch` role and database, a random password kept in the work dir, mode 0600) and starts
 `postgres` on a free loopback port in its own session. The server refuses to run as root, so
 when gridwatch runs as root the server runs as the `postgres` OS user (which the Debian
 package creates) and the work dir is handed to it; its parent folders must let that user in
 (tests use a fresh folder under /tmp, `make run` uses `.gridwatch/postgres`).
-CLI use: `python -m store.postgres start|stop|status` keeps one detached server per state dir;
-`psql "$(python -m store.postgres dsn)"` connects to it.
+CLI use: `python -m local.postgres start|stop|status` keeps one detached server per state dir;
+`psql "$(python -m local.postgres dsn)"` connects to it.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from streams.broker import _tail  # the same log tail in errors as the broker's
-from streams.localrun import free_port
+from local.kafka import _tail  # the same log tail in errors as the broker's
+from local.run import free_port
 
 if TYPE_CHECKING:
     import psycopg
@@ -358,7 +358,7 @@ def stop_background(state_dir: Path | None = None, timeout: float = 30.0) -> boo
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m store.postgres", description=(__doc__ or "").split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m local.postgres", description=(__doc__ or "").split("\n")[0])
     ap.add_argument("command", choices=["start", "stop", "status", "dsn"])
     ap.add_argument("--state-dir", type=Path, default=None, help="default: .gridwatch/postgres")
     ap.add_argument("--port", type=int, default=0, help="default: the last one, else a free one")

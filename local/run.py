@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import random
 import signal
@@ -9,12 +10,36 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from streams.settings import REPO
+import orjson
+
+from streams.settings import REPO, Settings
+
+
+def sample_records(
+    s: Settings, path: Path, *, rebase_to: datetime | None = None
+) -> Iterator[tuple[str, int, bytes, bytes]]:
+    """(topic, event ts, key, value) of a JSONL(.gz) sample, shifted so it ends at
+    ``rebase_to`` (readings older than the allowed age are refused, so a demo replays as now)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        lines = [orjson.loads(line) for line in f if line.strip()]
+    shift = 0
+    if rebase_to is not None and lines:
+        last = max(int(r["ts"]) for r in lines)
+        target = int(rebase_to.timestamp()) // s.interval_s * s.interval_s - s.interval_s
+        shift = target - last
+    for r in lines:
+        value = r["value"]
+        ts = int(r["ts"]) + shift
+        if shift:
+            value = {**value, "ts": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")}
+        topic = s.topic_supply if r["kind"] == "supply" else s.topic_readings
+        yield topic, ts, r["key"].encode(), orjson.dumps(value)
 
 
 def free_port() -> int:
@@ -68,7 +93,7 @@ class WorkerProcess:
             [
                 sys.executable,
                 "-m",
-                "streams.cli",
+                "cli",
                 "worker",
                 "--loglevel",
                 self.env.get("GRIDWATCH_LOGLEVEL", "warning"),
@@ -183,7 +208,7 @@ def _wait_for_group_coordinator(settings: Any, timeout_s: float = 60.0) -> None:
 
 
 def _port_or_free(port: int) -> int:
-    from streams.broker import port_taken
+    from local.kafka import port_taken
 
     return free_port() if port_taken(port) else port
 
@@ -192,14 +217,12 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
     """Broker, topics, topology, a worker, the demo stream, and a live summary until done."""
     from contextlib import nullcontext
 
-    import orjson
     from rich.console import Console
     from rich.live import Live
     from rich.table import Table
 
     from archive_csv import read_meters
-    from streams import broker
-    from streams.cli import sample_records
+    from local import kafka as broker
     from streams.kafkaio import create_topics, producer
     from streams.settings import load_settings
     from streams.topics import topic_specs
@@ -237,7 +260,7 @@ def run_local(*, sample_dir: Path, speed: float, port: int, keep: bool) -> None:
     worker = WorkerProcess(env, state / "worker.log").start()
     console.print(f"[bold]worker[/] pid {worker.proc.pid if worker.proc else '?'}, log {worker.log_path}")
     console.print(f"[bold]metrics[/] http://127.0.0.1:{s.metrics_port}/metrics")
-    from store.local import start_local_store, stop_local_store  # the results store (docs/store.md)
+    from local.store import start_local_store, stop_local_store  # the results store (docs/store.md)
 
     store, store_where = start_local_store(state, env)
     console.print(store_where)

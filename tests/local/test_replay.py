@@ -24,13 +24,9 @@ from rich.console import Console
 from typer.testing import CliRunner
 from worker_env import areas_csv, committed_lag, settings_for, worker_env
 
-from simulator.city import CitySpec, aligned_start, build, messages
-from streams.broker import LocalKafka
-from streams.cli import app
-from streams.contracts import InvalidRecord, check_time
-from streams.kafkaio import create_topics, read_topic
-from streams.localrun import WorkerProcess, free_port
-from streams.replay import (
+from cli import app
+from local.kafka import LocalKafka
+from local.replay import (
     Recorded,
     ReplayError,
     encode_line,
@@ -43,6 +39,10 @@ from streams.replay import (
     shift_offset,
     shift_record,
 )
+from local.run import WorkerProcess, free_port
+from simulator.city import CitySpec, aligned_start, build, messages
+from streams.contracts import InvalidRecord, check_time
+from streams.kafkaio import create_topics, read_topic
 from streams.settings import REPO, Settings
 from streams.topics import TopicSpec, topic_specs
 
@@ -225,7 +225,7 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     ]
     for args, message in cases:
         proc = subprocess.run(
-            [sys.executable, "-m", "streams.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
+            [sys.executable, "-m", "cli", *args], cwd=REPO, capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 1
         assert proc.stdout == ""

@@ -44,11 +44,11 @@ KNOWN: tuple[tuple[str, str, int], ...] = (
     ("streams.settings", "SettingsError", 2),
     ("archive_csv", "CsvError", 2),
     ("streams.kafkaio", "KafkaConfigError", 2),
-    ("streams.notify", "NotifyConfigError", 2),
+    ("notifier.notify", "NotifyConfigError", 2),
     ("streams.kafkaio", "KafkaUnavailable", 1),
-    ("streams.replay", "ReplayError", 1),
+    ("local.replay", "ReplayError", 1),
     ("streams.offline", "OfflineInputError", 1),
-    ("streams.broker", "BrokerError", 1),
+    ("local.kafka", "BrokerError", 1),
 )
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from streams.broker import LocalKafka
-from streams.localrun import free_port
+from local.kafka import LocalKafka
+from local.run import free_port
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 METER_HEADER = ["meter_id", "area_id", "role", "multiplier", "customer_class", "active", "effective_from"]
 METER_ROWS = [
     ["SA", "A", "supply", "80", "supply", "true", "1970-01-01T00:00:00Z"],
@@ -50,7 +50,7 @@ def gridwatch(*args: str, cwd: Path, env: Mapping[str, str] | None = None, timeo
     base["PYTHONPATH"] = str(REPO)
     began = time.monotonic()
     proc = subprocess.run(
-        [sys.executable, "-m", "streams.cli", *args],
+        [sys.executable, "-m", "cli", *args],
         cwd=cwd,
         env={**base, **(env or {})},
         capture_output=True,
@@ -332,7 +332,7 @@ def test_worker_in_a_fresh_directory_creates_its_data_dir(kafka_broker: LocalKaf
     base = {k: v for k, v in os.environ.items() if not k.startswith("GRIDWATCH_")}
     log = (tmp_path / "worker.log").open("wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warning"],
+        [sys.executable, "-m", "cli", "worker", "--loglevel", "warning"],
         cwd=tmp_path,
         env={**base, "PYTHONPATH": str(REPO), **env},
         stdout=log,
@@ -370,7 +370,7 @@ def test_usage_error_is_one_line_exit_2(tmp_path: Path) -> None:
 def test_help_lists_every_command_in_plain_text(tmp_path: Path) -> None:
     from typer.main import get_command
 
-    from streams.cli import app
+    from cli import app
 
     top = gridwatch("--help", cwd=tmp_path)
     assert top.code == 0
@@ -392,7 +392,7 @@ def test_help_lists_every_command_in_plain_text(tmp_path: Path) -> None:
 def test_every_option_and_argument_is_described() -> None:
     from typer.main import get_command
 
-    from streams.cli import app
+    from cli import app
 
     def walk(cmd: object, path: str) -> Iterator[tuple[str, object]]:
         yield path, cmd

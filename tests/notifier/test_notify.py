@@ -29,12 +29,9 @@ from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 from pydantic import SecretStr
 
-from streams.broker import LocalKafka
-from streams.contracts import InvalidRecord
-from streams.kafkaio import create_topics, end_offsets, produce, read_topic
-from streams.localrun import free_port
-from streams.metrics import NotifyMetrics
-from streams.notify import (
+from local.kafka import LocalKafka
+from local.run import free_port
+from notifier.notify import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     NotifyConfigError,
@@ -43,6 +40,9 @@ from streams.notify import (
     serve,
     verify,
 )
+from streams.contracts import InvalidRecord
+from streams.kafkaio import create_topics, end_offsets, produce, read_topic
+from streams.metrics import NotifyMetrics
 from streams.settings import REPO, Settings
 from streams.topics import alert_topic_specs
 
@@ -450,7 +450,8 @@ def test_run_notify_process_from_env_and_secret_file(
     }
     publish(s, [enc(alert(1)), b"junk"])
     code = (
-        "from streams.notify import run_notify; from streams.settings import Settings; run_notify(Settings())"
+        "from notifier.notify import run_notify; from streams.settings import Settings; "
+        "run_notify(Settings())"
     )
     proc = subprocess.Popen(
         [sys.executable, "-c", code], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -678,7 +678,8 @@ def out_dir(out: Path | None, *, cwd: Path | None = None) -> Path | None:
             out = base / f"gridwatch-evaluate-{stamp}-{n}"
     resolved = out.resolve()
     root = Path(__file__).resolve().parent.parent
-    own = [root / "streams", root / "models", root / "simulator", root / "benchmarks" / "results"]
+    packages = ["streams", "models", "simulator", "evaluation", "local", "notifier"]
+    own = [root / p for p in packages] + [root / "benchmarks" / "results"]
     if any(resolved == d or d in resolved.parents for d in own):
         return None
     return out

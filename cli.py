@@ -7,10 +7,9 @@ use), 2 bad usage, settings or input file. Every failure is reported in one line
 
 from __future__ import annotations
 
-import gzip
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -21,7 +20,7 @@ from typer._click.exceptions import NoArgsIsHelpError as NoArgsIsHelp  # typer 0
 from typer._click.exceptions import UsageError as BadUsage
 from typer.core import TyperArgument, TyperCommand, TyperGroup
 
-from streams.errors import BrokerUnavailable, CommandError, UsageError, explain
+from cli_errors import BrokerUnavailable, CommandError, UsageError, explain
 from streams.settings import REPO, Settings, load_settings
 
 app = typer.Typer(
@@ -89,7 +88,7 @@ def _require_broker(s: Settings) -> None:
 
 def _require_free_port(host: str, port: int, variable: str) -> None:
     """An endpoint's port must be free before the service starts (else: a traceback later)."""
-    from streams.broker import port_taken
+    from local.kafka import port_taken
 
     if port_taken(port, host):
         raise CommandError(f"port {port} on {host} is in use (another worker?): stop it, or set {variable}")
@@ -130,7 +129,7 @@ def notify(bootstrap: Bootstrap = None) -> None:
         _require_free_port(s.metrics_host, s.notify_metrics_port, "GRIDWATCH_NOTIFY_METRICS_PORT")
     _require_broker(s)
 
-    from streams.notify import run_notify
+    from notifier.notify import run_notify
 
     run_notify(s)
 
@@ -256,28 +255,6 @@ def sample(
     typer.echo(f"wrote {out}")
 
 
-def sample_records(
-    s: Settings, path: Path, *, rebase_to: datetime | None = None
-) -> Iterator[tuple[str, int, bytes, bytes]]:
-    """(topic, event ts, key, value) of a JSONL(.gz) sample, shifted so it ends at
-    ``rebase_to`` (readings older than the allowed age are refused, so a demo replays as now)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        lines = [orjson.loads(line) for line in f if line.strip()]
-    shift = 0
-    if rebase_to is not None and lines:
-        last = max(int(r["ts"]) for r in lines)
-        target = int(rebase_to.timestamp()) // s.interval_s * s.interval_s - s.interval_s
-        shift = target - last
-    for r in lines:
-        value = r["value"]
-        ts = int(r["ts"]) + shift
-        if shift:
-            value = {**value, "ts": datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")}
-        topic = s.topic_supply if r["kind"] == "supply" else s.topic_readings
-        yield topic, ts, r["key"].encode(), orjson.dumps(value)
-
-
 SIM_TARGETS = ("jsonl", "jsonl.gz", "parquet", "kafka")
 
 
@@ -400,9 +377,9 @@ def evaluate(
 ) -> None:
     """Score the detectors and the suspect ranking on a recorded or simulated file, through the
     worker's own path, without Kafka (docs/detection.md). Exit 2: bad input; 1: the run failed."""
-    from streams.evaluate import LabelsError, check_inputs, count_records, evaluate_files, out_dir
+    from evaluation.evaluate import LabelsError, check_inputs, count_records, evaluate_files, out_dir
+    from evaluation.report import BARS, measured_bars, progress_bar, report_html, summary_lines
     from streams.offline import OfflineInputError
-    from streams.report import BARS, measured_bars, progress_bar, report_html, summary_lines
 
     def fail(message: str, code: int) -> NoReturn:
         typer.echo(f"gridwatch evaluate: {message}", err=True)
@@ -457,9 +434,9 @@ def record(
 ) -> None:
     """Dump topics to a file: key, value, timestamp, partition, offset, headers, and each topic's
     partition count and settings (docs/simulator.md). Progress on stderr."""
+    from local.replay import progress_bars
+    from local.replay import record as record_topics
     from streams.kafkaio import security_kwargs
-    from streams.replay import progress_bars
-    from streams.replay import record as record_topics
 
     s = _settings(bootstrap)
     wait = s.connect_timeout_s if timeout is None else timeout
@@ -486,9 +463,9 @@ def replay(
     """Write a recording back to Kafka: same keys, values, timestamps, partitions; missing topics
     are created like the recorded ones. --shift-to now replays an old recording as current: event
     times and Kafka timestamps move by whole windows (GRIDWATCH_WINDOW_S). Progress on stderr."""
+    from local.replay import parse_duration, parse_instant, progress_bars
+    from local.replay import replay as replay_file
     from streams.kafkaio import security_kwargs
-    from streams.replay import parse_duration, parse_instant, progress_bars
-    from streams.replay import replay as replay_file
 
     mapping = {}
     for item in rename:
@@ -531,7 +508,7 @@ def run(
     Starts the local broker, creates the topics, publishes the sample's archive, starts a worker,
     streams the sample shifted to end now and shows a summary; stops both at the end.
     """
-    from streams.localrun import run_local
+    from local.run import run_local
 
     run_local(sample_dir=SAMPLE, speed=speed, port=port, keep=keep)
 
@@ -549,7 +526,7 @@ def broker_start(
     ),
 ) -> None:
     """Start the local broker in the background (state in .gridwatch/broker)."""
-    from streams import broker
+    from local import kafka as broker
 
     b = broker.start_background(BROKER_DIR, port=port, version=version)
     typer.echo(f"broker at {b}")
@@ -558,7 +535,7 @@ def broker_start(
 @broker_app.command("stop")
 def broker_stop() -> None:
     """Stop the local broker started by `gridwatch broker start`."""
-    from streams import broker
+    from local import kafka as broker
 
     typer.echo("stopped" if broker.stop_background(BROKER_DIR) else "no broker was running")
 
@@ -566,7 +543,7 @@ def broker_stop() -> None:
 @broker_app.command("status")
 def broker_status() -> None:
     """Say whether the local broker runs, and where (exit 1 when it does not)."""
-    from streams import broker
+    from local import kafka as broker
 
     st = broker.status(BROKER_DIR)
     typer.echo(st)

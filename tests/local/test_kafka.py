@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
-from streams.broker import DEFAULT_VERSION, LocalKafka
+from local.kafka import DEFAULT_VERSION, LocalKafka
 from streams.kafkaio import create_topics
 from streams.topics import TopicSpec
 

@@ -1,0 +1,1 @@
+"""Scoring the detectors offline on simulated or recorded files, and the detection report."""

@@ -1,0 +1,1 @@
+"""The notifier service: delivers the alerts topic to the duty webhook."""
