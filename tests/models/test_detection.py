@@ -133,6 +133,17 @@ def test_a_register_restarting_low_after_missing_reads_went_backwards() -> None:
     assert back == [False, False, True, False]
 
 
+def meters_interval(
+    det: Detection, ids: list[str], t: int, billed: np.ndarray, supply: float
+) -> AreaInterval:
+    """Interval ``t`` of area A1: every meter active, in one peer group, none going backwards."""
+    n = len(ids)
+    z = np.zeros(n, bool)
+    return AreaInterval(
+        "A1", 900 * t, det.index(ids), billed, z, ~z, np.zeros(n, np.int64), supply, -0.01, 0.07
+    )
+
+
 def thief_area(
     det: Detection, first: int, last: int, thief_at: int = 150, *, honest: bool = False
 ) -> list[dict]:
@@ -150,20 +161,7 @@ def thief_area(
             if honest:
                 real[3] *= 0.5
         if t >= first:
-            n = len(ids)
-            iv = AreaInterval(
-                "A1",
-                900 * t,
-                det.index(ids),
-                billed,
-                np.zeros(n, bool),
-                np.ones(n, bool),
-                np.zeros(n, np.int64),
-                supply_kwh=float(real.sum() * 1.03),
-                lower=-0.01,
-                upper=0.07,
-            )
-            out += det.step([iv])
+            out += det.step([meters_interval(det, ids, t, billed, float(real.sum() * 1.03))])
     return out
 
 
@@ -277,20 +275,7 @@ def zero_area(det: Detection, last: int, at: int, *, draws: bool, m3_kwh: float)
             if not draws:
                 real[3] = 0.0
         before, register = register, register + float(real.sum() * 1.03 + 0.3)
-        n = len(ids)
-        iv = AreaInterval(
-            "A1",
-            900 * t,
-            det.index(ids),
-            billed,
-            np.zeros(n, bool),
-            np.ones(n, bool),
-            np.zeros(n, np.int64),
-            supply_kwh=round(register, 1) - round(before, 1),
-            lower=-0.01,
-            upper=0.07,
-        )
-        out += det.step([iv])
+        out += det.step([meters_interval(det, ids, t, billed, round(register, 1) - round(before, 1))])
     return out
 
 
