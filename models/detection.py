@@ -32,6 +32,7 @@ import numpy.typing as npt
 
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
+from models.balance import LossHistory
 from models.inspections import SuspectClassifier, Verdict
 from models.mapping import MappingErrorFinder
 from models.meter_anomaly import MeterAnomalyDetector
@@ -229,16 +230,16 @@ class Detection:
         suspect_score: float = 30.0,
         suspect_top: int = 3,
         mapping_every_s: int = 86400,
-        small_zero_kwh: float = 0.5,
     ) -> None:
         self.interval_s = interval_s
-        self.small_zero_kwh = small_zero_kwh
         # Suspects (docs/suspects.md): ranked when an area's hour closes; published when the
         # score passes ``suspect_score`` or the area's loss alarm is open (not in negative-loss
         # areas: there the ranking explains a mapping error, which the finder looks for).
         self.ranker = SuspectRanker(interval_s=interval_s) if suspects else None
         # Learns from inspection verdicts on published suspects and re-ranks the next ones.
         self.classifier = SuspectClassifier() if suspects else None
+        # The area's recent loss, to judge a zero run by the balance (with the ranking, as drops).
+        self.balance = LossHistory() if suspects else None
         self.suspect_score, self.suspect_top = suspect_score, suspect_top
         self.mapping_every_s = mapping_every_s
         self._mapping_checked = -1
@@ -434,21 +435,18 @@ class Detection:
             loss_rate = (s - sales) / s
         loss_kwh = s - sales if loss_rate is not None else None
         expected = self._expected_kwh(iv.meters)
+        if self.balance is not None:
+            self.balance.observe(iv.area_id, math.nan if loss_kwh is None else loss_kwh, s)
         observed: list[Observed] = []
         ranked: dict[str, Suspect] | None = None
         for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
-            small_zero = (
-                ev.type == "zero"
-                and ev.firing
-                and ev.evidence.get("run", 0.0) * ev.evidence.get("mean_kwh", 0.0) < self.small_zero_kwh
-            )
-            if ev.type == "drop" or small_zero or (ev.type == "zero" and not ev.firing):
+            if ev.type in UNEXPLAINED:
                 if not ev.firing:  # resolve whichever of the two the condition was opened as
                     clear = _Event(UNEXPLAINED[ev.type], 0.0, False, {})
                     observed.append(Observed("meter", self._names[ev.meter], clear))
-                elif self.ranker is not None:
+                elif self.ranker is not None and not self._zero_shows(iv.area_id, ev):
                     if ranked is None and iv.area_id in self.ranker.areas:
                         ranked = {x.meter: x for x in self.ranker.rank(iv.area_id, top=None)}
                     if not self._loss_explains(self._names[ev.meter], ranked):
@@ -471,6 +469,15 @@ class Detection:
                 evidence["expected_kwh"] = round(s * (1 - min(max(iv.upper, 0.0), 1.0)), 6)
             observed.append(Observed("area", iv.area_id, _WithEvidence(aev, _finite(evidence))))
         return observed
+
+    def _zero_shows(self, area: str, ev: Any) -> bool:
+        """Whether a zero run that just opened shows in the area's loss: the loss over the run
+        rose by about what the meter would have used (run x its mean interval energy). A stopped
+        meter or a bypass does that at once; a home away does not (its supply fell too)."""
+        if ev.type != "zero" or self.balance is None:
+            return False
+        run = ev.evidence.get("run", 0.0)
+        return self.balance.shows(area, int(run), run * ev.evidence.get("mean_kwh", 0.0))
 
     def _loss_explains(self, meter: str, ranked: dict[str, Suspect] | None) -> bool:
         """Whether the area's energy balance names a meter whose drop just opened
@@ -503,6 +510,8 @@ class Detection:
         self.area_detector.areas.pop(area_id, None)
         if self.ranker is not None:
             self.ranker.areas.pop(area_id, None)
+        if self.balance is not None:
+            self.balance.areas.pop(area_id, None)
 
     def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
         """The area's state: its meters' detector rows, its river state, the open alerts of the
@@ -530,6 +539,9 @@ class Detection:
                 "suspects": _pack(self.ranker.snapshot_area(area_id))
                 if self.ranker is not None and area_id in self.ranker.areas
                 else None,
+                "balance": _pack(self.balance.snapshot_area(area_id))
+                if self.balance is not None and area_id in self.balance.areas
+                else None,
                 "classifier": self.classifier.snapshot() if self.classifier is not None else None,
             }
         )
@@ -554,6 +566,8 @@ class Detection:
             self.learned[area_id] = int(d["learned"])
         if self.ranker is not None and d.get("suspects"):
             self.ranker.restore_area(area_id, _unpack(d["suspects"]))
+        if self.balance is not None and d.get("balance"):
+            self.balance.restore_area(area_id, _unpack(d["balance"]))
         saved = d.get("classifier")
         if self.classifier is not None and saved is not None:
             # One classifier per process, saved with every area: keep the most learned.
@@ -620,10 +634,10 @@ class _Event:
     evidence: dict[str, Any]
 
 
-# A consumption drop the area's energy balance does not show: its own type (information, not
-# paged, not a suspect). A zero run is gated so only when the home would have used little over
-# it (``small_zero_kwh``): a stopped meter must page within four intervals, before any balance
-# can name it (docs/detection.md).
+# A consumption drop or zero run the area's energy balance does not show: its own type
+# (information, not paged, not a suspect). A zero run pages when the loss rose by about what the
+# meter would have used (a stopped meter, within its four intervals) or the ranking names it
+# (docs/detection.md).
 UNEXPLAINED = {"drop": "consumption_drop", "zero": "consumption_zero"}
 
 

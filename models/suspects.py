@@ -372,7 +372,7 @@ class SuspectRanker:
             noise_floor=self.noise_floor,
         )
         score, llr_loss, share, llr_drop, lo, hi = ev.score, ev.loss, ev.share, ev.drop, ev.lo, ev.hi
-        score = combine(score, at.llr)
+        score = combine(score, at.llr, llr_loss, confirm=self.confirm)
         # A missing bin, or one without a peer level, gives no evidence either way.
         deficit = np.nan_to_num(np.where(np.isnan(energy), 0.0, expected - energy))
         dl, dd = loss - loss.mean(), deficit - deficit.mean(axis=1, keepdims=True)
@@ -455,28 +455,40 @@ class SuspectRanker:
         self.areas[area] = st
 
 
-def combine(step: F64, joint: F64, *, alone: float = 10.0) -> F64:
+def combine(
+    step: F64, joint: F64, loss: F64 | None = None, *, alone: float = 10.0, confirm: float = 3.0
+) -> F64:
     """The ranking score of a meter from its step score (a recent drop the loss confirms, one
-    cause at a time) and its joint evidence (its share of the area's loss over the horizon).
+    cause at a time), its joint evidence (its share of the area's loss over the horizon) and the
+    step's loss evidence ``loss`` (None: not capped by it).
 
     Where the joint fit gives some meter at least ``alone`` (a third of the publishing bar),
     the score is the joint evidence plus the step score up to ``alone`` plus three times the
-    joint evidence: in an area with several thieves an honest meter's dip rides on their loss
-    in the single-cause test, while the joint fit gives it no share. Where it gives none (a
-    short history, a single fresh theft behind a coarse supply register, whose cumulative
-    single-cause test sees it better), the step score as it is. A step the loss refutes
-    (negative) counts only for a meter the joint fit gives no share: with several thieves the
-    single-cause test refutes the biggest of them (issue #14: ranks 32 and 33 of 33).
+    joint evidence, and up to ``confirm`` times the step's loss evidence: in an area with several
+    thieves an honest meter's dip rides on their loss in the single-cause test, while the joint
+    fit gives it no share, and a noisy honest household's deep dips (holidays, evenings out) are
+    drop evidence the loss does not confirm, which must not make it a suspect on its own. Where
+    the joint fit gives none (a short history, a single fresh theft behind a coarse supply
+    register, whose cumulative single-cause test sees it better), the step score as it is. A
+    step the loss refutes (negative) counts only for a meter the joint fit gives no share: with
+    several thieves the single-cause test refutes the biggest of them (issue #14: ranks 32 and
+    33 of 33).
 
-    >>> combine(np.array([100.0, 100.0, -40.0, 5.0]), np.array([0.0, 20.0, 0.0, 30.0])).tolist()
+    >>> step, joint = np.array([100.0, 100.0, -40.0, 5.0]), np.array([0.0, 20.0, 0.0, 30.0])
+    >>> combine(step, joint).tolist()
     [10.0, 90.0, -40.0, 35.0]
-    >>> combine(np.array([100.0, 50.0]), np.array([0.0, 2.0])).tolist()
+    >>> combine(step, joint, np.array([0.0, 20.0, -40.0, 1.0])).tolist()
+    [0.0, 80.0, -40.0, 33.0]
+    >>> combine(np.array([100.0, 50.0]), np.array([0.0, 2.0]), np.array([0.0, 0.0])).tolist()
     [100.0, 50.0]
     """
     if joint.size == 0 or float(joint.max()) < alone:
         return step
     refuted = np.where(joint > 0, 0.0, np.minimum(step, 0.0))  # one cause refuted, not a share
-    return joint + np.minimum(np.maximum(step, 0.0), 3 * joint + alone) + refuted
+    cap = 3 * joint + alone
+    if loss is not None:
+        cap = np.minimum(cap, confirm * np.maximum(loss, 0.0))
+    return joint + np.minimum(np.maximum(step, 0.0), cap) + refuted
 
 
 def _residual_maker(supply: F64) -> F64:

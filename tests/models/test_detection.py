@@ -133,6 +133,17 @@ def test_a_register_restarting_low_after_missing_reads_went_backwards() -> None:
     assert back == [False, False, True, False]
 
 
+def meters_interval(
+    det: Detection, ids: list[str], t: int, billed: np.ndarray, supply: float
+) -> AreaInterval:
+    """Interval ``t`` of area A1: every meter active, in one peer group, none going backwards."""
+    n = len(ids)
+    z = np.zeros(n, bool)
+    return AreaInterval(
+        "A1", 900 * t, det.index(ids), billed, z, ~z, np.zeros(n, np.int64), supply, -0.01, 0.07
+    )
+
+
 def thief_area(
     det: Detection, first: int, last: int, thief_at: int = 150, *, honest: bool = False
 ) -> list[dict]:
@@ -150,20 +161,7 @@ def thief_area(
             if honest:
                 real[3] *= 0.5
         if t >= first:
-            n = len(ids)
-            iv = AreaInterval(
-                "A1",
-                900 * t,
-                det.index(ids),
-                billed,
-                np.zeros(n, bool),
-                np.ones(n, bool),
-                np.zeros(n, np.int64),
-                supply_kwh=float(real.sum() * 1.03),
-                lower=-0.01,
-                upper=0.07,
-            )
-            out += det.step([iv])
+            out += det.step([meters_interval(det, ids, t, billed, float(real.sum() * 1.03))])
     return out
 
 
@@ -257,3 +255,59 @@ def test_a_drop_the_loss_does_not_show_is_information_not_a_page() -> None:
     assert ("consumption_drop", "info") in opened
     assert not {t for t, _ in opened} & {"meter_consumption_drop", "meter_theft_suspect"}
     assert not any(r["severity"] == "page" for r in innocent if r["entity_kind"] == "meter")
+
+
+def zero_area(det: Detection, last: int, at: int, *, draws: bool, m3_kwh: float) -> list[dict]:
+    """30 meters with a daily shape, M3 using about ``m3_kwh`` an interval; the supply register
+    steps by 0.1 kWh. From ``at`` M3 registers nothing: still drawing (``draws``: a stopped
+    meter or a bypass, the loss rises by its use) or really using nothing (away: the supply
+    falls with it)."""
+    ids = [f"M{i}" for i in range(30)]
+    rng = np.random.default_rng(2)
+    mean = rng.lognormal(0.0, 0.4, len(ids))
+    mean[3] = m3_kwh
+    register, out = 1000.0, []
+    for t in range(1, last):
+        real = mean * (1 + 0.5 * np.sin(2 * np.pi * t / 96)) * rng.lognormal(-0.02, 0.2, len(ids))
+        billed = real.copy()
+        if t >= at:
+            billed[3] = 0.0
+            if not draws:
+                real[3] = 0.0
+        before, register = register, register + float(real.sum() * 1.03 + 0.3)
+        out += det.step([meters_interval(det, ids, t, billed, round(register, 1) - round(before, 1))])
+    return out
+
+
+def test_a_zero_run_the_loss_does_not_show_is_information() -> None:
+    """A home that uses about 1 kWh an interval reads zero from interval 150 because nobody is
+    there (the supply falls with it): ``consumption_zero``, information, not a page, however
+    much it would have used."""
+    alerts = zero_area(Detection(suspects=True), 250, 150, draws=False, m3_kwh=1.0)
+    m3 = {(r["type"], r["severity"]) for r in alerts if (r["entity_id"], r["event"]) == ("M3", "opened")}
+    assert ("consumption_zero", "info") in m3
+    assert not any(r["severity"] == "page" for r in alerts if r["entity_kind"] == "meter")
+
+
+def test_a_stopped_meter_pages_within_four_intervals_when_the_loss_shows_it() -> None:
+    """A small home (0.1 kWh an interval, 0.4 kWh over four: below any size threshold) whose
+    meter stops while it still draws: the area's loss rises by its use at once, so the zero run
+    pages (``meter_zero_consumption``) within four intervals, with no ranking needed."""
+    alerts = zero_area(Detection(suspects=True), 250, 150, draws=True, m3_kwh=0.1)
+    zero = [r for r in alerts if r["type"] == "meter_zero_consumption" and r["event"] == "opened"]
+    assert [r["entity_id"] for r in zero] == ["M3"]
+    assert zero[0]["severity"] == "page"
+    delay = (datetime.fromisoformat(zero[0]["at"]).timestamp() - 900 * 150) / 900 + 1
+    assert delay <= 4, f"paged after {delay} intervals"
+    assert not any(r["type"] == "consumption_zero" for r in alerts)
+
+
+def test_the_area_loss_history_survives_a_snapshot() -> None:
+    """Restored just before the meter stops, a worker pages it as one that never stopped: the
+    area's loss history travels in the snapshot (without it the zero run is not judged)."""
+    whole = zero_area(Detection(suspects=True), 250, 150, draws=True, m3_kwh=0.1)
+    part = Detection(suspects=True)
+    zero_area(part, 149, 150, draws=True, m3_kwh=0.1)
+    resumed = Detection(suspects=True)
+    resumed.restore_area(part.snapshot_area("A1", [f"M{i}" for i in range(30)]))
+    assert zero_area(resumed, 250, 150, draws=True, m3_kwh=0.1) == whole

@@ -7,7 +7,7 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from models.suspects import SuspectRanker, drop_evidence, loss_evidence
+from models.suspects import SuspectRanker, combine, drop_evidence, loss_evidence
 from simulator.anomalies import AnomalySpec
 from simulator.synth import Sim, SimSpec
 
@@ -286,3 +286,20 @@ def test_several_thieves_the_biggest_first_by_joint_attribution() -> None:
     for m in thieves[:4]:  # the smallest, M030, took 24 kWh in a month: not distinguishable
         assert by[meters[m]].stolen_kwh > max(5.0, 2 * honest[len(honest) // 2]), m
         assert by[meters[m]].theft_days >= 3
+
+
+def test_a_drop_the_loss_does_not_confirm_adds_nothing_where_the_joint_fit_rules() -> None:
+    """In an area where the joint fit gives some meter a share worth a third of the bar, the
+    step score adds at most 3x its loss evidence: a noisy honest household with a deep drop
+    (step 100) that the loss does not confirm (loss evidence 0 or below) gains nothing from it,
+    and ranks below a small thief with a little joint share and a drop the loss confirms."""
+    step = np.array([100.0, 100.0, 30.0, 60.0])
+    joint = np.array([0.0, 0.5, 2.0, 40.0])
+    loss = np.array([0.0, -3.0, 4.0, 50.0])  # the step's own loss evidence
+    honest, honest_shared, small_thief, big_thief = combine(step, joint, loss).tolist()
+    assert honest == 0.0 and honest_shared == 0.5  # its joint share, no drop on top
+    assert small_thief == 2.0 + 3 * 4.0  # the drop counted as far as the loss confirms it
+    assert big_thief == 40.0 + 60.0  # a confirmed drop within 3x joint + 10: whole
+    assert big_thief > small_thief > honest_shared > honest
+    # where no meter's joint share reaches a third of the bar, the step as it is
+    assert combine(step, np.zeros(4), loss).tolist() == step.tolist()
