@@ -87,15 +87,15 @@ class TariffClassDetector:
     ...         out += det.step(t, m, e, g)
     ...     return out
     >>> [(e.meter, e.type, round(e.score, 2)) for e in day(4 * 86400)]  # a Monday
-    [(1, 'tariff_mismatch', 4.0)]
+    [(1, 'tariff_mismatch', 5.0)]
     """
 
     def __init__(
         self,
         *,
         classes: Sequence[int] = (0,),
-        ratio: float = 2.5,
-        level_kw: float = 1.5,
+        ratio: float = 2.0,
+        level_kw: float = 1.0,
         clear: float = 0.8,
         min_day: int = 5 * 36,
         min_rest: int = 400,
