@@ -5,6 +5,7 @@ their own and through Detection on the realistic simulator with injected cases."
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from models.tariff_class import TariffClassDetector
 from simulator.anomalies import AnomalySpec
 from simulator.synth import Sim, SimSpec
 from streams.evaluate import run_detectors
+from streams.settings import SettingsError, load_settings
 
 WATCH_TYPES = ("meter_large_consumption_day", "meter_large_consumption_month", "meter_tariff_mismatch")
 
@@ -137,3 +139,34 @@ def test_watch_state_survives_a_snapshot() -> None:
     want = run(live, range(60, 200), idx)
     got = run(restored, range(60, 200), restored.index(["M1", "M2"]))
     assert want and got == want
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        ('{"residential": {"day": 300}}', "expected"),
+        ('{"residential": {"day": 0, "month": 10}}', "positive kWh"),
+        ('{"residential": 300}', "valid dictionary"),
+    ],
+)
+def test_bad_thresholds_are_one_clear_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, value: str, why: str
+) -> None:
+    monkeypatch.setenv("GRIDWATCH_LARGE_CONSUMPTION_KWH", value)
+    with pytest.raises(SettingsError) as err:
+        load_settings(env_file=tmp_path / ".env", warn=None)
+    assert "GRIDWATCH_LARGE_CONSUMPTION_KWH" in str(err.value) and why in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_thresholds_and_offset_reach_the_detection(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRIDWATCH_LARGE_CONSUMPTION_KWH", '{"commercial": {"day": 800, "month": 9000}}')
+    monkeypatch.setenv("GRIDWATCH_LOCAL_UTC_OFFSET_S", "28800")
+    s = load_settings(env_file=tmp_path / ".env", warn=None)
+    det = Detection(large_consumption_kwh=s.large_consumption_limits, utc_offset_s=s.local_utc_offset_s)
+    lc = det.large_consumption
+    assert (lc.day_kwh[1], lc.month_kwh[1], lc.utc_offset_s) == (800.0, 9000.0, 28800)
+    assert np.isinf(lc.day_kwh[0])  # residential no longer listed: not checked
+    monkeypatch.setenv("GRIDWATCH_LOCAL_UTC_OFFSET_S", str(15 * 3600))
+    with pytest.raises(SettingsError, match="GRIDWATCH_LOCAL_UTC_OFFSET_S"):
+        load_settings(env_file=tmp_path / ".env", warn=None)
