@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     pg_dsn: SecretStr = SecretStr("postgresql://gridwatch@127.0.0.1:5432/gridwatch")
     store_group_id: str = "gridwatch-store"
     store_metrics_port: int = Field(9310, ge=0, description="0: no metrics endpoint")
-    store_batch_records: int = Field(5000, ge=1, le=100_000, description="records per transaction, at most")
+    store_batch_records: int = Field(20_000, ge=1, le=100_000, description="records per transaction, at most")
     store_retention_days: int = Field(400, ge=1, description="area-window results kept, by window start")
     # Yuan per kWh by customer class (topology's customer_class): prices recovered kWh and
     # arrears exposure; a class not listed takes tariff_default_yuan_per_kwh. Illustrative
