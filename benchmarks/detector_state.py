@@ -80,10 +80,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         "areas": areas,
         "detector_state_bytes_per_meter": det.state_bytes_per_meter(),
         # the anomaly detectors (bar: 64 B) and the volume-price-fee watch (docs/detection.md)
-        "anomaly_detectors_bytes_per_meter": det.meter_detector.state_bytes_per_meter()
-        + det.last_register.itemsize,
-        "watch_bytes_per_meter": det.large_consumption.state_bytes_per_meter()
-        + det.tariff_class.state_bytes_per_meter(),
+        "anomaly_detectors_bytes_per_meter": det.anomaly_state_bytes_per_meter(),
+        "watch_bytes_per_meter": det.watch_state_bytes_per_meter(),
         "detector_arrays_bytes_per_meter_allocated": round(arrays / meters, 1),
         "watch_arrays_bytes_per_meter_allocated": round(watch / meters, 1),
         "index_bytes_per_meter": round((after_index - base) / meters, 1),

@@ -320,13 +320,17 @@ class Detection:
         return len(self._names)
 
     def state_bytes_per_meter(self) -> int:
-        """Bytes of per-meter state: the meter detector's arrays and the last register."""
-        return (
-            self.meter_detector.state_bytes_per_meter()
-            + self.large_consumption.state_bytes_per_meter()
-            + self.tariff_class.state_bytes_per_meter()
-            + self.last_register.itemsize
-        )
+        """Bytes of per-meter state: the anomaly detectors' and the watch's."""
+        return self.anomaly_state_bytes_per_meter() + self.watch_state_bytes_per_meter()
+
+    def anomaly_state_bytes_per_meter(self) -> int:
+        """The anomaly detectors' bytes a meter (the meter detector's arrays and the last
+        register): what the 64-byte bar is on (docs/detection.md, "Volume-price-fee watch")."""
+        return self.meter_detector.state_bytes_per_meter() + self.last_register.itemsize
+
+    def watch_state_bytes_per_meter(self) -> int:
+        """The volume-price-fee watch's bytes a meter (large consumption, tariff class)."""
+        return self.large_consumption.state_bytes_per_meter() + self.tariff_class.state_bytes_per_meter()
 
     def state_bytes(self) -> int:
         """Bytes of per-meter detector state held for the indexed meters."""

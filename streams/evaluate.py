@@ -355,7 +355,8 @@ def evaluate(
             for m, a in zip(sim.grid.meter_ids, sim.grid.archive_area, strict=True)
         },
     )
-    out["state_bytes_per_meter"] = detection.state_bytes_per_meter()
+    out["state_bytes_per_meter"] = detection.anomaly_state_bytes_per_meter()  # the 64-byte bar
+    out["watch_state_bytes_per_meter"] = detection.watch_state_bytes_per_meter()
     out["seed"] = spec.seed
     out["seconds"] = round(elapsed, 1)
     out["meter_intervals_per_s"] = round(sim.grid.meters * spec.steps / elapsed) if elapsed else None
@@ -821,7 +822,8 @@ def evaluate_files(
             "seed": spec.get("seed", found.sample.get("seed") if found.sample else None),
             "anomalous_meters": len(meter_labels),
             "anomalous_share": len(meter_labels) / len(customers) if customers else 0.0,
-            "state_bytes_per_meter": detection.state_bytes_per_meter(),
+            "state_bytes_per_meter": detection.anomaly_state_bytes_per_meter(),
+            "watch_state_bytes_per_meter": detection.watch_state_bytes_per_meter(),
             "records": run.records,
             "readings": run.readings,
             "late_readings": run.refused.get("late", 0),
