@@ -4,7 +4,8 @@
     python benchmarks/detector_state.py --meters 200000
 
 Feeds every area one interval (so every meter has state), then reports: the numpy arrays of the
-meter detector plus the last-register array (the state snapshotted per area), the dense index
+meter detector plus the last-register array, and those of the volume-price-fee watch (large
+consumption, tariff class; all snapshotted per area), the dense index
 (meter id -> int, a Python dict and list of the id strings), measured with tracemalloc, and the
 time of one area-interval step. Then the suspect ranker's state (30 days of hourly bins per
 meter, models/suspects.py): its stated bytes per meter, the bytes its arrays allocate per meter
@@ -70,13 +71,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             det.step([iv])
             if ts == 1800:
                 steps.append(time.perf_counter() - t)
-    arrays = sum(v.nbytes for v in det.meter_detector._a.values()) + det.last_register.nbytes
+    anomaly = sum(v.nbytes for v in det.meter_detector._a.values()) + det.last_register.nbytes
+    watch = sum(v.nbytes for d in (det.large_consumption, det.tariff_class) for v in d._a.values())
+    arrays = anomaly + watch
     meters = det.meters
     res = {
         "meters": meters,
         "areas": areas,
         "detector_state_bytes_per_meter": det.state_bytes_per_meter(),
+        # the anomaly detectors (bar: 64 B) and the volume-price-fee watch (docs/detection.md)
+        "anomaly_detectors_bytes_per_meter": det.anomaly_state_bytes_per_meter(),
+        "watch_bytes_per_meter": det.watch_state_bytes_per_meter(),
         "detector_arrays_bytes_per_meter_allocated": round(arrays / meters, 1),
+        "watch_arrays_bytes_per_meter_allocated": round(watch / meters, 1),
         "index_bytes_per_meter": round((after_index - base) / meters, 1),
         "area_interval_step_ms_median": round(1000 * float(np.median(steps)), 3),
         "meter_intervals_per_s": round(per / float(np.median(steps))),

@@ -21,6 +21,9 @@ ALERT_TYPE: dict[tuple[str, str], str] = {
     ("meter", "suspect"): "meter_theft_suspect",
     ("meter", "mapping_error"): "meter_mapping_error",
     ("area", "collection_outage"): "area_incomplete",
+    ("meter", "large_day"): "meter_large_consumption_day",
+    ("meter", "large_month"): "meter_large_consumption_month",
+    ("meter", "tariff_mismatch"): "meter_tariff_mismatch",
 }
 # Severity by alert type; anything not listed is "warning".
 SEVERITY: dict[str, str] = {
@@ -37,6 +40,10 @@ SEVERITY: dict[str, str] = {
     "meter_consumption_spike": "info",
     "meter_consumption_rise": "info",
     "meter_missing": "info",
+    # The volume-price-fee watch: checked against the customer's contract, not paged.
+    "meter_large_consumption_day": "info",
+    "meter_large_consumption_month": "info",
+    "meter_tariff_mismatch": "info",
 }
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import io
 import math
 import pickle
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -34,9 +34,11 @@ from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
 from models.balance import LossHistory
 from models.inspections import SuspectClassifier, Verdict
+from models.large_consumption import LargeConsumptionDetector, LargeConsumptionEvent
 from models.mapping import MappingErrorFinder
 from models.meter_anomaly import MeterAnomalyDetector
 from models.suspects import Suspect, SuspectRanker
+from models.tariff_class import TariffClassDetector, TariffClassEvent
 from models.windows import interval_ends
 from topology import MeterRecord, Role, Topology
 
@@ -52,6 +54,9 @@ Roster = tuple[
 # Peer groups of the meter detector, by the archive's customer class.
 CLASS_CODES: dict[str, int] = {"residential": 0, "commercial": 1, "industrial": 2}
 OTHER_CLASS = 3
+# Large consumption thresholds per customer class, (day kWh, month kWh): above what the
+# realistic simulator's largest honest homes use (docs/detection.md, "Volume-price-fee watch").
+DEFAULT_LARGE_CONSUMPTION_KWH: dict[str, tuple[float, float]] = {"residential": (300.0, 5000.0)}
 
 
 def class_code(customer_class: str) -> int:
@@ -230,6 +235,9 @@ class Detection:
         suspect_score: float = 30.0,
         suspect_top: int = 3,
         mapping_every_s: int = 86400,
+        large_consumption_kwh: Mapping[str, tuple[float, float]] | None = None,
+        tariff_kw: dict[str, Any] | None = None,
+        utc_offset_s: int = 0,
     ) -> None:
         self.interval_s = interval_s
         # Suspects (docs/suspects.md): ranked when an area's hour closes; published when the
@@ -245,6 +253,13 @@ class Detection:
         self._mapping_checked = -1
         self.meter_detector = MeterAnomalyDetector(capacity, **(meter_kw or {}))
         self.area_detector = AreaAnomalyDetector(**(area_kw or {}))
+        # The volume-price-fee watch: large consumption per class, billed class vs load shape.
+        limits = DEFAULT_LARGE_CONSUMPTION_KWH if large_consumption_kwh is None else large_consumption_kwh
+        self.large_consumption = LargeConsumptionDetector(
+            {class_code(c): v for c, v in limits.items()}, utc_offset_s=utc_offset_s, capacity=capacity
+        )
+        tariff = {"interval_s": interval_s, "utc_offset_s": utc_offset_s, "capacity": capacity}
+        self.tariff_class = TariffClassDetector(**{**tariff, **(tariff_kw or {})})
         self.book = AlertBook()
         self.min_completeness = min_completeness
         self.learned: dict[str, int] = {}
@@ -306,8 +321,17 @@ class Detection:
         return len(self._names)
 
     def state_bytes_per_meter(self) -> int:
-        """Bytes of per-meter state: the meter detector's arrays and the last register."""
+        """Bytes of per-meter state: the anomaly detectors' and the watch's."""
+        return self.anomaly_state_bytes_per_meter() + self.watch_state_bytes_per_meter()
+
+    def anomaly_state_bytes_per_meter(self) -> int:
+        """The anomaly detectors' bytes a meter (the meter detector's arrays and the last
+        register): what the 64-byte bar is on (docs/detection.md, "Volume-price-fee watch")."""
         return self.meter_detector.state_bytes_per_meter() + self.last_register.itemsize
+
+    def watch_state_bytes_per_meter(self) -> int:
+        """The volume-price-fee watch's bytes a meter (large consumption, tariff class)."""
+        return self.large_consumption.state_bytes_per_meter() + self.tariff_class.state_bytes_per_meter()
 
     def state_bytes(self) -> int:
         """Bytes of per-meter detector state held for the indexed meters."""
@@ -460,6 +484,13 @@ class Detection:
                     if loss_kwh is not None and loss_kwh > 0 and exp > obs:
                         evidence["share_of_area_loss"] = round((exp - obs) / loss_kwh, 6)
             observed.append(Observed("meter", self._names[ev.meter], _WithEvidence(ev, _finite(evidence))))
+        watched: list[LargeConsumptionEvent | TariffClassEvent] = [
+            *self.large_consumption.step(iv.ts, iv.meters, e, iv.group),
+            *self.tariff_class.step(iv.ts, iv.meters, e, iv.group),
+        ]
+        for wev in watched:
+            watch = _WithEvidence(wev, _finite(wev.evidence))
+            observed.append(Observed("meter", self._names[wev.meter], watch))
         for aev in self.area_detector.step(
             iv.area_id, loss_rate=loss_rate, completeness=completeness, lower=iv.lower, upper=iv.upper
         ):
@@ -513,12 +544,21 @@ class Detection:
         if self.balance is not None:
             self.balance.areas.pop(area_id, None)
 
+    def _meter_rows(self, idx: npt.NDArray[np.int64]) -> list[tuple[str, npt.NDArray[Any]]]:
+        """Every per-meter detector's state arrays, grown to hold ``idx`` (snapshot keys are
+        unique across detectors)."""
+        size = int(idx.max()) + 1 if len(idx) else 0
+        out: list[tuple[str, npt.NDArray[Any]]] = []
+        for det in (self.meter_detector, self.large_consumption, self.tariff_class):
+            det._grow(size)
+            out += det._a.items()
+        return out
+
     def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
         """The area's state: its meters' detector rows, its river state, the open alerts of the
         area and of those meters, and ``learned``."""
         idx = self.index(meter_ids)
-        self.meter_detector._grow(int(idx.max()) + 1 if len(idx) else 0)
-        rows = {k: v[idx].tobytes() for k, v in self.meter_detector._a.items()}
+        rows = {k: v[idx].tobytes() for k, v in self._meter_rows(idx)}
         rows["last_register"] = self.last_register[idx].tobytes()
         names = set(meter_ids)
 
@@ -553,9 +593,7 @@ class Detection:
             raise ValueError(f"unknown detection snapshot version {d.get('v')!r}")
         area_id = str(d["area"])
         idx = self.index([str(m) for m in d["meters"]])
-        det = self.meter_detector
-        det._grow(int(idx.max()) + 1 if len(idx) else 0)
-        for k, arr in [*det._a.items(), ("last_register", self.last_register)]:
+        for k, arr in [*self._meter_rows(idx), ("last_register", self.last_register)]:
             raw = d["rows"].get(k)
             if raw is None or len(raw) != len(idx) * arr.itemsize:
                 continue  # a field added or retyped since the snapshot starts from zero

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from simulator.grid import CT_PRIMARIES, Grid
-from simulator.shapes import INDUSTRIAL, RESIDENTIAL
+from simulator.shapes import COMMERCIAL, INDUSTRIAL, RESIDENTIAL
 from simulator.theft_models import REALISTIC_THEFTS, draw_params, reported
 
 THEFTS = tuple(f"theft_h{i}" for i in range(1, 7))
@@ -36,9 +36,14 @@ TYPES = (
     "concentrator_outage",
     "shutdown",
 )
+# The volume-price-fee watch's cases (docs/simulator.md), drawn only when counted, after the
+# others (a city without them is unchanged): a shop billed as a home, and an honest home with a
+# large constant load.
+WATCH = ("misclassified", "large_consumer")
 METERED = (*THEFTS, "stopped", "spike", *REALISTIC_THEFTS)
 RUN_MIN, RUN_MAX = 4 * 3600, 12 * 3600  # h2's zeroed run, flat lines: hours
 G_RANGE = (0.1, 0.8)  # h3 / h4 factor range (Jokar et al. 2016)
+LARGE_EXTRA_KW = (15.0, 25.0)  # a large consumer's added constant load: 360-600 kWh a day
 
 
 @dataclass(frozen=True)
@@ -53,9 +58,9 @@ class AnomalySpec:
     outage_hours: tuple[float, float] = (1.0, 6.0)
 
     def __post_init__(self) -> None:
-        unknown = set(self.counts) - set(TYPES) - set(REALISTIC_THEFTS)
+        unknown = set(self.counts) - set(TYPES) - set(REALISTIC_THEFTS) - set(WATCH)
         if unknown:
-            known = ", ".join((*TYPES, *REALISTIC_THEFTS))
+            known = ", ".join((*TYPES, *REALISTIC_THEFTS, *WATCH))
             raise ValueError(f"unknown anomaly type(s) {sorted(unknown)}; known: {known}")
         if any(n < 0 for n in self.counts.values()):
             raise ValueError("anomaly counts must be >= 0")
@@ -65,7 +70,7 @@ class AnomalySpec:
             raise ValueError("per_meters must be >= 1")
 
     def count(self, kind: str, meters: int) -> int:
-        default = 0 if kind in REALISTIC_THEFTS else max(1, meters // self.per_meters)
+        default = 0 if kind in REALISTIC_THEFTS or kind in WATCH else max(1, meters // self.per_meters)
         return self.counts.get(kind, default)
 
     @classmethod
@@ -202,6 +207,18 @@ def plan(
             if not customer(kind, *_span(rng, steps, day, steps), {}):
                 break
             out[-1].params = draw_params(kind, rng, float(grid.mean_kw[out[-1].index]) * interval_s / 3600)
+    for _ in range(spec.count("misclassified", grid.meters)):
+        # A commercial customer filed as residential for the whole run: billed at the wrong tariff.
+        if not customer("misclassified", 1, steps, {}, mask=grid.customer_class == COMMERCIAL):
+            break
+        grid.archive_class[out[-1].index] = RESIDENTIAL
+        out[-1].params["archive_class"] = "residential"
+    for _ in range(spec.count("large_consumer", grid.meters)):
+        # An honest home that starts a large constant load (a workshop, heat pumps, a miner).
+        extra = round(float(rng.uniform(*LARGE_EXTRA_KW)), 2)
+        if not customer("large_consumer", *_span(rng, steps, 2 * day, steps), {"extra_kw": extra},
+                        mask=grid.customer_class == RESIDENTIAL):  # fmt: skip
+            break
     for a in out:
         if a.role == "customer" and a.type in ("shutdown", "wrong_mapping"):
             a.params["mean_kw"] = round(float(grid.mean_kw[a.index]), 3)
@@ -285,12 +302,16 @@ def _outage(
 
 
 def apply_flow(anomalies: Iterable[Anomaly], flow: np.ndarray, c0: int, *, interval_s: int) -> None:
-    """What really flows: a shutdown ramps the customer's load down to a residual."""
+    """What really flows: a shutdown ramps the customer's load down to a residual; a large
+    consumer adds a constant load."""
     steps = flow.shape[1]
     for a in anomalies:
-        if a.type != "shutdown" or (c := a.cols(c0, steps)) is None:
+        if a.type not in ("shutdown", "large_consumer") or (c := a.cols(c0, steps)) is None:
             continue
         lo, hi = c
+        if a.type == "large_consumer":
+            flow[a.index, lo:hi] += a.params["extra_kw"] * interval_s / 3600
+            continue
         i = np.arange(c0 + 1 + lo, c0 + 1 + hi)
         ramp = max(1.0, a.params["ramp_hours"] * 3600 / interval_s)
         done = np.minimum(1.0, (i - a.first + 1) / ramp)

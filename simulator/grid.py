@@ -50,6 +50,7 @@ class Grid:
     archive_area: np.ndarray  # (M,) area in the archive
     archive_multiplier: np.ndarray  # (M,) multiplier in the archive
     supply_archive_multiplier: np.ndarray  # (A,)
+    archive_class: np.ndarray  # (M,) customer class in the archive (what the meter is billed as)
 
     @property
     def meters(self) -> int:
@@ -74,7 +75,7 @@ class Grid:
                     self.area_ids[int(self.archive_area[m])],
                     Role.CUSTOMER,
                     float(self.archive_multiplier[m]),
-                    CLASSES[int(self.customer_class[m])],
+                    CLASSES[int(self.archive_class[m])],
                     True,
                     EPOCH,
                 )
@@ -202,4 +203,5 @@ def build_grid(
         archive_area=meter_area.copy(),
         archive_multiplier=multiplier.copy(),
         supply_archive_multiplier=supply_multiplier.copy(),
+        archive_class=customer_class.copy(),
     )

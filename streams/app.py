@@ -157,6 +157,8 @@ class GridwatchWorker:
                 interval_s=settings.interval_s,
                 suspects=settings.suspects,
                 suspect_score=settings.suspect_score,
+                large_consumption_kwh=settings.large_consumption_limits,
+                utc_offset_s=settings.local_utc_offset_s,
             )
             if settings.detect
             else None

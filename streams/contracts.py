@@ -184,7 +184,8 @@ AlertType = Annotated[
             "meter_consumption_rise, meter_consumption_spike, meter_flat_line, "
             "meter_register_rollback, meter_inactive_consumption, meter_missing, "
             "meter_arrears_risk, meter_theft_suspect, meter_mapping_error, consumption_drop, "
-            "consumption_zero "
+            "consumption_zero, meter_large_consumption_day, meter_large_consumption_month, "
+            "meter_tariff_mismatch "
             "(docs/detection.md)"
         ),
     ),

@@ -15,6 +15,8 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from models.detection import DEFAULT_LARGE_CONSUMPTION_KWH
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -68,6 +70,13 @@ class Settings(BaseSettings):
     detect: bool = Field(True, description="run the meter and area detectors and publish alerts")
     suspects: bool = Field(True, description="rank suspects in lossy areas, look for mapping errors")
     suspect_score: float = Field(30.0, gt=0, description="publish a suspect at this score (docs/suspects.md)")
+    # The volume-price-fee watch (docs/detection.md): large consumption per customer class, kWh
+    # in a local day and a local month (JSON: {"residential": {"day": 300, "month": 5000}}); a
+    # class not listed is not checked. Days and months end at local midnight: UTC + this offset.
+    large_consumption_kwh: dict[str, dict[str, float]] = {
+        c: {"day": day, "month": month} for c, (day, month) in DEFAULT_LARGE_CONSUMPTION_KWH.items()
+    }
+    local_utc_offset_s: int = Field(0, ge=-14 * 3600, le=14 * 3600, description="local time = UTC + this")
     # Keyed hash of customer meter ids in alerts and logs (docs/operations.md): the key from
     # GRIDWATCH_MASK_KEY or a file, never logged. Unset: ids are shown as they are.
     mask_key: SecretStr | None = None
@@ -121,7 +130,7 @@ class Settings(BaseSettings):
     pg_dsn: SecretStr = SecretStr("postgresql://gridwatch@127.0.0.1:5432/gridwatch")
     store_group_id: str = "gridwatch-store"
     store_metrics_port: int = Field(9310, ge=0, description="0: no metrics endpoint")
-    store_batch_records: int = Field(5000, ge=1, le=100_000, description="records per transaction, at most")
+    store_batch_records: int = Field(20_000, ge=1, le=100_000, description="records per transaction, at most")
     store_retention_days: int = Field(400, ge=1, description="area-window results kept, by window start")
     # Yuan per kWh by customer class (topology's customer_class): prices recovered kWh and
     # arrears exposure; a class not listed takes tariff_default_yuan_per_kwh. Illustrative
@@ -139,6 +148,24 @@ class Settings(BaseSettings):
             if not host or not port.isdigit() or not 0 < int(port) < 65536:
                 raise ValueError(f"expected host:port[,host:port...], got {entry.strip()!r}")
         return value
+
+    @field_validator("large_consumption_kwh")
+    @classmethod
+    def _class_thresholds(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        """Each class gives a day and a month threshold, positive kWh."""
+        for name, limits in value.items():
+            if set(limits) != {"day", "month"}:
+                raise ValueError(
+                    f'class {name!r}: expected {{"day": kWh, "month": kWh}}, got keys {sorted(limits)}'
+                )
+            if not all(0 < v < float("inf") for v in limits.values()):
+                raise ValueError(f"class {name!r}: thresholds must be positive kWh, got {limits}")
+        return value
+
+    @property
+    def large_consumption_limits(self) -> dict[str, tuple[float, float]]:
+        """Class -> (day kWh, month kWh), as models.detection.Detection takes them."""
+        return {c: (v["day"], v["month"]) for c, v in self.large_consumption_kwh.items()}
 
     @property
     def max_past(self) -> timedelta:

@@ -21,13 +21,20 @@ from store.synthetic import alert_record, lineloss_record, meter_record
 from streams.contracts import encode
 from streams.masking import MeterMask
 from streams.settings import REPO
+from streams.topology_feed import area_partition
 
 DASHBOARDS = REPO / "grafana" / "dashboards"
 PG_TYPE = "grafana-postgresql-datasource"
 NOW = int(datetime.now(UTC).timestamp()) // 900 * 900
 DAY0 = NOW - 86400  # one day of 15-minute windows up to now
 FROM, TO = datetime.fromtimestamp(NOW - 2 * 86400, UTC), datetime.fromtimestamp(NOW + 3600, UTC)
-VARS = {"area": "A00001", "area_class": ["urban", "rural", "industrial"], "window_s": "900"}
+VARS: dict[str, str | list[str]] = {
+    "area": "A00001",
+    "area_class": ["urban", "rural", "industrial"],
+    "window_s": "900",
+    "partitions": "4",
+    "worker": ["0", "1", "2", "3"],
+}
 
 
 def load(name: str) -> dict[str, Any]:
@@ -186,6 +193,30 @@ def test_area_panels_show_this_areas_windows(loaded: psycopg.Connection[tuple[ob
         loaded, next(v["query"] for v in load(area)["templating"]["list"] if v["name"] == "area")
     )
     assert classes == [("A00001",), ("A00002",)]
+
+
+def _variable_sql(name: str, variable: str) -> str:
+    (v,) = [v for v in load(name)["templating"]["list"] if v["name"] == variable]
+    return str(v["query"])
+
+
+@pytest.mark.parametrize("partitions", [3, 4, 8])
+def test_worker_variable_lists_the_areas_of_its_partition(
+    loaded: psycopg.Connection[tuple[object, ...]], partitions: int
+) -> None:
+    """The `worker` variable offers every partition, and picking one lists the areas whose
+    readings Kafka's default partitioner puts there (the partition the worker reads)."""
+    area = "gridwatch-area.json"
+    variables = {**VARS, "partitions": str(partitions)}
+    workers = loaded.execute(render(_variable_sql(area, "worker"), variables).encode()).fetchall()
+    assert [w for (w,) in workers] == list(range(partitions))
+    listed: list[str] = []
+    for (w,) in workers:
+        rows = loaded.execute(render(_variable_sql(area, "area"), {**variables, "worker": [str(w)]}).encode())
+        areas = [a for (a,) in rows.fetchall()]
+        assert all(area_partition(a, partitions) == w for a in areas), (w, areas)
+        listed += areas
+    assert sorted(listed) == ["A00001", "A00002"]
 
 
 def test_cases_panels_add_up_to_the_ledger(loaded: psycopg.Connection[tuple[object, ...]]) -> None:

@@ -35,7 +35,7 @@ def _write(
 def test_migrations_apply_once(store_conn: psycopg.Connection[tuple[object, ...]]) -> None:
     assert schema.migrate(store_conn) == len(schema.migrations())
     rows = store_conn.execute("SELECT version, name FROM schema_version ORDER BY version").fetchall()
-    assert rows == [(1, "001_results.sql")]
+    assert rows == [(1, "001_results.sql"), (2, "002_partition_function.sql")]
 
 
 def test_table_holds_the_latest_record_whatever_the_replays(
