@@ -14,12 +14,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from models.columns import MeterPoints, interval_energy
 from models.windows import interval_ends
 from topology import Bounds, Topology
-
-# A meter's points in one window: interval-end epoch second -> (register kWh, interval kWh).
-Point = tuple[float | None, float | None]
-MeterPoints = Mapping[int, Point]
 
 
 class LossState(StrEnum):
@@ -64,9 +61,6 @@ def meter_window_energy(
     return MeterEnergy(*_energy(points, _end_pairs(window_start, interval_s, window_s)))
 
 
-_NO_POINT = (None, None)
-
-
 def _end_pairs(window_start: int, interval_s: int, window_s: int) -> list[tuple[int, int]]:
     ends = interval_ends(window_start, interval_s=interval_s, window_s=window_s)
     return [(end, end - interval_s) for end in ends]
@@ -74,25 +68,17 @@ def _end_pairs(window_start: int, interval_s: int, window_s: int) -> list[tuple[
 
 def _energy(points: MeterPoints, ends: list[tuple[int, int]]) -> tuple[float, bool, int]:
     # meter_window_energy's sum over precomputed (interval end, previous end) pairs: the
-    # per-meter inner loop of evaluate_window, kept free of allocations.
+    # per-meter inner loop of evaluate_window.
     total = 0.0
     complete = True
     rollbacks = 0
     for end, prev_end in ends:
-        register, energy = points.get(end, _NO_POINT)
-        if energy is not None:
-            total += energy
-            continue
-        prev = points.get(prev_end)
-        if register is None or prev is None or prev[0] is None:
+        kwh, backwards = interval_energy(points, end, prev_end)
+        if kwh != kwh:  # NaN: unknown
             complete = False
+            rollbacks += backwards
             continue
-        delta = register - prev[0]
-        if delta < 0:
-            rollbacks += 1
-            complete = False
-            continue
-        total += delta
+        total += kwh
     return total, complete, rollbacks
 
 
