@@ -11,6 +11,9 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 
+import numpy as np
+import numpy.typing as npt
+
 # A meter's points in one window: interval-end epoch second -> (register kWh, interval kWh).
 Point = tuple[float | None, float | None]
 MeterPoints = Mapping[int, Point]
@@ -43,3 +46,22 @@ def interval_energy(points: MeterPoints, end: int, prev_end: int) -> tuple[float
     if delta < 0:
         return math.nan, True
     return float(delta), False
+
+
+def interval_energies(
+    register: npt.NDArray[np.float64], prev_register: npt.NDArray[np.float64], energy: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """:func:`interval_energy` over columns of many meters and intervals, NaN for a missing
+    value: the same rule, element by element, with the same float operations (so the same bits).
+
+    >>> nan = np.nan
+    >>> kwh, back = interval_energies(np.array([10.5, 2.0, nan, nan]), np.array([10.0, 10.0, 5.0, nan]),
+    ...                               np.array([nan, nan, 0.7, nan]))
+    >>> kwh.tolist(), back.tolist()
+    ([0.5, nan, 0.7, nan], [False, True, False, False])
+    """
+    delta = register - prev_register
+    reported = ~np.isnan(energy)
+    backwards = ~reported & (delta < 0)
+    kwh = np.where(reported, energy, np.where(delta >= 0, delta, np.nan))
+    return kwh, backwards

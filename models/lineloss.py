@@ -204,14 +204,37 @@ def evaluate_window(
                 reported += 1
         totals[role] = round(kwh, 6)
         counts[role] = (len(meters), reported)
-    bounds = topology.bounds_for(area_id)
-    (supplies_expected, supplies_reported), (customers_expected, customers_reported) = (
-        counts["supply"],
-        counts["sales"],
+    return loss_result(
+        area_id,
+        window_start,
+        window_s,
+        topology,
+        supply=(totals["supply"], *counts["supply"]),
+        sales=(totals["sales"], *counts["sales"]),
+        rollbacks=rollbacks,
+        min_completeness=min_completeness,
     )
+
+
+def loss_result(
+    area_id: str,
+    window_start: int,
+    window_s: int,
+    topology: Topology,
+    *,
+    supply: tuple[float, int, int],
+    sales: tuple[float, int, int],
+    rollbacks: int,
+    min_completeness: float,
+) -> LossResult:
+    """An area-window's result from its rounded energy sums and meter counts per role
+    (kWh, meters expected, meters that reported the whole window)."""
+    bounds = topology.bounds_for(area_id)
+    supply_kwh, supplies_expected, supplies_reported = supply
+    sales_kwh, customers_expected, customers_reported = sales
     state, loss_rate = judge(
-        supply_kwh=totals["supply"],
-        sales_kwh=totals["sales"],
+        supply_kwh=supply_kwh,
+        sales_kwh=sales_kwh,
         customers_expected=customers_expected,
         customers_reported=customers_reported,
         supplies_expected=supplies_expected,
@@ -226,9 +249,9 @@ def evaluate_window(
         window_start=window_start,
         window_s=window_s,
         state=state,
-        supply_kwh=totals["supply"],
-        sales_kwh=totals["sales"],
-        loss_kwh=round(totals["supply"] - totals["sales"], 6),
+        supply_kwh=supply_kwh,
+        sales_kwh=sales_kwh,
+        loss_kwh=round(supply_kwh - sales_kwh, 6),
         loss_rate=loss_rate,
         completeness=round(completeness, 6),
         customers_expected=customers_expected,

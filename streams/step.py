@@ -22,6 +22,7 @@ from models.detection import Detection, window_intervals
 from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
+from streams.columnar import ColumnEngine
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, Forward, LineLossEngine, Point
 from topology import Role, Topology
@@ -122,18 +123,18 @@ class BatchStep:
         self.max_past = max_past
         self.max_future = max_future
         self.forward_inline = forward_inline
-        self.engine = LineLossEngine(
-            topology,
-            {} if store is None else store,
-            interval_s=interval_s,
-            window_s=window_s,
-            allowed_lateness_s=allowed_lateness_s,
-            close_delay_s=close_delay_s,
-            min_completeness=min_completeness,
-            sources=sources,
-            track_closed=detection is not None,
-            write_behind=write_behind,
-        )
+        kw: dict[str, Any] = {
+            "interval_s": interval_s,
+            "window_s": window_s,
+            "allowed_lateness_s": allowed_lateness_s,
+            "close_delay_s": close_delay_s,
+            "min_completeness": min_completeness,
+            "sources": sources,
+            "track_closed": detection is not None,
+            "write_behind": write_behind,
+        }
+        # Windows in memory as columns, unless they must live in a (changelogged) store.
+        self.engine = ColumnEngine(topology, **kw) if store is None else LineLossEngine(topology, store, **kw)
 
     def step(self, records: Iterable[Record], now: datetime | None = None) -> StepOutput:
         """Apply ``records`` in order. ``now`` (UTC) enables the wall-clock checks (too old,
