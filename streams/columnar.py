@@ -14,6 +14,7 @@ run and the benchmarks, not yet the worker's changelogged store.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,8 @@ import numpy.typing as npt
 
 from models.columns import interval_energies
 from models.lineloss import LossResult, loss_result
-from streams.engine import LineLossEngine, Outcome, Point, Refusal, _dt, split_key, window_key
+from streams import contracts
+from streams.engine import LineLossEngine, Outcome, Refusal, Reported, _dt, split_key, window_key
 from topology import MeterRecord, Role, Topology
 
 _F64 = npt.NDArray[np.float64]
@@ -39,21 +41,27 @@ class MeterIndex:
         self.topology = topology
         self.version = topology.version
         self._slot = slot  # (area id, meter id) -> slot in the area's windows
+        # Index 0 stands for every meter the archive does not hold (not kept: hostile input
+        # must not grow the index).
         self.ids: dict[str, int] = {}
+        self.valid: set[str] = set()  # held ids that are valid meter ids (contracts.MeterId)
         self.area_codes: dict[str, int] = {}
-        self.area = np.zeros(0, dtype=np.int64)
-        self.supply = np.zeros(0, dtype=bool)
-        self.start = np.zeros(0, dtype=np.float64)
-        self.home = np.zeros(0, dtype=np.int64)
-        self._n = 0
+        self.area = np.full(64, -1, dtype=np.int64)
+        self.supply = np.zeros(64, dtype=bool)
+        self.start = np.full(64, math.inf)
+        self.home = np.full(64, -1, dtype=np.int64)
+        self._n = 1
 
     def lookup(self, meter_ids: list[str]) -> _I64:
-        ids = self.ids
-        get = ids.get
+        get = self.ids.get
         out = [get(m, -1) for m in meter_ids]
         if -1 in out:
             out = [i if i >= 0 else self._add(m) for i, m in zip(out, meter_ids, strict=True)]
         return np.array(out, dtype=np.int64)
+
+    def checked(self, meter_ids: list[str]) -> bool:
+        """Whether every id is a held meter's, already found a valid meter id."""
+        return self.valid.issuperset(meter_ids)
 
     def code(self, area_id: str) -> int:
         return self.area_codes.setdefault(area_id, len(self.area_codes))
@@ -62,16 +70,20 @@ class MeterIndex:
         i = self.ids.get(meter_id)
         if i is not None:
             return i  # repeated in this lookup
+        before, first = self.topology.meter_span_ts(meter_id, -math.inf)
+        if before is None and first == math.inf:
+            return 0  # not in the archive
         i = self.ids[meter_id] = self._n
         self._n += 1
+        if contracts.valid_meter_id(meter_id):
+            self.valid.add(meter_id)
         if i >= len(self.area):
-            grow = max(64, 2 * len(self.area))
+            grow = len(self.area)
             self.area = np.concatenate([self.area, np.full(grow, -1, dtype=np.int64)])
             self.supply = np.concatenate([self.supply, np.zeros(grow, dtype=bool)])
             self.start = np.concatenate([self.start, np.full(grow, math.inf)])
             self.home = np.concatenate([self.home, np.full(grow, -1, dtype=np.int64)])
-        before, first = self.topology.meter_span_ts(meter_id, -math.inf)
-        if before is None and first < math.inf:
+        if before is None:
             rec, until = self.topology.meter_span_ts(meter_id, first)
             if rec is not None and until == math.inf:
                 self.area[i] = self.code(rec.area_id)
@@ -116,6 +128,12 @@ class ColumnEngine(LineLossEngine):
         self._index = MeterIndex(topology, self._slot)
         self._member_slots: dict[tuple[str, Role], tuple[object, _I64, _F64]] = {}
 
+    def checked_ids(self, meter_ids: list[str]) -> bool:
+        """Whether every id is a held meter's valid id (see contracts.decode_checked_batch)."""
+        if self._index.version != self.topology.version:
+            return False  # the index is rebuilt at the next ingest
+        return self._index.checked(meter_ids)
+
     def _slot(self, area_id: str, meter_id: str) -> int:
         slots = self._slots.setdefault(area_id, {})
         slot = slots.get(meter_id)
@@ -139,7 +157,7 @@ class ColumnEngine(LineLossEngine):
         partition: int,
         area_id: str,
         ts: int,
-        points: list[Point],
+        points: Sequence[Reported],
         role: Role,
         source: str = "readings",
     ) -> Outcome:
@@ -162,7 +180,7 @@ class ColumnEngine(LineLossEngine):
                 & (index.supply[idx] == (role is Role.SUPPLY))
                 & (index.start[idx] <= own)
             )
-        forwards: dict[str, dict[str, Point]] = {}
+        forwards: dict[str, dict[str, Reported]] = {}
         by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
         all_plain = bool(plain.all())
         if not all_plain:
@@ -189,7 +207,7 @@ class ColumnEngine(LineLossEngine):
         partition: int,
         area_id: str,
         ts: int,
-        points: list[Point],
+        points: Sequence[Reported],
         rows: _I64,
         with_register: list[int],
         released: dict[int, bool],

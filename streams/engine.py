@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from models.lineloss import LossResult, evaluate_window
 from models.windows import windows_touched
@@ -33,6 +33,20 @@ from topology import Role, Topology
 
 REROUTED = "rerouted"
 _WM_PREFIX = "~wm|"  # store key of a partition's per-source watermarks; area ids cannot hold "~"
+
+
+class Reported(Protocol):
+    """What the engine reads of a reported value: a :class:`Point`, or a decoded
+    :class:`streams.contracts.MeterValue` / ``Reading`` as it is."""
+
+    @property
+    def meter_id(self) -> str: ...
+    @property
+    def register_kwh(self) -> float | None: ...
+    @property
+    def energy_kwh(self) -> float | None: ...
+    @property
+    def flags(self) -> Sequence[str]: ...
 
 
 @dataclass(slots=True)
@@ -45,7 +59,7 @@ class Point:
 
 @dataclass(slots=True)
 class Refusal:
-    point: Point
+    point: Reported
     reason: str
     detail: str
 
@@ -56,7 +70,7 @@ class Forward:
 
     area_id: str
     ts: int
-    points: list[Point]
+    points: list[Reported]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +294,7 @@ class LineLossEngine:
         partition: int,
         area_id: str,
         ts: int,
-        points: list[Point],
+        points: Sequence[Reported],
         role: Role,
         source: str = "readings",
     ) -> Outcome:
@@ -288,7 +302,7 @@ class LineLossEngine:
         ``source`` (the topic; each source advances its own watermark)."""
         out = Outcome()
         with_register, released = self._touched(partition, ts)
-        forwards: dict[str, dict[str, Point]] = {}  # target area -> meter -> point
+        forwards: dict[str, dict[str, Reported]] = {}  # target area -> meter -> point
         by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
         placed = self._place(area_id, ts, points, role, with_register, released, by_start, forwards, out)
         out.accepted = placed
@@ -313,12 +327,12 @@ class LineLossEngine:
         self,
         area_id: str,
         ts: int,
-        points: Sequence[Point],
+        points: Sequence[Reported],
         role: Role,
         with_register: list[int],
         released: dict[int, bool],
         by_start: dict[int, dict[str, list[float | None]]],
-        forwards: dict[str, dict[str, Point]],
+        forwards: dict[str, dict[str, Reported]],
         out: Outcome,
     ) -> int:
         """Sort points into the windows of ``by_start``, ``forwards`` and refusals; returns
@@ -393,7 +407,7 @@ class LineLossEngine:
         source: str,
         ts: int,
         changed: Iterable[str],
-        forwards: dict[str, dict[str, Point]],
+        forwards: dict[str, dict[str, Reported]],
         out: Outcome,
     ) -> Outcome:
         """After the writes of one message: forwards, watermark, closing."""
@@ -554,5 +568,5 @@ def _dt(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def _unknown(point: Point, ts: int) -> str:
+def _unknown(point: Reported, ts: int) -> str:
     return f"meter {point.meter_id!r} is not in the archive at {_dt(ts).isoformat()}"

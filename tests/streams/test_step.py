@@ -56,12 +56,14 @@ def messy(city: City, seed: int, *, late: float = 0.05, corrections: float = 0.0
                 )
             )
         if rng.random() < 0.03:
-            out.append((n + 0.1, bad_record(rng, m.key, value["ts"])))
+            out.append((n + 0.1, bad_record(rng, m.key, value)))
     out.sort(key=lambda pair: pair[0])
     return [r for _, r in out]
 
 
-def bad_record(rng: random.Random, area: str, ts: str) -> Record:
+def bad_record(rng: random.Random, area: str, value: dict[str, Any]) -> Record:
+    """A record breaking its contract, or a batch of known meters with one bad item."""
+    ts = value["ts"]
     reading = {
         "kind": "reading",
         "v": 1,
@@ -90,6 +92,16 @@ def bad_record(rng: random.Random, area: str, ts: str) -> Record:
         Record("readings", area.encode(), orjson.dumps({**reading, "ts": off_grid})),
         Record("readings", area.encode(), orjson.dumps(batch)),
     ]
+    if value["kind"] == "batch":
+        known = value["readings"][:20]
+        for item in (
+            {"meter_id": "bad id!", "energy_kwh": 1.0},
+            known[0],
+            {"meter_id": known[1]["meter_id"]},
+        ):
+            choices.append(
+                Record("readings", area.encode(), orjson.dumps({**value, "readings": [*known, item]}))
+            )
     return rng.choice(choices)
 
 
@@ -229,9 +241,16 @@ def test_step_equals_the_engine_record_by_record(town: City, chunk: int) -> None
     got = stepped(town, records, lateness=7200, chunk=chunk)
     # The messy stream exercises what it is meant to: revisions, refusals of every kind, alerts.
     assert max(rev for _, rev in want["results"]) >= 1
-    assert {"late", "unknown_meter", "key_mismatch", "off_grid", "json", "empty", "schema"} <= set(
-        want["refused"]
-    )
+    assert {
+        "late",
+        "unknown_meter",
+        "key_mismatch",
+        "off_grid",
+        "json",
+        "empty",
+        "schema",
+        "batch_repeat",
+    } <= set(want["refused"])
     assert want["alerts"]
     assert got == want
 
