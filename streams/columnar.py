@@ -316,7 +316,9 @@ class ColumnEngine(LineLossEngine):
             rollbacks=rollbacks,
             min_completeness=self.min_completeness,
         )
-        return result, (self._points(block, area_id, start) if self.track_closed else {})
+        # The points are read only when the window closes for the first time (ClosedWindow).
+        first = self.track_closed and key not in self._emitted
+        return result, (self._points(block, area_id, start) if first else {})
 
     def _members(self, area_id: str, role: Role, members: dict[str, MeterRecord]) -> tuple[_I64, _F64]:
         cached = self._member_slots.get((area_id, role))
@@ -333,14 +335,15 @@ class ColumnEngine(LineLossEngine):
         """The window's points as the detectors read them: meter -> interval end -> pair."""
         present = ~(np.isnan(block.reg) & np.isnan(block.en))
         ids = self._slot_ids.get(area_id, [])
-        reg, en = block.reg.tolist(), block.en.tolist()
+        rows = np.flatnonzero(present.any(axis=1))
+        reg, en, seen = block.reg[rows].tolist(), block.en[rows].tolist(), present[rows].tolist()
         ends = [start + c * self.interval_s for c in range(self._cols)]
         out: dict[str, dict[int, tuple[float | None, float | None]]] = {}
-        for row in np.flatnonzero(present.any(axis=1)).tolist():
-            r, e = reg[row], en[row]
+        for row, r, e, p in zip(rows.tolist(), reg, en, seen, strict=True):
             out[ids[row]] = {
-                ends[c]: (None if r[c] != r[c] else r[c], None if e[c] != e[c] else e[c])
-                for c in np.flatnonzero(present[row]).tolist()
+                end: (None if rc != rc else rc, None if ec != ec else ec)
+                for end, rc, ec, pc in zip(ends, r, e, p, strict=True)
+                if pc
             }
         return out
 
