@@ -113,6 +113,17 @@ class _Block:
             self.en = np.concatenate([self.en, pad])
 
 
+def _sequential_sum(values: _F64) -> float:
+    """``0.0 + v0 + v1 + ...`` left to right, rounded to 6 places: the bits of the scalar
+    loop in models.lineloss.evaluate_window (np.sum adds pairwise, which differs)."""
+    if len(values) <= 16:
+        total = 0.0
+        for v in values.tolist():
+            total += v
+        return round(total, 6)
+    return round(float(np.cumsum(np.concatenate(([0.0], values)))[-1]), 6)
+
+
 def _same(a: _F64, b: _F64) -> npt.NDArray[np.bool_]:
     return (a == b) | (np.isnan(a) & np.isnan(b))
 
@@ -126,7 +137,7 @@ class ColumnEngine(LineLossEngine):
         self._slots: dict[str, dict[str, int]] = {}
         self._slot_ids: dict[str, list[str]] = {}
         self._index = MeterIndex(topology, self._slot)
-        self._member_slots: dict[tuple[str, Role], tuple[object, _I64, _F64]] = {}
+        self._member_slots: dict[str, tuple[object, object, _I64, _F64, int]] = {}
 
     def checked_ids(self, meter_ids: list[str]) -> bool:
         """Whether every id is a held meter's valid id (see contracts.decode_checked_batch)."""
@@ -286,26 +297,24 @@ class ColumnEngine(LineLossEngine):
         area_id, start = split_key(key)
         at = datetime.fromtimestamp(start, UTC)
         topology = self.topology
-        sums = []
-        rollbacks = 0
-        for role, members in (
-            (Role.SUPPLY, topology.supply_meters(area_id, at)),
-            (Role.CUSTOMER, topology.customer_meters(area_id, at)),
-        ):
-            slots, mult = self._members(area_id, role, members)
-            if len(slots):
-                block.fit(int(slots.max()) + 1)
-            reg, en = block.reg[slots], block.en[slots]
-            kwh, backwards = interval_energies(reg[:, 1:], reg[:, :-1], en[:, 1:])
-            known = ~np.isnan(kwh)
-            total = np.zeros(len(slots))
-            for c in range(kwh.shape[1]):  # interval by interval, as the scalar sum adds them
-                total += np.where(known[:, c], kwh[:, c], 0.0)
-            complete = known.all(axis=1)
-            rollbacks += int(backwards.sum())
-            # A sequential sum in member order from 0.0: the scalar loop's bits exactly.
-            summed = np.cumsum(np.concatenate(([0.0], (total * mult)[complete])))[-1]
-            sums.append((round(float(summed), 6), len(slots), int(complete.sum())))
+        supplies = topology.supply_meters(area_id, at)
+        customers = topology.customer_meters(area_id, at)
+        # Supply meters first, then customers: one gather and one energy pass for both roles.
+        slots, mult, top = self._members(area_id, supplies, customers)
+        block.fit(top)
+        reg, en = block.reg[slots], block.en[slots]
+        kwh, backwards = interval_energies(reg[:, 1:], reg[:, :-1], en[:, 1:])
+        known = ~np.isnan(kwh)
+        total = np.zeros(len(slots))
+        for c in range(kwh.shape[1]):  # interval by interval, as the scalar sum adds them
+            total += np.where(known[:, c], kwh[:, c], 0.0)
+        complete = known.all(axis=1)
+        weighted = total * mult
+        n = len(supplies)
+        sums = [
+            (_sequential_sum(weighted[:n][complete[:n]]), n, int(complete[:n].sum())),
+            (_sequential_sum(weighted[n:][complete[n:]]), len(customers), int(complete[n:].sum())),
+        ]
         result = loss_result(
             area_id,
             start,
@@ -313,21 +322,27 @@ class ColumnEngine(LineLossEngine):
             topology,
             supply=sums[0],
             sales=sums[1],
-            rollbacks=rollbacks,
+            rollbacks=int(backwards.sum()),
             min_completeness=self.min_completeness,
         )
         # The points are read only when the window closes for the first time (ClosedWindow).
         first = self.track_closed and key not in self._emitted
         return result, (self._points(block, area_id, start) if first else {})
 
-    def _members(self, area_id: str, role: Role, members: dict[str, MeterRecord]) -> tuple[_I64, _F64]:
-        cached = self._member_slots.get((area_id, role))
-        if cached is not None and cached[0] is members:
-            return cached[1], cached[2]
-        slots = np.array([self._slot(area_id, m) for m in members], dtype=np.int64)
-        mult = np.array([rec.multiplier for rec in members.values()], dtype=np.float64)
-        self._member_slots[(area_id, role)] = (members, slots, mult)
-        return slots, mult
+    def _members(
+        self, area_id: str, supplies: dict[str, MeterRecord], customers: dict[str, MeterRecord]
+    ) -> tuple[_I64, _F64, int]:
+        """Slots and multipliers of the area's supply then customer meters, and the rows a
+        window needs to hold them (cached while the archive answers with the same members)."""
+        cached = self._member_slots.get(area_id)
+        if cached is not None and cached[0] is supplies and cached[1] is customers:
+            return cached[2], cached[3], cached[4]
+        members = [*supplies.items(), *customers.items()]
+        slots = np.array([self._slot(area_id, m) for m, _ in members], dtype=np.int64)
+        mult = np.array([rec.multiplier for _, rec in members], dtype=np.float64)
+        top = int(slots.max()) + 1 if len(slots) else 0
+        self._member_slots[area_id] = (supplies, customers, slots, mult, top)
+        return slots, mult, top
 
     def _points(
         self, block: _Block, area_id: str, start: int
