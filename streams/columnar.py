@@ -246,22 +246,29 @@ class ColumnEngine(LineLossEngine):
         rep = np.zeros(len(points), dtype=bool)
         keys = []
         top = int(rows.max()) + 1
+        every_reg = bool(has_reg.all())
         for start in open_starts:
             sel = has_reg if start != own else fed
-            if not sel.any():
+            whole = every_reg or (start == own and own_open)  # sel is every reading
+            if not whole and not sel.any():
                 continue
             key = window_key(area_id, start)
             block = self._block(partition, key, area_id)
             block.fit(top)
             col = (ts - start) // self.interval_s
-            r = rows[sel]
+            r, r_new, e_new = (rows, reg, en) if whole else (rows[sel], reg[sel], en[sel])
             before_r, before_e = block.reg[r, col], block.en[r, col]
             present = ~(np.isnan(before_r) & np.isnan(before_e))
-            same = _same(before_r, reg[sel]) & _same(before_e, en[sel])
-            dup[sel] |= present & same
-            rep[sel] |= present & ~same
-            block.reg[r, col] = reg[sel]
-            block.en[r, col] = en[sel]
+            if present.any():  # a re-sent or corrected reading (rare): which of the two
+                same = _same(before_r, r_new) & _same(before_e, e_new)
+                if whole:
+                    dup |= present & same
+                    rep |= present & ~same
+                else:
+                    dup[sel] |= present & same
+                    rep[sel] |= present & ~same
+            block.reg[r, col] = r_new
+            block.en[r, col] = e_new
             self._touch(partition, key)
             keys.append(key)
         return int(fed.sum()), int(dup.sum()), int((rep & ~dup).sum()), keys
