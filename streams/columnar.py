@@ -14,7 +14,7 @@ run and the benchmarks, not yet the worker's changelogged store.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,7 +37,7 @@ class MeterIndex:
     index, and for a meter with a single archive version its area, role, start and slot in
     its area (-1 area: placed per reading)."""
 
-    def __init__(self, topology: Topology, slot: Any) -> None:
+    def __init__(self, topology: Topology, slot: Callable[[str, str], int]) -> None:
         self.topology = topology
         self.version = topology.version
         self._slot = slot  # (area id, meter id) -> slot in the area's windows
@@ -187,7 +187,7 @@ class ColumnEngine(LineLossEngine):
         else:
             idx = index.lookup([p.meter_id for p in points])
             plain = (
-                (index.area[idx] == index.code(area_id))
+                (index.area[idx] == index.area_codes.get(area_id, -2))
                 & (index.supply[idx] == (role is Role.SUPPLY))
                 & (index.start[idx] <= own)
             )

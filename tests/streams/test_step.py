@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from models.detection import Detection, window_intervals
 from simulator.city import City, CitySpec, build, iso, messages
 from streams import contracts
+from streams.columnar import ColumnEngine
 from streams.contracts import InvalidRecord, Reading
 from streams.engine import REROUTED, LineLossEngine, Point
 from streams.offline import run_records
@@ -347,3 +348,40 @@ def test_step_equals_the_engine_when_meters_move(chunk: int) -> None:
     want, got = runs
     assert want["results"] and want["alerts"]
     assert got == want
+
+
+def test_unknown_meters_do_not_grow_the_index(town: City) -> None:
+    step = BatchStep(town.topology, None, sources=SOURCES, supply_sources=frozenset({"supply"}))
+    area = town.area_ids[0]
+    ts = iso(int(START.timestamp()) + 900)
+    items = [{"meter_id": f"ghost-{i}", "register_kwh": 1.0} for i in range(50)]
+    batch = {"kind": "batch", "v": 1, "area_id": area, "ts": ts, "readings": items}
+    out = step.step([Record("readings", area.encode(), orjson.dumps(batch))] * 3)
+    assert [r.reason for r in out.refused] == ["unknown_meter"] * 150
+    assert isinstance(step.engine, ColumnEngine) and step.engine._index.ids == {}
+
+
+def test_checked_batches_fall_back_for_their_reasons(town: City) -> None:
+    area = town.area_ids[0]
+    known = town.customers[area][:20]
+    ts = iso(int(START.timestamp()) + 900)
+
+    def batch(items: list[dict[str, Any]]) -> bytes:
+        return orjson.dumps({"kind": "batch", "v": 1, "area_id": area, "ts": ts, "readings": items})
+
+    good = [{"meter_id": m, "register_kwh": 1.0} for m in known]
+    checked = set(known).issuperset
+    decoded = contracts.decode_checked_batch(batch(good), checked)
+    assert decoded is not None and [v.meter_id for v in decoded.values] == known
+    assert (
+        contracts.decode_checked_batch(batch([*good, {"meter_id": "bad id!", "register_kwh": 1.0}]), checked)
+        is None
+    )
+    assert contracts.decode_checked_batch(batch([*good, good[0]]), checked) is None  # a repeat
+    assert (
+        contracts.decode_checked_batch(batch([*good[1:], {"meter_id": known[0]}]), checked) is None
+    )  # no energy
+    assert contracts.decode_checked_batch(batch(good), set(known[1:]).issuperset) is None  # not vouched for
+    single = {"kind": "reading", "v": 1, "area_id": area, "ts": ts, "meter_id": known[0], "register_kwh": 1.0}
+    assert contracts.decode_checked_batch(orjson.dumps(single), checked) is None
+    assert contracts.decode_checked_batch(b"", checked) is None
