@@ -190,6 +190,7 @@ def stepped(
     lateness: int,
     chunk: int,
     changes: dict[int, list[MeterRecord]] | None = None,
+    store: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     step = BatchStep(
         city.topology,
@@ -198,6 +199,7 @@ def stepped(
         supply_sources=frozenset({"supply"}),
         allowed_lateness_s=lateness,
         forward_inline=True,
+        store=store,
     )
     results: list[tuple[dict[str, Any], int]] = []
     alerts: list[dict[str, Any]] = []
@@ -254,6 +256,15 @@ def test_step_equals_the_engine_record_by_record(town: City, chunk: int) -> None
     } <= set(want["refused"])
     assert want["alerts"]
     assert got == want
+
+
+def test_step_over_a_store_equals_the_engine(town: City) -> None:
+    """With a store (the worker's case) the step keeps LineLossEngine's windows, and its store."""
+    records = messy(town, seed=11)
+    store: dict[str, Any] = {}
+    got = stepped(town, records, lateness=7200, chunk=1000, store=store)
+    assert got == oracle(town, records, lateness=7200)
+    assert store and all(isinstance(v, dict) for v in store.values())
 
 
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
