@@ -140,7 +140,7 @@ class ColumnEngine(LineLossEngine):
         self._member_slots: dict[str, tuple[object, object, _I64, _F64, int]] = {}
 
     def checked_ids(self, meter_ids: list[str]) -> bool:
-        """Whether every id is a held meter's valid id (see contracts.decode_checked_batch)."""
+        """Whether every id is a held meter's valid id (see contracts.decode_checked)."""
         if self._index.version != self.topology.version:
             return False  # the index is rebuilt at the next ingest
         return self._index.checked(meter_ids)
@@ -172,6 +172,10 @@ class ColumnEngine(LineLossEngine):
         role: Role,
         source: str = "readings",
     ) -> Outcome:
+        if len(points) < _FEW:
+            # A few readings (a supply meter's, a single): numpy's fixed cost per call is more
+            # than the per-reading path's, which writes through _write below.
+            return super().ingest(partition, area_id, ts, points, role, source)
         out = Outcome()
         with_register, released = self._touched(partition, ts)
         if self._index.version != self.topology.version:
@@ -179,20 +183,14 @@ class ColumnEngine(LineLossEngine):
             self._member_slots = {}
         index = self._index
         own = with_register[0]
-        if len(points) < _FEW:
-            # A few readings (a supply meter's, a single): numpy's fixed cost per call is more
-            # than the per-reading path's.
-            idx = np.zeros(len(points), dtype=np.int64)
-            plain = np.zeros(len(points), dtype=bool)
-        else:
-            idx = index.lookup([p.meter_id for p in points])
-            plain = (
-                (index.area[idx] == index.area_codes.get(area_id, -2))
-                & (index.supply[idx] == (role is Role.SUPPLY))
-                & (index.start[idx] <= own)
-            )
         forwards: dict[str, dict[str, Reported]] = {}
         by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
+        idx = index.lookup([p.meter_id for p in points])
+        plain = (
+            (index.area[idx] == index.area_codes.get(area_id, -2))
+            & (index.supply[idx] == (role is Role.SUPPLY))
+            & (index.start[idx] <= own)
+        )
         all_plain = bool(plain.all())
         if not all_plain:
             slow = [p for p, ok in zip(points, plain.tolist(), strict=True) if not ok]
@@ -202,7 +200,7 @@ class ColumnEngine(LineLossEngine):
         changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
         duplicates, replaced = self._write(partition, ts, changes)
         changed = set(changes)
-        if plain.any():
+        if all_plain or plain.any():
             fast = points if all_plain else [p for p, ok in zip(points, plain.tolist(), strict=True) if ok]
             rows = index.home[idx if all_plain else idx[plain]]
             fast_out = self._write_plain(partition, area_id, ts, fast, rows, with_register, released, out)
@@ -269,7 +267,7 @@ class ColumnEngine(LineLossEngine):
                     rep[sel] |= present & ~same
             block.reg[r, col] = r_new
             block.en[r, col] = e_new
-            self._touch(partition, key)
+            self._touch(partition, key, start)
             keys.append(key)
         return int(fed.sum()), int(dup.sum()), int((rep & ~dup).sum()), keys
 
@@ -282,15 +280,19 @@ class ColumnEngine(LineLossEngine):
             area_id, start = split_key(key)
             block = self._block(partition, key, area_id)
             col = (ts - start) // self.interval_s
+            reg, en = block.reg, block.en
             for meter_id, (register, energy) in meters.items():
                 row = self._slot(area_id, meter_id)
-                block.fit(row + 1)
-                before = (_value(block.reg[row, col]), _value(block.en[row, col]))
-                if before != (None, None):
+                if row >= len(reg):
+                    block.fit(row + 1)
+                    reg, en = block.reg, block.en
+                r, e = reg.item(row, col), en.item(row, col)  # Python floats: cheap to compare
+                if r == r or e == e:  # a point was there
+                    before = (None if r != r else r, None if e != e else e)
                     (duplicates if before == (register, energy) else replaced).add(meter_id)
-                block.reg[row, col] = np.nan if register is None else register
-                block.en[row, col] = np.nan if energy is None else energy
-            self._touch(partition, key)
+                reg[row, col] = np.nan if register is None else register
+                en[row, col] = np.nan if energy is None else energy
+            self._touch(partition, key, start)
         return len(duplicates), len(replaced - duplicates)
 
     # ---- judging ---------------------------------------------------------------------------
@@ -368,7 +370,3 @@ class ColumnEngine(LineLossEngine):
                 if pc
             }
         return out
-
-
-def _value(x: float) -> float | None:
-    return None if x != x else float(x)

@@ -447,10 +447,12 @@ class LineLossEngine:
             self._touch(partition, key)
         return len(duplicates), len(replaced - duplicates)
 
-    def _touch(self, partition: int, key: str) -> None:
-        """``key`` changed: to persist, indexed under its start, to evaluate."""
+    def _touch(self, partition: int, key: str, start: int | None = None) -> None:
+        """``key`` (of window ``start``) changed: to persist, indexed under its start, to
+        evaluate."""
         self._dirty[key] = partition
-        start = split_key(key)[1]
+        if start is None:
+            start = split_key(key)[1]
         self._open.setdefault(partition, {}).setdefault(start, set()).add(key)
         self._pending.setdefault(partition, set()).add(start)
 

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from models.detection import Detection, window_intervals
 from models.lineloss import LossResult
@@ -28,9 +28,9 @@ from streams.engine import REROUTED, Forward, LineLossEngine, Point, Reported
 from topology import Role, Topology
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed record: ``source`` is its topic (or, from a file, its kind)."""
+class Record(NamedTuple):
+    """One consumed record: ``source`` is its topic (or, from a file, its kind). A tuple:
+    made once per record, several times cheaper than a frozen dataclass."""
 
     source: str
     key: bytes | None
@@ -164,7 +164,7 @@ class BatchStep:
         role = Role.SUPPLY if record.source in self.supply_sources else Role.CUSTOMER
         msg: Reading | DecodedBatch | None = None
         if self._checked is not None:
-            msg = contracts.decode_checked_batch(record.value, self._checked)
+            msg = contracts.decode_checked(record.value, self._checked)
         if msg is None:
             try:
                 msg = contracts.decode_readings(record.value)

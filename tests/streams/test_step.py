@@ -382,17 +382,20 @@ def test_checked_batches_fall_back_for_their_reasons(town: City) -> None:
 
     good = [{"meter_id": m, "register_kwh": 1.0} for m in known]
     checked = set(known).issuperset
-    decoded = contracts.decode_checked_batch(batch(good), checked)
+    decoded = contracts.decode_checked(batch(good), checked)
     assert decoded is not None and [v.meter_id for v in decoded.values] == known
     assert (
-        contracts.decode_checked_batch(batch([*good, {"meter_id": "bad id!", "register_kwh": 1.0}]), checked)
+        contracts.decode_checked(batch([*good, {"meter_id": "bad id!", "register_kwh": 1.0}]), checked)
         is None
     )
-    assert contracts.decode_checked_batch(batch([*good, good[0]]), checked) is None  # a repeat
-    assert (
-        contracts.decode_checked_batch(batch([*good[1:], {"meter_id": known[0]}]), checked) is None
-    )  # no energy
-    assert contracts.decode_checked_batch(batch(good), set(known[1:]).issuperset) is None  # not vouched for
+    assert contracts.decode_checked(batch([*good, good[0]]), checked) is None  # a repeat
+    assert contracts.decode_checked(batch([*good[1:], {"meter_id": known[0]}]), checked) is None  # no energy
+    assert contracts.decode_checked(batch(good), set(known[1:]).issuperset) is None  # not vouched for
     single = {"kind": "reading", "v": 1, "area_id": area, "ts": ts, "meter_id": known[0], "register_kwh": 1.0}
-    assert contracts.decode_checked_batch(orjson.dumps(single), checked) is None
-    assert contracts.decode_checked_batch(b"", checked) is None
+    # A single reading's one id is checked in full: decoded as decode_readings does, or None.
+    assert contracts.decode_checked(orjson.dumps(single), checked) == contracts.decode_readings(
+        orjson.dumps(single)
+    )
+    assert contracts.decode_checked(orjson.dumps({**single, "register_kwh": None}), checked) is None
+    assert contracts.decode_checked(orjson.dumps({**single, "meter_id": "bad id!"}), checked) is None
+    assert contracts.decode_checked(b"", checked) is None
