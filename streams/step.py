@@ -187,8 +187,10 @@ class BatchStep:
             detail = f"ts {msg.ts.isoformat()} is not within {self.clock_tolerance_s}s of an interval end"
             out.dead_letters.append(DeadLetter("off_grid", detail, record))
             return
-        out.first_ts = ts if out.first_ts is None else min(out.first_ts, ts)
-        out.last_ts = ts if out.last_ts is None else max(out.last_ts, ts)
+        if out.first_ts is None or ts < out.first_ts:
+            out.first_ts = ts
+        if out.last_ts is None or ts > out.last_ts:
+            out.last_ts = ts
         # The decoded values themselves are the engine's points (meter_id, register_kwh,
         # energy_kwh, flags): no copy per reading.
         points: list[Reported]
@@ -210,12 +212,14 @@ class BatchStep:
         got = self.engine.ingest(record.partition, area_id, ts, points, role, source=record.source)
         counts = out.counts
         counts["accepted"] += got.accepted
-        counts["duplicate"] += got.duplicates
-        counts["replaced"] += got.replaced
+        if got.duplicates or got.replaced:
+            counts["duplicate"] += got.duplicates
+            counts["replaced"] += got.replaced
         for refusal in got.refused:
             out.refused.append(Refused(refusal.reason, refusal.detail, record, area_id, ts, refusal.point))
         # Results (and first closes) before the forwards' own: the order a run replays them in.
-        self._results(got.results, out)
+        if got.results or self.detection is not None:
+            self._results(got.results, out)
         for fwd in got.forwards:
             counts["rerouted"] += len(fwd.points)
             moved = Forward(fwd.area_id, fwd.ts, [rerouted(p) for p in fwd.points])
