@@ -33,6 +33,7 @@ import numpy.typing as npt
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
 from models.balance import LossHistory
+from models.columns import interval_energy
 from models.inspections import SuspectClassifier, Verdict
 from models.large_consumption import LargeConsumptionDetector, LargeConsumptionEvent
 from models.mapping import MappingErrorFinder
@@ -89,29 +90,6 @@ class AreaInterval:
     upper: float
 
 
-def interval_energy(points: WindowPoints, end: int, interval_s: int) -> tuple[float, bool]:
-    """(energy, register went backwards) of one interval from a meter's points, before the
-    multiplier; NaN when it cannot be known.
-
-    >>> interval_energy({900: (10.0, None), 1800: (10.5, None)}, 1800, 900)
-    (0.5, False)
-    >>> interval_energy({900: (10.0, None), 1800: (2.0, None)}, 1800, 900)
-    (nan, True)
-    >>> interval_energy({1800: (None, 0.7)}, 1800, 900), interval_energy({}, 1800, 900)
-    ((0.7, False), (nan, False))
-    """
-    register, energy = points.get(end, (None, None))
-    if energy is not None:
-        return float(energy), False
-    prev = points.get(end - interval_s)
-    if register is None or prev is None or prev[0] is None:
-        return math.nan, False
-    delta = register - prev[0]
-    if delta < 0:
-        return math.nan, True
-    return float(delta), False
-
-
 def window_intervals(
     detection: Detection,
     area_id: str,
@@ -148,29 +126,17 @@ def window_intervals(
         energy: list[float] = []
         back: list[bool] = []
         registers: list[float] = []
-        # interval_energy(), inlined: this loop runs once per reading.
         for pts in per_meter:
             if pts is None:
                 energy.append(nan)
                 back.append(False)
                 registers.append(nan)
                 continue
-            register, kwh = pts.get(end, _NO_POINT)
+            register = pts.get(end, _NO_POINT)[0]
             registers.append(nan if register is None else register)
-            if kwh is not None:
-                energy.append(float(kwh))
-                back.append(False)
-                continue
-            prev = pts.get(prev_end)
-            if register is None or prev is None or prev[0] is None:
-                energy.append(nan)
-                back.append(False)
-            elif register < prev[0]:
-                energy.append(nan)
-                back.append(True)
-            else:
-                energy.append(float(register - prev[0]))
-                back.append(False)
+            kwh, backwards_one = interval_energy(pts, end, prev_end)
+            energy.append(kwh)
+            back.append(backwards_one)
         backwards = np.array(back, dtype=bool)
         if end > learned and ids:
             # A register below the last one read went backwards, even across missing reads
@@ -181,7 +147,7 @@ def window_intervals(
             last_reg[idx[read]] = reg[read]
         supply = 0.0 if supplies else math.nan
         for m, rec in supplies.items():
-            e, _ = interval_energy(points.get(m, _EMPTY), end, interval_s)
+            e, _ = interval_energy(points.get(m, _EMPTY), end, prev_end)
             supply += e * rec.multiplier
         out.append(
             AreaInterval(

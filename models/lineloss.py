@@ -14,12 +14,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from enum import StrEnum
 
+from models.columns import MeterPoints, interval_energy
 from models.windows import interval_ends
 from topology import Bounds, Topology
-
-# A meter's points in one window: interval-end epoch second -> (register kWh, interval kWh).
-Point = tuple[float | None, float | None]
-MeterPoints = Mapping[int, Point]
 
 
 class LossState(StrEnum):
@@ -64,9 +61,6 @@ def meter_window_energy(
     return MeterEnergy(*_energy(points, _end_pairs(window_start, interval_s, window_s)))
 
 
-_NO_POINT = (None, None)
-
-
 def _end_pairs(window_start: int, interval_s: int, window_s: int) -> list[tuple[int, int]]:
     ends = interval_ends(window_start, interval_s=interval_s, window_s=window_s)
     return [(end, end - interval_s) for end in ends]
@@ -74,25 +68,17 @@ def _end_pairs(window_start: int, interval_s: int, window_s: int) -> list[tuple[
 
 def _energy(points: MeterPoints, ends: list[tuple[int, int]]) -> tuple[float, bool, int]:
     # meter_window_energy's sum over precomputed (interval end, previous end) pairs: the
-    # per-meter inner loop of evaluate_window, kept free of allocations.
+    # per-meter inner loop of evaluate_window.
     total = 0.0
     complete = True
     rollbacks = 0
     for end, prev_end in ends:
-        register, energy = points.get(end, _NO_POINT)
-        if energy is not None:
-            total += energy
-            continue
-        prev = points.get(prev_end)
-        if register is None or prev is None or prev[0] is None:
+        kwh, backwards = interval_energy(points, end, prev_end)
+        if kwh != kwh:  # NaN: unknown
             complete = False
+            rollbacks += backwards
             continue
-        delta = register - prev[0]
-        if delta < 0:
-            rollbacks += 1
-            complete = False
-            continue
-        total += delta
+        total += kwh
     return total, complete, rollbacks
 
 
@@ -218,14 +204,37 @@ def evaluate_window(
                 reported += 1
         totals[role] = round(kwh, 6)
         counts[role] = (len(meters), reported)
-    bounds = topology.bounds_for(area_id)
-    (supplies_expected, supplies_reported), (customers_expected, customers_reported) = (
-        counts["supply"],
-        counts["sales"],
+    return loss_result(
+        area_id,
+        window_start,
+        window_s,
+        topology,
+        supply=(totals["supply"], *counts["supply"]),
+        sales=(totals["sales"], *counts["sales"]),
+        rollbacks=rollbacks,
+        min_completeness=min_completeness,
     )
+
+
+def loss_result(
+    area_id: str,
+    window_start: int,
+    window_s: int,
+    topology: Topology,
+    *,
+    supply: tuple[float, int, int],
+    sales: tuple[float, int, int],
+    rollbacks: int,
+    min_completeness: float,
+) -> LossResult:
+    """An area-window's result from its rounded energy sums and meter counts per role
+    (kWh, meters expected, meters that reported the whole window)."""
+    bounds = topology.bounds_for(area_id)
+    supply_kwh, supplies_expected, supplies_reported = supply
+    sales_kwh, customers_expected, customers_reported = sales
     state, loss_rate = judge(
-        supply_kwh=totals["supply"],
-        sales_kwh=totals["sales"],
+        supply_kwh=supply_kwh,
+        sales_kwh=sales_kwh,
         customers_expected=customers_expected,
         customers_reported=customers_reported,
         supplies_expected=supplies_expected,
@@ -240,9 +249,9 @@ def evaluate_window(
         window_start=window_start,
         window_s=window_s,
         state=state,
-        supply_kwh=totals["supply"],
-        sales_kwh=totals["sales"],
-        loss_kwh=round(totals["supply"] - totals["sales"], 6),
+        supply_kwh=supply_kwh,
+        sales_kwh=sales_kwh,
+        loss_kwh=round(supply_kwh - sales_kwh, 6),
         loss_rate=loss_rate,
         completeness=round(completeness, 6),
         customers_expected=customers_expected,

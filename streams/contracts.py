@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import inspect
+import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any, Literal
 
@@ -220,6 +222,51 @@ CONTRACTS: dict[str, Any] = {
 _reading_decoder = msgspec.json.Decoder(Reading | _LenientBatch)
 # Tried first: a batch whose every item is valid decodes in one call, not one per item.
 _strict_decoder = msgspec.json.Decoder(Reading | Batch)
+
+
+class _IdCheckedValue(MeterValue, forbid_unknown_fields=True, omit_defaults=True):
+    meter_id: Annotated[str, Meta(min_length=1, max_length=64)]  # pattern checked by the caller
+
+
+class _IdCheckedBatch(Batch, tag="batch", tag_field="kind", forbid_unknown_fields=True):
+    readings: Annotated[list[_IdCheckedValue], Meta(min_length=1, max_length=5000)]  # type: ignore[assignment]
+
+
+_id_checked_decoder = msgspec.json.Decoder(Reading | _IdCheckedBatch)
+_id_pattern = re.compile(ID_PATTERN)
+
+
+def valid_meter_id(meter_id: str) -> bool:
+    """Whether ``meter_id`` is a :data:`MeterId` (what decoding checks item by item).
+
+    >>> valid_meter_id("A0001-M0001"), valid_meter_id("m 1"), valid_meter_id("m\\n")
+    (True, False, False)
+    """
+    return 1 <= len(meter_id) <= 64 and _id_pattern.search(meter_id) is not None
+
+
+def decode_checked(raw: bytes | None, checked: Callable[[list[str]], bool]) -> Reading | DecodedBatch | None:
+    """:func:`decode_readings` of a valid record, with a batch's meter ids vouched for by
+    ``checked`` (ids the caller found :func:`valid_meter_id` before, e.g. in its meter index)
+    instead of matching each id's pattern again (~60% of a batch's decoding); None for
+    anything else (an unknown id, any fault): :func:`decode_readings` gives it, with the
+    reasons."""
+    if not raw:
+        return None
+    try:
+        batch = _id_checked_decoder.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if isinstance(batch, Reading):  # checked in full: one id
+        return batch if batch.register_kwh is not None or batch.energy_kwh is not None else None
+    items = batch.readings
+    ids = [v.meter_id for v in items]
+    if len(set(ids)) != len(ids) or not checked(ids):
+        return None
+    if not all(v.register_kwh is not None or v.energy_kwh is not None for v in items):
+        return None
+    values: list[MeterValue] = list(items)
+    return DecodedBatch(batch.area_id, batch.ts, values, [])
 _value_decoder = msgspec.json.Decoder(MeterValue)
 _topology_decoder = msgspec.json.Decoder(TopologyRecord)
 _encoder = msgspec.json.Encoder()

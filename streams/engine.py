@@ -21,11 +21,11 @@ watermark passes its end by ``allowed_lateness_s``. Readings for released window
 
 from __future__ import annotations
 
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol
 
 from models.lineloss import LossResult, evaluate_window
 from models.windows import windows_touched
@@ -33,6 +33,20 @@ from topology import Role, Topology
 
 REROUTED = "rerouted"
 _WM_PREFIX = "~wm|"  # store key of a partition's per-source watermarks; area ids cannot hold "~"
+
+
+class Reported(Protocol):
+    """What the engine reads of a reported value: a :class:`Point`, or a decoded
+    :class:`streams.contracts.MeterValue` / ``Reading`` as it is."""
+
+    @property
+    def meter_id(self) -> str: ...
+    @property
+    def register_kwh(self) -> float | None: ...
+    @property
+    def energy_kwh(self) -> float | None: ...
+    @property
+    def flags(self) -> Sequence[str]: ...
 
 
 @dataclass(slots=True)
@@ -45,7 +59,7 @@ class Point:
 
 @dataclass(slots=True)
 class Refusal:
-    point: Point
+    point: Reported
     reason: str
     detail: str
 
@@ -56,7 +70,7 @@ class Forward:
 
     area_id: str
     ts: int
-    points: list[Point]
+    points: list[Reported]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,25 +294,50 @@ class LineLossEngine:
         partition: int,
         area_id: str,
         ts: int,
-        points: list[Point],
+        points: Sequence[Reported],
         role: Role,
         source: str = "readings",
     ) -> Outcome:
         """Apply the points of one interval end reported under ``area_id``'s key, read from
         ``source`` (the topic; each source advances its own watermark)."""
+        out = Outcome()
+        with_register, released = self._touched(partition, ts)
+        forwards: dict[str, dict[str, Reported]] = {}  # target area -> meter -> point
+        by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
+        placed = self._place(area_id, ts, points, role, with_register, released, by_start, forwards, out)
+        out.accepted = placed
+        changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
+        out.duplicates, out.replaced = self._write(partition, ts, changes)
+        return self._finish(partition, source, ts, changes.keys(), forwards, out)
+
+    def _touched(self, partition: int, ts: int) -> tuple[list[int], dict[int, bool]]:
+        """The window starts a read at ``ts`` feeds and whether each is released."""
         if partition not in self._open:
             self.recover_partition(partition)
-        out = Outcome()
         watermark = self.watermark.get(partition, 0)
-        forwards: dict[str, dict[str, Point]] = {}  # target area -> meter -> point
         # Every point of a message shares ts: its windows, keys and lateness are worked out
         # once per message, not per reading (the per-reading work is the archive lookup).
         with_register = windows_touched(ts, interval_s=self.interval_s, window_s=self.window_s)
-        own, last = with_register[0], with_register[-1]
         released = {
             start: start + self.window_s + self.allowed_lateness_s < watermark for start in with_register
         }
-        by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
+        return with_register, released
+
+    def _place(
+        self,
+        area_id: str,
+        ts: int,
+        points: Sequence[Reported],
+        role: Role,
+        with_register: list[int],
+        released: dict[int, bool],
+        by_start: dict[int, dict[str, list[float | None]]],
+        forwards: dict[str, dict[str, Reported]],
+        out: Outcome,
+    ) -> int:
+        """Sort points into the windows of ``by_start``, ``forwards`` and refusals; returns
+        the points accepted."""
+        own, last = with_register[0], with_register[-1]
         # The windows a point feeds when its archive record covers them all and maps it here
         # (nearly every reading): with a register, every window touched; without, its own.
         open_register = [by_start[s] for s in with_register if not released[s]]
@@ -360,15 +399,24 @@ class LineLossEngine:
                 # is only ever sent to the meter's area, so this one is forged or stale.
                 detail = f"meter {meter_id!r} is not in area {area_id!r}, yet flagged {REROUTED!r}"
                 out.refused.append(Refusal(point, "misrouted", detail))
-        out.accepted = accepted
-        changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
-        seen_kinds = self._write(partition, ts, changes)
-        out.duplicates, out.replaced = seen_kinds
+        return accepted
+
+    def _finish(
+        self,
+        partition: int,
+        source: str,
+        ts: int,
+        changed: Iterable[str],
+        forwards: dict[str, dict[str, Reported]],
+        out: Outcome,
+    ) -> Outcome:
+        """After the writes of one message: forwards, watermark, closing."""
         for target_area, fwd_points in forwards.items():
             out.forwards.append(Forward(target_area, ts, list(fwd_points.values())))
-        if changes:
+        changed = set(changed)
+        if changed:
             self._advance_source(partition, source, ts)
-        self._stale.update(changes)
+        self._stale.update(changed)
         out.results = self._advance(partition)
         if not self.write_behind:
             self.persist()
@@ -380,8 +428,6 @@ class LineLossEngine:
         # A boundary register is stored in two windows but is one reading: count per meter.
         duplicates: set[str] = set()
         replaced: set[str] = set()
-        index = self._open.setdefault(partition, {})
-        pending = self._pending.setdefault(partition, set())
         for key, meters in changes.items():
             value = self._windows.get(key)
             if value is None:
@@ -398,11 +444,17 @@ class LineLossEngine:
                 if before is not None:
                     (duplicates if list(before) == pair else replaced).add(meter_id)
                 meter_points[ts] = pair
-            self._dirty[key] = partition
-            start = split_key(key)[1]
-            index.setdefault(start, set()).add(key)
-            pending.add(start)
+            self._touch(partition, key)
         return len(duplicates), len(replaced - duplicates)
+
+    def _touch(self, partition: int, key: str, start: int | None = None) -> None:
+        """``key`` (of window ``start``) changed: to persist, indexed under its start, to
+        evaluate."""
+        self._dirty[key] = partition
+        if start is None:
+            start = split_key(key)[1]
+        self._open.setdefault(partition, {}).setdefault(start, set()).add(key)
+        self._pending.setdefault(partition, set()).add(start)
 
     def _advance_source(self, partition: int, source: str, ts: int) -> None:
         if (partition, source) in self._idle_sources:
@@ -518,5 +570,5 @@ def _dt(ts: int) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-def _unknown(point: Point, ts: int) -> str:
+def _unknown(point: Reported, ts: int) -> str:
     return f"meter {point.meter_id!r} is not in the archive at {_dt(ts).isoformat()}"

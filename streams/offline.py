@@ -4,12 +4,9 @@ engine and detectors, for ``gridwatch evaluate``.
 Input is what ``gridwatch simulate`` writes (``readings.jsonl[.gz]`` with ``meters.csv``,
 ``areas.csv``, ``labels.jsonl``, ``spec.json``) or a ``gridwatch record`` file of the readings
 and supply topics. Records are taken in file order (arrival order) into one engine partition,
-exactly as :mod:`streams.app` handles them: decoded by :mod:`streams.contracts`, snapped to the
-interval grid, ingested by :class:`streams.engine.LineLossEngine` (a dict as its store), moved
-meters rerouted once, and each area-window that closes goes through
-:func:`models.detection.window_intervals` and :meth:`models.detection.Detection.step`.
-Only the wall-clock checks (too old / in the future) are left out: a file is replayed in its
-own time.
+in chunks through :class:`streams.step.BatchStep` (decode, checks, line-loss engine, detectors);
+moved meters are rerouted once, at once. Only the wall-clock checks (too old / in the future)
+are left out: a file is replayed in its own time.
 """
 
 from __future__ import annotations
@@ -19,20 +16,19 @@ import gzip
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import IO, Any
 
 import orjson
 
-from models.detection import Detection, window_intervals
+from models.detection import Detection
 from models.lineloss import LossResult
-from models.windows import snap
-from streams import contracts
-from streams.contracts import InvalidRecord, Reading
-from streams.engine import REROUTED, LineLossEngine, Point
-from topology import Role, Topology
+from streams.step import BatchStep, Record, StepOutput
+from topology import Topology
 
 READINGS, SUPPLY = "readings", "supply"
+CHUNK = 1000  # records per step
 
 
 class OfflineInputError(ValueError):
@@ -111,83 +107,51 @@ def run_records(
     close_delay_s: int = 900,
     clock_tolerance_s: int = 120,
     min_completeness: float = 0.98,
+    chunk: int = CHUNK,
 ) -> OfflineRun:
     """Feed (kind, key, value) records, kind ``readings`` or ``supply``, in arrival order
-    through the worker's path; return the alerts and the latest result per area-window."""
-    engine = LineLossEngine(
+    through the worker's step, ``chunk`` records at a time; return the alerts and the latest
+    result per area-window."""
+    batch = BatchStep(
         topology,
-        {},
+        detection,
+        sources=(READINGS, SUPPLY),
+        supply_sources=frozenset({SUPPLY}),
         interval_s=interval_s,
         window_s=window_s,
         allowed_lateness_s=allowed_lateness_s,
         close_delay_s=close_delay_s,
+        clock_tolerance_s=clock_tolerance_s,
         min_completeness=min_completeness,
-        sources=(READINGS, SUPPLY),
-        track_closed=True,
+        forward_inline=True,
+        write_behind=True,  # nothing reads the store back: persisted per chunk, to nowhere
     )
     run = OfflineRun()
-
-    def refuse(reason: str, n: int = 1) -> None:
-        run.refused[reason] = run.refused.get(reason, 0) + n
-
-    def detect() -> None:
-        for closed in engine.pop_closed():
-            run.windows += 1
-            intervals = window_intervals(
-                detection,
-                closed.result.area_id,
-                closed.result.window_start,
-                closed.points,
-                topology,
-                interval_s=interval_s,
-                window_s=window_s,
-            )
-            run.alerts.extend(detection.step(intervals))
-
-    def ingest(area_id: str, ts: int, points: list[Point], role: Role, source: str) -> None:
-        out = engine.ingest(0, area_id, ts, points, role, source=source)
-        run.results.update((r.key(), r) for r in out.results)
-        for refusal in out.refused:
-            refuse(refusal.reason)
-        for fwd in out.forwards:
-            moved = [
-                Point(p.meter_id, p.register_kwh, p.energy_kwh, (*p.flags, REROUTED)) for p in fwd.points
-            ]
-            ingest(fwd.area_id, fwd.ts, moved, role, source)
-        detect()
-
-    for kind, key, value in records:
-        run.records += 1
-        role = Role.SUPPLY if kind == SUPPLY else Role.CUSTOMER
-        try:
-            msg = contracts.decode_readings(value)
-        except InvalidRecord as exc:
-            refuse(exc.reason)
-            continue
-        if key is not None and key.decode("utf-8", "replace") != msg.area_id:
-            refuse("key_mismatch")
-            continue
-        ts = snap(msg.ts.timestamp(), interval_s=interval_s, tolerance_s=clock_tolerance_s)
-        if ts is None:
-            refuse("off_grid")
-            continue
-        run.first_ts = ts if run.first_ts is None else min(run.first_ts, ts)
-        run.last_ts = ts if run.last_ts is None else max(run.last_ts, ts)
-        if isinstance(msg, Reading):
-            points = [Point(msg.meter_id, msg.register_kwh, msg.energy_kwh, tuple(msg.flags))]
-        else:
-            points = [Point(v.meter_id, v.register_kwh, v.energy_kwh, tuple(v.flags)) for v in msg.values]
-            for refused in msg.refused:
-                refuse(refused.error.reason)
-        run.readings += len(points)
-        ingest(msg.area_id, ts, points, role, kind)
+    it = iter(records)
+    while chunk_records := [Record(kind, key, value) for kind, key, value in islice(it, chunk)]:
+        _add(run, batch.step(chunk_records))
+        batch.engine.persist(_nowhere)
     # The end of the file: every source is quiet, so every ended window closes.
-    for source in (READINGS, SUPPLY):
-        engine.mark_idle(0, source)
-    if engine.knows_partition(0):
-        run.results.update((r.key(), r) for r in engine.flush_idle(0))
-        detect()
+    _add(run, batch.close_idle(0, (READINGS, SUPPLY)))
     return run
+
+
+def _nowhere(partition: int, key: str, value: Any) -> None:
+    pass
+
+
+def _add(run: OfflineRun, out: StepOutput) -> None:
+    run.alerts.extend(out.alerts)
+    run.results.update((r.key(), r) for r, _ in out.results)
+    run.records += out.counts["records"]
+    run.readings += out.counts["readings"]
+    run.windows += out.windows_closed
+    for reason in [d.reason for d in out.dead_letters] + [r.reason for r in out.refused]:
+        run.refused[reason] = run.refused.get(reason, 0) + 1
+    for ts in (out.first_ts, out.last_ts):
+        if ts is not None:
+            run.first_ts = ts if run.first_ts is None else min(run.first_ts, ts)
+            run.last_ts = ts if run.last_ts is None else max(run.last_ts, ts)
 
 
 def load_city(directory: Path) -> tuple[Topology, list[dict[str, Any]], dict[str, Any]]:
