@@ -317,7 +317,7 @@ class ColumnEngine(LineLossEngine):
         total = np.zeros(len(slots))
         for c in range(kwh.shape[1]):  # interval by interval, as the scalar sum adds them
             total += np.where(known[:, c], kwh[:, c], 0.0)
-        complete: npt.NDArray[np.bool_] = known.all(axis=1)
+        complete = np.asarray(known.all(axis=1), dtype=np.bool_)
         weighted = total * mult
         n = len(supplies)
         sums = [
