@@ -67,7 +67,7 @@ class MeterArchive:
     starts: _Array  # start code -> effective_from as POSIX seconds (float64)
     hashes: _Array  # uint64, sorted: meter index -> meter_hash(id)
     id_at: _Array  # meter index -> offset of its id in id_blob
-    id_len: _Array  # meter index -> length of its id in bytes (uint8: ids are <= 64 characters)
+    id_len: _Array  # meter index -> length of its id in bytes (uint8 unless an id is longer)
     id_blob: bytes  # the held records' ids in topic order (a moved meter's twice)
     area: _Array  # area code per meter (uint16 when the areas allow): area of its (first) version
     flags: _Array  # uint8 per meter
@@ -513,7 +513,7 @@ class ArchiveBuilder:
             starts=start_table.astype(np.float64),
             hashes=hashes,
             id_at=id_at.astype(_offset_dtype(len(id_blob) + 1)),
-            id_len=id_len.astype(np.uint8),
+            id_len=id_len.astype(_code_dtype(int(id_len.max()) + 1 if m else 1)),  # a CSV's ids have no cap
             id_blob=id_blob,
             area=rows["area"][meter_rows],
             flags=flags,

@@ -498,3 +498,12 @@ def test_rows_are_ordered_by_meter_start_and_topic_order_even_when_hash_prefixes
     seq = np.arange(len(rows), dtype=np.int64)
     order = _by_meter(hashes, starts, seq)
     assert order.tolist() == np.lexsort((seq, starts, hashes)).tolist()
+
+
+def test_an_id_longer_than_a_byte_can_count_is_held_whole() -> None:
+    # The topic caps ids at 64 characters, a meters CSV does not (and UTF-8 takes up to 4 bytes).
+    long_id = "é" * 200  # 400 bytes
+    recs = [MeterRecord(m, "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH) for m in (long_id, "m1")]
+    archive = build_archive(recs)
+    assert archive.meter_id(archive.index(long_id)) == long_id
+    assert archive.index("é" * 72) == -1  # the same first 144 bytes
