@@ -66,9 +66,10 @@ class MeterArchive:
     multipliers: _Array  # multiplier code -> value (float64)
     starts: _Array  # start code -> effective_from as POSIX seconds (float64)
     hashes: _Array  # uint64, sorted: meter index -> meter_hash(id)
-    id_off: _Array  # meter index -> offset of its id in id_blob (n + 1 entries)
-    id_blob: bytes
-    area: _Array  # int32 per meter: area of its (first) version
+    id_at: _Array  # meter index -> offset of its id in id_blob
+    id_len: _Array  # meter index -> length of its id in bytes (uint8 unless an id is longer)
+    id_blob: bytes  # the held records' ids in topic order (a moved meter's twice)
+    area: _Array  # area code per meter (uint16 when the areas allow): area of its (first) version
     flags: _Array  # uint8 per meter
     cls: _Array  # class code per meter
     mult: _Array  # multiplier code per meter
@@ -91,7 +92,7 @@ class MeterArchive:
         self.area_index = {a: i for i, a in enumerate(self.area_ids)}
         # Scalar access through memoryviews: a Python int or float per item, several times
         # cheaper than indexing a numpy array (the engine looks up every reading).
-        for name in ("hashes", "id_off", "area", "flags", "cls", "mult", "start", "hist_meter",
+        for name in ("hashes", "id_at", "id_len", "area", "flags", "cls", "mult", "start", "hist_meter",
                      "hist_off", "h_area", "h_flags", "h_cls", "h_mult", "h_start", "bucket_off",
                      "multipliers", "starts"):
             self._mv[name] = memoryview(np.ascontiguousarray(getattr(self, name)))  # type: ignore[arg-type]
@@ -99,7 +100,7 @@ class MeterArchive:
         self._mult_mv = self._mv["multipliers"]
         mv = self._mv
         # Everything locate() reads, fetched with one attribute load per call.
-        self._locate = (mv["bucket_off"], mv["hashes"], mv["id_off"], self.id_blob, mv["flags"],
+        self._locate = (mv["bucket_off"], mv["hashes"], mv["id_at"], mv["id_len"], self.id_blob, mv["flags"],
                         mv["start"], mv["starts"], mv["area"], self.area_ids, self.bucket_shift)
 
     @property
@@ -112,7 +113,7 @@ class MeterArchive:
         counted by their strings)."""
         arrays: int = sum(
             getattr(self, name).nbytes
-            for name in ("multipliers", "starts", "hashes", "id_off", "area", "flags", "cls", "mult",
+            for name in ("multipliers", "starts", "hashes", "id_at", "id_len", "area", "flags", "cls", "mult",
                          "start", "hist_meter", "hist_off", "h_area", "h_flags", "h_cls", "h_mult",
                          "h_start", "member_off", "member_meter", "bucket_off")
         )
@@ -132,10 +133,10 @@ class MeterArchive:
         j = bisect.bisect_left(hashes, h, lo, hi)
         if j < hi and hashes[j] == h:
             # Equal hashes of different ids are not merged at build; compare the id itself.
-            id_off = mv["id_off"]
+            id_at, id_len = mv["id_at"], mv["id_len"]
             encoded = meter_id.encode()
             while j < hi and hashes[j] == h:
-                if self.id_blob[id_off[j] : id_off[j + 1]] == encoded:
+                if self.id_blob[id_at[j] : id_at[j] + id_len[j]] == encoded:
                     return j
                 j += 1
         return -1
@@ -158,27 +159,27 @@ class MeterArchive:
         return out
 
     def meter_id(self, i: int) -> str:
-        id_off = self._mv["id_off"]
-        return self.id_blob[id_off[i] : id_off[i + 1]].decode()
+        at = self._mv["id_at"][i]
+        return self.id_blob[at : at + self._mv["id_len"][i]].decode()
 
     def meter_ids(self) -> Iterator[str]:
-        blob, id_off = self.id_blob, self._mv["id_off"]
+        blob, id_at, id_len = self.id_blob, self._mv["id_at"], self._mv["id_len"]
         for i in range(self.size):
-            yield blob[id_off[i] : id_off[i + 1]].decode()
+            yield blob[id_at[i] : id_at[i] + id_len[i]].decode()
 
     # ---- versions --------------------------------------------------------------------------
 
     def locate(self, meter_id: str, ts: float) -> tuple[str, int, float] | None:
         """(area id, flags, until) of ``meter_id`` at ``ts``, or None if not held or not in
         force yet: :meth:`index` and :meth:`placement` in one call (the engine's per reading)."""
-        boff, hashes, id_off, blob, flags_mv, start_mv, starts, area_mv, area_ids, shift = self._locate
+        boff, hashes, id_at, id_len, blob, flags_mv, start_mv, starts, area_mv, area_ids, shift = self._locate
         h = hash(meter_id) & _MASK64
         b = h >> shift
         hi = boff[b + 1]
         j = bisect.bisect_left(hashes, h, boff[b], hi)
         encoded = meter_id.encode()
         while j < hi and hashes[j] == h:
-            if blob[id_off[j] : id_off[j + 1]] == encoded:
+            if blob[id_at[j] : id_at[j] + id_len[j]] == encoded:
                 flags = flags_mv[j]
                 if flags & HISTORY:
                     placed = self.placement(j, ts)
@@ -287,6 +288,67 @@ class MeterArchive:
         return valid_from, valid_until, out
 
 
+@dataclass
+class CodedChunk:
+    """One chunk of archive records as columns of codes: what :meth:`ArchiveBuilder.add_coded`
+    takes, made by :func:`code_columns` (or the topology feed's bulk decoder) without a Python
+    object per record. ``area`` and ``cls`` are codes into this chunk's own tables."""
+
+    hashes: _Array  # uint64 meter_hash per record
+    id_blob: bytes  # the records' meter ids, UTF-8, concatenated
+    id_len: _Array  # int32 bytes per id
+    area_ids: list[str]  # this chunk's distinct areas
+    area: _Array  # int32 code into area_ids per record
+    classes: list[str]
+    cls: _Array
+    flags: _Array  # uint8 SUPPLY | ACTIVE
+    mult: _Array  # float64
+    start: _Array  # float64 POSIX seconds
+
+
+def intern(values: Sequence[str]) -> tuple[list[str], _Array]:
+    """(distinct values, int32 code per value): one set and one C-level map over the values."""
+    table = list(set(values))
+    code = dict(zip(table, range(len(table)), strict=True))
+    return table, np.fromiter(map(code.__getitem__, values), dtype=np.int32, count=len(values))
+
+
+def code_columns(
+    meter_ids: Sequence[str],
+    area_ids: Sequence[str],
+    supply: Sequence[bool],
+    multipliers: Sequence[float],
+    classes: Sequence[str],
+    active: Sequence[bool],
+    starts: Sequence[float],
+) -> CodedChunk:
+    """Records given field by field, as a :class:`CodedChunk`."""
+    n = len(meter_ids)
+    joined = "".join(meter_ids)
+    if joined.isascii():  # nearly always: one encode for the chunk, lengths in characters
+        blob = joined.encode("ascii")
+        lengths = np.fromiter(map(len, meter_ids), dtype=np.int32, count=n)
+    else:
+        encoded = [m.encode() for m in meter_ids]
+        blob, lengths = b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int32, count=n)
+    area_table, area = intern(area_ids)
+    class_table, cls = intern(classes)
+    flags = (np.array(supply, dtype=bool).view(np.uint8) * np.uint8(SUPPLY)
+             | np.array(active, dtype=bool).view(np.uint8) * np.uint8(ACTIVE))
+    return CodedChunk(
+        hashes=np.fromiter(map(hash, meter_ids), dtype=np.int64, count=n).view(np.uint64),
+        id_blob=blob,
+        id_len=lengths,
+        area_ids=area_table,
+        area=area,
+        classes=class_table,
+        cls=cls,
+        flags=flags.astype(np.uint8),
+        mult=np.array(multipliers, dtype=np.float64),
+        start=np.array(starts, dtype=np.float64),
+    )
+
+
 class ArchiveBuilder:
     """Collects decoded archive records in chunks and builds a :class:`MeterArchive`.
 
@@ -319,66 +381,58 @@ class ArchiveBuilder:
     ) -> None:
         """Add one chunk of records, in topic order (a later record of the same meter and
         start replaces an earlier one)."""
-        n = len(meter_ids)
+        if len(meter_ids):
+            self.add_coded(code_columns(meter_ids, area_ids, supply, multipliers, classes, active, starts))
+
+    def _codes(self, table: list[str], codes: dict[str, int], kept: list[bool] | None) -> _Array:
+        """This builder's code of each of a chunk's table entries (new ones assigned)."""
+        for a in table:
+            if a not in codes:
+                codes[a] = len(codes)
+                if kept is not None:
+                    kept.append(self.keep_area is None or self.keep_area(a))
+        return np.fromiter(map(codes.__getitem__, table), dtype=np.int32, count=len(table))
+
+    def add_coded(self, chunk: CodedChunk) -> None:
+        """Add one chunk of coded records, in topic order: columns appended in bulk."""
+        n = len(chunk.hashes)
         if not n:
             return
-        area_code = self._area_code
-        kept = self._area_kept
-        for a in set(area_ids) - area_code.keys():
-            area_code[a] = len(kept)
-            kept.append(self.keep_area is None or self.keep_area(a))
-        areas = np.array(list(map(area_code.__getitem__, area_ids)), dtype=np.int32)
-        class_code = self._class_code
-        for c in set(classes) - class_code.keys():
-            class_code[c] = len(class_code)
-        cls = np.array(list(map(class_code.__getitem__, classes)), dtype=np.int32)
-        flags = (np.array(supply, dtype=bool).astype(np.uint8) * SUPPLY
-                 | np.array(active, dtype=bool).astype(np.uint8) * ACTIVE)
+        area_of = self._codes(chunk.area_ids, self._area_code, self._area_kept)
+        areas = area_of[chunk.area]
         cols: dict[str, _Array] = {
-            "hash": np.array(list(map(hash, meter_ids)), dtype=np.int64).view(np.uint64),
+            "hash": chunk.hashes,
             "area": areas,
-            "flags": flags,
-            "cls": cls,
-            "mult": np.array(multipliers, dtype=np.float64),
-            "start": np.array(starts, dtype=np.float64),
+            "flags": chunk.flags,
+            "cls": self._codes(chunk.classes, self._class_code, None)[chunk.cls],
+            "mult": chunk.mult,
+            "start": chunk.start,
             "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
         }
         self._seq += n
         self.records += n
-        held = np.asarray(kept, dtype=bool)[areas]
+        # Kept or not per distinct area of the chunk, not per record.
+        held = np.array([self._area_kept[a] for a in area_of.tolist()], dtype=bool)[chunk.area]
         if held.all():
-            self._add_held(cols, meter_ids)
-        else:
-            ids = [m for m, h in zip(meter_ids, held.tolist(), strict=True) if h]
-            self._add_held({k: v[held] for k, v in cols.items()}, ids)
-            foreign = ~held
-            self._foreign.append({k: v[foreign] for k, v in cols.items()})
-
-    def _add_held(self, cols: dict[str, _Array], meter_ids: Sequence[str]) -> None:
-        joined = "".join(meter_ids)
-        if joined.isascii():  # nearly always: one encode for the chunk, lengths in characters
-            blob = joined.encode("ascii")
-            lengths = list(map(len, meter_ids))
-        else:
-            encoded = [m.encode() for m in meter_ids]
-            blob, lengths = b"".join(encoded), list(map(len, encoded))
-        cols["id_len"] = np.array(lengths, dtype=np.int32)
-        self._held.append(cols)
-        self._blobs.append(blob)
+            cols["id_len"] = chunk.id_len
+            self._held.append(cols)
+            self._blobs.append(chunk.id_blob)
+            return
+        ids = np.frombuffer(chunk.id_blob, dtype=np.uint8)[np.repeat(held, chunk.id_len)].tobytes()
+        self._held.append({k: v[held] for k, v in cols.items()} | {"id_len": chunk.id_len[held]})
+        self._blobs.append(ids)
+        foreign = ~held
+        self._foreign.append({k: v[foreign] for k, v in cols.items()})
 
     def build(self) -> MeterArchive:
         held = _concat(self._held)
-        blob = np.frombuffer(b"".join(self._blobs), dtype=np.uint8)
+        id_blob = b"".join(self._blobs)
         self._held, self._blobs = [], []
-        row_off = np.zeros(len(held["hash"]) + 1, dtype=np.int64)
-        np.cumsum(held["id_len"], out=row_off[1:])
-        held["id_at"] = row_off[:-1]
+        held["id_at"] = np.cumsum(held["id_len"], dtype=np.int64) - held["id_len"]
         if self._foreign:
             foreign = _concat(self._foreign)
             self._foreign = []
-            known = _unique(held["hash"])
-            at = np.minimum(np.searchsorted(known, foreign["hash"]), max(len(known) - 1, 0))
-            take = known[at] == foreign["hash"] if len(known) else np.zeros(len(at), dtype=bool)
+            take = _held_meters(_unique(held["hash"]), foreign["hash"])
             foreign = {k: v[take] for k, v in foreign.items()}
             foreign["id_len"] = np.full(len(foreign["hash"]), -1, dtype=np.int32)
             foreign["id_at"] = np.full(len(foreign["hash"]), -1, dtype=np.int64)
@@ -386,8 +440,10 @@ class ArchiveBuilder:
         else:
             rows = held
         # By meter, then start, then topic order: the last record of a (meter, start) wins.
-        order = np.lexsort((rows["seq"], rows["start"], rows["hash"]))
+        order = _by_meter(rows["hash"], rows["start"], rows["seq"])
+        del rows["seq"]
         rows = {k: v[order] for k, v in rows.items()}
+        del order
         h, s = rows["hash"], rows["start"]
         n = len(h)
         first = np.ones(n, dtype=bool)
@@ -401,19 +457,16 @@ class ArchiveBuilder:
         has_id = rows["id_len"] >= 0
         id_row = np.full(m, -1, dtype=np.int64)
         id_row[meter_of_row[has_id][::-1]] = np.flatnonzero(has_id)[::-1]
-        id_len = rows["id_len"][id_row].astype(np.int64)
+        id_len = rows["id_len"][id_row]
         id_at = rows["id_at"][id_row]
-        id_off = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(id_len, out=id_off[1:])
-        gather = np.repeat(id_at - id_off[:-1], id_len) + np.arange(int(id_off[-1]), dtype=np.int64)
-        id_blob = blob[gather].tobytes()
-        _check_ids(rows, meter_of_row, has_id, blob, id_blob, id_off)
+        _check_ids(rows, meter_of_row, has_id, id_blob, id_at, id_len)
         # The last record of a (meter, start) wins.
         last = np.ones(n, dtype=bool)
         if n:
             last[:-1] = (h[1:] != h[:-1]) | (s[1:] != s[:-1])
-        rows = {k: v[last] for k, v in rows.items()}
-        meter_of_row = meter_of_row[last]
+        if not last.all():
+            rows = {k: v[last] for k, v in rows.items()}
+            meter_of_row = meter_of_row[last]
         n = len(meter_of_row)
         meter_rows = np.flatnonzero(np.diff(meter_of_row, prepend=-1) != 0)
         counts = np.diff(np.append(meter_rows, n))
@@ -427,7 +480,10 @@ class ArchiveBuilder:
         every_area = list(self._area_code)
         used = _unique(rows["area"])
         area_ids = [every_area[a] for a in used.tolist()]
-        rows["area"] = np.searchsorted(used, rows["area"]).astype(np.int32)
+        area_dtype = _code_dtype(max(len(area_ids), 1 << 9))  # uint16, or uint32 past 65,536 areas
+        recode = np.zeros(len(every_area), dtype=area_dtype)
+        recode[used] = np.arange(len(used), dtype=area_dtype)
+        rows["area"] = recode[rows["area"]]
         flags = rows["flags"][meter_rows].copy()
         multi = counts > 1
         flags[multi] |= HISTORY
@@ -439,7 +495,8 @@ class ArchiveBuilder:
         mult_dtype = _code_dtype(len(mult_table))
         start_dtype = _code_dtype(len(start_table))
 
-        # Membership: every (area, meter) pair of any version, grouped by area.
+        # Membership: every (area, meter) pair of any version, grouped by area (one sort of
+        # packed pairs: several times faster than an argsort).
         pairs = _unique(rows["area"].astype(np.int64) << 32 | meter_of_row.astype(np.int64))
         member_area = (pairs >> 32).astype(np.int32)
         member_meter = (pairs & 0xFFFFFFFF).astype(np.int32)
@@ -455,16 +512,17 @@ class ArchiveBuilder:
             multipliers=mult_table.astype(np.float64),
             starts=start_table.astype(np.float64),
             hashes=hashes,
-            id_off=id_off.astype(_offset_dtype(int(id_off[-1]) + 1)),
+            id_at=id_at.astype(_offset_dtype(len(id_blob) + 1)),
+            id_len=id_len.astype(_code_dtype(int(id_len.max()) + 1 if m else 1)),  # a CSV's ids have no cap
             id_blob=id_blob,
-            area=rows["area"][meter_rows].astype(np.int32),
+            area=rows["area"][meter_rows],
             flags=flags,
             cls=rows["cls"][meter_rows].astype(cls_dtype),
             mult=mult_codes[meter_rows].astype(mult_dtype),
             start=start_codes[meter_rows].astype(start_dtype),
             hist_meter=hist_meter,
             hist_off=hist_off,
-            h_area=rows["area"][hist_rows].astype(np.int32),
+            h_area=rows["area"][hist_rows],
             h_flags=rows["flags"][hist_rows].copy(),
             h_cls=rows["cls"][hist_rows].astype(cls_dtype),
             h_mult=mult_codes[hist_rows].astype(mult_dtype),
@@ -474,6 +532,47 @@ class ArchiveBuilder:
             bucket_off=bucket_off,
             bucket_shift=shift,
         )
+
+
+def _held_meters(known: _Array, hashes: _Array) -> _Array:
+    """Which of ``hashes`` are in the sorted ``known``. A bitmap of known hashes' top 24 bits
+    rules out most first: a binary search per foreign record (7/8 of a province for a worker
+    holding 1/8) misses the cache at every step and was 20% of such a load."""
+    take = np.zeros(len(hashes), dtype=bool)
+    if not len(known):
+        return take
+    top = np.uint64(40)
+    seen = np.zeros(1 << 24, dtype=bool)
+    seen[known >> top] = True
+    maybe = np.flatnonzero(seen[hashes >> top])
+    candidates = hashes[maybe]
+    at = np.minimum(np.searchsorted(known, candidates), len(known) - 1)
+    take[maybe] = known[at] == candidates
+    return take
+
+
+def _by_meter(h: _Array, start: _Array, seq: _Array) -> _Array:
+    """Row order by (hash, start, seq). The rows' index is packed under the hash's top bits and
+    sorted as one uint64 key (np.sort is ~8x faster than argsort or lexsort); rows whose
+    truncated hashes tie (a meter's several records, rarely two meters) are ordered exactly."""
+    n = len(h)
+    if n < 2:
+        return np.arange(n, dtype=np.int64)
+    row_bits = int(n - 1).bit_length()
+    low = np.uint64((1 << row_bits) - 1)
+    keys = np.sort((h & ~low) | np.arange(n, dtype=np.uint64))
+    order = (keys & low).astype(np.int64)
+    top = keys >> np.uint64(row_bits)
+    del keys
+    tie = np.zeros(n, dtype=bool)
+    same = top[1:] == top[:-1]
+    tie[1:] |= same
+    tie[:-1] |= same
+    at = np.flatnonzero(tie)
+    if len(at):
+        rows = order[at]
+        order[at] = rows[np.lexsort((seq[rows], start[rows], h[rows]))]
+    return order
 
 
 def _unique(x: _Array) -> _Array:
@@ -498,21 +597,22 @@ def _check_ids(
     rows: dict[str, _Array],
     meter_of_row: _Array,
     has_id: _Array,
-    blob: _Array,
     id_blob: bytes,
-    id_off: _Array,
+    id_at: _Array,
+    id_len: _Array,
 ) -> None:
     """Two different ids with one hash would be merged into one meter: refuse to build rather
     than mix two meters' histories (keyed SipHash: not expected in practice)."""
     meters = meter_of_row[has_id]
-    if len(meters) == len(_unique(meters)):
+    several = np.flatnonzero(np.diff(meters) == 0)  # rows sorted by meter: repeats are adjacent
+    if not len(several):
         return  # one held row per meter: nothing to compare
     at, length = rows["id_at"][has_id], rows["id_len"][has_id]
-    raw = blob.tobytes()
-    for r in np.flatnonzero(np.bincount(meters)[meters] > 1):
+    for r in np.unique(np.concatenate([several, several + 1])).tolist():
         i = int(meters[r])
-        if raw[int(at[r]) : int(at[r]) + int(length[r])] != id_blob[int(id_off[i]) : int(id_off[i + 1])]:
-            raise HashCollision(id_blob[int(id_off[i]) : int(id_off[i + 1])].decode())
+        mine = id_blob[int(id_at[i]) : int(id_at[i]) + int(id_len[i])]
+        if id_blob[int(at[r]) : int(at[r]) + int(length[r])] != mine:
+            raise HashCollision(mine.decode())
 
 
 class HashCollision(ValueError):

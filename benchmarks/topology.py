@@ -261,6 +261,7 @@ def main() -> int:
         acceptance["one_eighth_ok"] = ratio <= 1 / 6
     result = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": " ".join(["python", "benchmarks/topology.py", *sys.argv[1:]]),
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "params": {"sizes": args.sizes, "held": args.held, "partitions": PARTITIONS,

@@ -5,10 +5,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from archive import _by_meter
 from archive_csv import CsvError, read_meters
 from topology import (
     DEFAULT_CLASS_BOUNDS,
@@ -482,3 +484,26 @@ def test_archive_interns_meters_to_dense_indices() -> None:
     assert [archive.index(m) for m in ids] == idx.tolist()
     assert [archive.meter_id(int(i)) for i in idx[:1000]] == ids[:1000]
     assert archive.area_ids[int(archive.area[archive.index("m4")])] == "A1"
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3), st.integers(0, 7), st.integers(0, 2)), min_size=2, max_size=200))
+def test_rows_are_ordered_by_meter_start_and_topic_order_even_when_hash_prefixes_tie(
+    rows: list[tuple[int, int, int]],
+) -> None:
+    # Hashes that differ only in their low bits, where the build packs the row number, so
+    # the packed sort ties them and the exact order has to come from the tie-break.
+    hashes = np.array([(0xABCD << 48) | (h << 1) | (h & 1) for h, _, _ in rows], dtype=np.uint64)
+    starts = np.array([float(s) for _, s, _ in rows])
+    seq = np.arange(len(rows), dtype=np.int64)
+    order = _by_meter(hashes, starts, seq)
+    assert order.tolist() == np.lexsort((seq, starts, hashes)).tolist()
+
+
+def test_an_id_longer_than_a_byte_can_count_is_held_whole() -> None:
+    # The topic caps ids at 64 characters, a meters CSV does not (and UTF-8 takes up to 4 bytes).
+    long_id = "é" * 200  # 400 bytes
+    recs = [MeterRecord(m, "A", Role.CUSTOMER, 1.0, "residential", True, EPOCH) for m in (long_id, "m1")]
+    archive = build_archive(recs)
+    assert archive.meter_id(archive.index(long_id)) == long_id
+    assert archive.index("é" * 72) == -1  # the same first 144 bytes
