@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 import numpy as np
 import numpy.typing as npt
 
+from models.meter_state import bytes_per_meter, grow_columns, new_columns
+
 TYPES = ("large_day", "large_month")
 _DAY, _MONTH = np.uint8(1), np.uint8(2)
 
@@ -89,22 +91,14 @@ class LargeConsumptionDetector:
         for code, (day, month) in thresholds.items():
             self.day_kwh[code], self.month_kwh[code] = day, month
         self.utc_offset_s = utc_offset_s
-        self._a = {k: np.zeros(max(1, capacity), dtype=t) for k, t in _STATE.items()}
+        self._a = new_columns(_STATE, capacity)
 
     @staticmethod
     def state_bytes_per_meter() -> int:
-        return sum(np.dtype(t).itemsize for t in _STATE.values())
+        return bytes_per_meter(_STATE)
 
     def _grow(self, size: int) -> None:
-        cap = len(self._a["lc_open"])
-        if size <= cap:
-            return
-        while cap < size:
-            cap *= 2
-        for k, arr in self._a.items():
-            new = np.zeros(cap, dtype=arr.dtype)
-            new[: len(arr)] = arr
-            self._a[k] = new
+        grow_columns(self._a, size)
 
     def step(
         self,

@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from models.meter_state import bytes_per_meter, grow_columns, new_columns
+
 TYPES = (
     "zero",
     "spike",
@@ -207,31 +209,21 @@ class MeterAnomalyDetector:
         self.collapse_ratio, self.collapse_clear = collapse_ratio, collapse_clear
         self.collapse_hold = collapse_hold
         self.collapse_alpha = collapse_alpha
-        self._a: dict[str, npt.NDArray[np.generic]] = {
-            k: np.zeros(max(1, capacity), dtype=t) for k, t in _STATE.items()
-        }
+        self._a: dict[str, npt.NDArray[np.generic]] = new_columns(_STATE, capacity)
 
     # ---- state ------------------------------------------------------------------------------
 
     @staticmethod
     def state_bytes_per_meter() -> int:
         """Bytes of state per meter (sum of the array item sizes)."""
-        return sum(np.dtype(t).itemsize for t in _STATE.values())
+        return bytes_per_meter(_STATE)
 
     @property
     def capacity(self) -> int:
         return len(self._a["n"])
 
     def _grow(self, size: int) -> None:
-        cap = self.capacity
-        if size <= cap:
-            return
-        while cap < size:
-            cap *= 2
-        for k, arr in self._a.items():
-            new = np.zeros(cap, dtype=arr.dtype)
-            new[: len(arr)] = arr
-            self._a[k] = new
+        grow_columns(self._a, size)
 
     def snapshot(self) -> dict[str, npt.NDArray[np.generic]]:
         """Copies of the state arrays (save with ``np.savez``)."""

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from models.meter_state import bytes_per_meter, grow_columns, new_columns
+
 _STATE: dict[str, type[np.generic]] = {
     "tc_day": np.float32,  # EW mean interval energy, weekday business hours
     "tc_rest": np.float32,  # EW mean interval energy, all other intervals
@@ -108,22 +110,14 @@ class TariffClassDetector:
         self.ratio, self.level_kw, self.clear = ratio, level_kw, clear
         self.min_day, self.min_rest, self.alpha = min_day, min_rest, alpha
         self.interval_s, self.utc_offset_s = interval_s, utc_offset_s
-        self._a = {k: np.zeros(max(1, capacity), dtype=t) for k, t in _STATE.items()}
+        self._a = new_columns(_STATE, capacity)
 
     @staticmethod
     def state_bytes_per_meter() -> int:
-        return sum(np.dtype(t).itemsize for t in _STATE.values())
+        return bytes_per_meter(_STATE)
 
     def _grow(self, size: int) -> None:
-        cap = len(self._a["tc_open"])
-        if size <= cap:
-            return
-        while cap < size:
-            cap *= 2
-        for k, arr in self._a.items():
-            new = np.zeros(cap, dtype=arr.dtype)
-            new[: len(arr)] = arr
-            self._a[k] = new
+        grow_columns(self._a, size)
 
     def step(
         self,
