@@ -54,6 +54,7 @@ loss.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -726,7 +727,9 @@ def drop_evidence(
     """
     n_m, n = energy.shape
     ok = ~(np.isnan(energy) | np.isnan(expected))
-    c = floor * np.nanmean(np.where(ok, expected, np.nan), axis=1, keepdims=True)
+    with warnings.catch_warnings():  # a meter with no usable bin (just moved in): NaN, floored below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        c = floor * np.nanmean(np.where(ok, expected, np.nan), axis=1, keepdims=True)
     c = np.where(np.isnan(c) | (c <= 0), 1e-3, c)
     y = np.where(ok, np.log((np.nan_to_num(energy) + c) / (np.nan_to_num(expected) + c)), 0.0)
     inc = np.diff(y, axis=1)
