@@ -411,6 +411,22 @@ def test_slower_source_sets_watermark() -> None:
     assert engine.watermark[0] == ts_of(2)
 
 
+def test_correction_for_a_window_waiting_for_supply_is_not_late() -> None:
+    """Late is judged against the slower source: a window whose supply reading has not come
+    stays open however far the readings topic has run ahead, and a correction for it counts
+    (CI once saw the worker accept a 10-hour-old re-send this way while a restart held its
+    supply topic back; docs/design.md, "Watermarks and lateness")."""
+    engine = make_engine(lateness=1800, sources=("readings", "supply"))
+    feed(engine, range(48), supply=False)  # the readings topic is 12 h on
+    feed(engine, range(4), customers=False, supply_source="supply")  # supply at 00:45
+    out = engine.ingest(0, "A", ts_of(2), [customer_point("c1", 2, bump=0.5)], Role.CUSTOMER)
+    assert (out.late, out.accepted, out.replaced) == (0, 1, 1)
+    # Once supply has passed the window's end by the lateness, the same re-send is late.
+    feed(engine, range(4, 12), customers=False, supply_source="supply")
+    out = engine.ingest(0, "A", ts_of(2), [customer_point("c1", 2, bump=0.7)], Role.CUSTOMER)
+    assert (out.late, out.accepted) == (1, 0)
+
+
 def test_flush_idle_closes_ended_windows_without_deleting_keys() -> None:
     engine = make_engine()
     assert [r.window_start for r in feed(engine, [0, 1])] == [T0 - QH]
