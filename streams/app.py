@@ -1,43 +1,39 @@
-"""The Faust worker: thin I/O around the line-loss engine.
+"""The Faust worker: wiring and intake around the line-loss engine.
 
-Agents decode and validate records, send refusals to the dead-letter topic with a reason, hand
-points to :class:`streams.engine.LineLossEngine`, and write results and metrics. State lives in a
-changelogged Faust table, so a killed worker resumes where it stopped: offsets are committed only
-after the producer (changelog and outputs) is flushed, and re-processing a record is idempotent.
+The lineloss agent decodes and validates records, hands their points to
+:class:`streams.engine.LineLossEngine` and publishes results and metrics; the rest is in modules
+of its own: the commit protocol (streams/checkpoint.py), dead letters (streams/deadletters.py),
+detection (streams/detection_stage.py), the archive of the held partitions
+(streams/topology_feed.py) and the faust-streaming workarounds (streams/faust_fixes.py). State
+lives in changelogged Faust tables, so a killed worker resumes where it stopped: offsets are
+committed only after the changelog writes they depend on are acknowledged, and re-processing a
+record is idempotent.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 import logging
 import time
-import zlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import faust
-import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP
 from prometheus_client import CollectorRegistry, start_http_server
 
 from archive import MeterArchive
-from models.detection import Detection, window_intervals
-from models.inspections import Inspection
 from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
+from streams.checkpoint import Checkpoint
 from streams.chunks import Group, Prepared
 from streams.contracts import InvalidRecord, Reading
-from streams.engine import REROUTED, ClosedWindow, LineLossEngine, Outcome, Point
-from streams.kafkaio import (
-    faust_broker_kwargs,
-    group_offsets,
-    kafka_client_kwargs,
-    set_faust_fetch_wait,
-)
+from streams.deadletters import DeadLetters, reading_bytes
+from streams.detection_stage import DetectionStage
+from streams.engine import REROUTED, LineLossEngine, Outcome, Point
+from streams.faust_fixes import DeliveryGuard, stalled
+from streams.kafkaio import faust_broker_kwargs, set_faust_fetch_wait
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
@@ -45,33 +41,6 @@ from streams.topology_feed import TopologyFeed, customer_ids
 from topology import MeterRecord, Role, Topology
 
 log = logging.getLogger("gridwatch")
-
-# One detector-state changelog value at most: the Faust producer refuses requests over 1,000,000
-# bytes, and the key and JSON framing take the rest.
-DETECTOR_STATE_MAX_BYTES = 990_000
-
-
-def encode_detector_state(blob: bytes) -> dict[str, str] | None:
-    """The table value of an area's detector snapshot, zlib-compressed (the ranker's one-byte
-    bins and the detector rows shrink ~2x); None when it would not fit one changelog record.
-
-    >>> v = encode_detector_state(b"state" * 1000)
-    >>> sorted(v), decode_detector_state(v) == b"state" * 1000, len(v["z64"]) < 100
-    (['z64'], True, True)
-    >>> import random
-    >>> encode_detector_state(random.Random(0).randbytes(800_000)) is None  # incompressible
-    True
-    """
-    text = base64.b64encode(zlib.compress(blob, 1)).decode("ascii")
-    return {"z64": text} if len(text) <= DETECTOR_STATE_MAX_BYTES else None
-
-
-def decode_detector_state(value: dict[str, str]) -> bytes:
-    """The snapshot bytes of a table value written by this or an earlier version."""
-    if "z64" in value:
-        return zlib.decompress(base64.b64decode(value["z64"]))
-    return base64.b64decode(value["b64"])
-
 
 # How many recent windows' results are kept for the latest-window gauges.
 _WINDOWS_KEPT = 32
@@ -115,12 +84,14 @@ class GridwatchWorker:
             for outcome in ("accepted", "duplicate", "replaced")
             for role in Role
         }
+        self.app = self._build_app()
+        self.dead_letters = DeadLetters(self.deadletter_topic, self.metrics)
         # The archive of this worker's partitions, read in bulk from the topology topic and
         # rebuilt when a rebalance changes them (streams/topology_feed.py).
         self.topology_feed = TopologyFeed(
             settings,
             self.topology,
-            dead_letter=self._dead_letter,
+            dead_letter=self.dead_letters.send,
             on_install=self._remember_customers,
             on_count=self.metrics.topology_records.set,
             on_apply=self._remember_customer,
@@ -130,12 +101,15 @@ class GridwatchWorker:
         self._last_event_wall: dict[tuple[int, str], float] = {}
         self._last_offset: dict[tuple[int, str], int] = {}
         self._started = time.monotonic()
-        self._next_offset: dict[tuple[str, int], int] = {}  # (topic, partition) -> next to process
-        self._skipped = SkippedRecords(settings)
+        self.delivery = DeliveryGuard(
+            self.app,
+            settings,
+            on_gap=self.metrics.offset_gaps.inc,
+            on_stall=self.metrics.stalled_partitions.inc,
+        )
         self._window_results: dict[int, dict[str, LossResult]] = {}
         # Per-record settings, worked out once (pydantic properties showed in profiles).
         self._max_past, self._max_future = settings.max_past, settings.max_future
-        self.app = self._build_app()
         self.engine = LineLossEngine(
             self.topology,
             self.table,
@@ -146,36 +120,27 @@ class GridwatchWorker:
             min_completeness=settings.min_completeness,
             sources=(settings.topic_readings, settings.topic_supply),
             track_closed=settings.detect,
-            write_behind=True,  # persisted once per offset commit: _PersistOnCommit
+            write_behind=True,  # persisted once per offset commit (streams/checkpoint.py)
         )
-        # Detection (docs/detection.md, "In the worker"): state per area in the detector table,
-        # restored on an area's first closed window in this process, written back from stream
-        # context (a Faust table cannot be written from a timer) in the partition of the area.
+        self.checkpoint = Checkpoint(self.engine, self.table, on_writes=self.metrics.window_writes.inc)
+        self.checkpoint.install(self.app)
         self.detection = (
-            Detection(
-                min_completeness=settings.min_completeness,
-                interval_s=settings.interval_s,
-                suspects=settings.suspects,
-                suspect_score=settings.suspect_score,
-                large_consumption_kwh=settings.large_consumption_limits,
-                utc_offset_s=settings.local_utc_offset_s,
+            DetectionStage(
+                settings,
+                self.topology,
+                table=self.detector_table,
+                alerts_topic=self.alerts_topic,
+                checkpoint=self.checkpoint,
+                dead_letters=self.dead_letters,
+                metrics=self.metrics,
+                mask=self.mask,
             )
             if settings.detect
             else None
         )
-        self._det_restored: set[str] = set()
-        self._det_dirty: dict[int, set[str]] = {}  # partition -> areas to write back
-        # partition -> alert sends not yet acknowledged; the detector state that produced them
-        # is written back only after they are (a kill in between would otherwise leave a state
-        # that has learned the interval and a topic without its alert)
-        self._alert_sends: dict[int, list[Any]] = {}
-        self._det_partition: dict[str, int] = {}
-        self._det_meters: dict[str, list[str]] = {}  # area -> meters in its latest window
-        self._open_types: set[str] = set()
-        self._det_saved: dict[str, int] = {}  # area -> newest interval end in its saved state
-        self._start_committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
+        if self.detection is not None and settings.suspects:
+            self.app.agent(self.inspections_topic, name="inspections")(self._inspections)
         self._recovered_since: float | None = None  # monotonic time table recovery last ended
-        self._changelog_sends: list[Any] = []  # window writes the next commit waits for
 
     # ---- wiring ----------------------------------------------------------------------------
 
@@ -222,15 +187,11 @@ class GridwatchWorker:
         )
         source = app.topic(s.topic_readings, s.topic_supply)
         app.agent(source, name="lineloss")(self._process)
-        if s.detect and s.suspects:
-            app.agent(self.inspections_topic, name="inspections")(self._inspections)
         app.task(self._follow_topology)
         app.timer(interval=max(0.2, s.idle_close_s / 4))(self._close_idle)
         app.timer(interval=5.0)(self._measure_lag)
         app.on_partitions_revoked.connect(self._on_revoked)
         app.on_partitions_assigned.connect(self._on_assigned)
-        app.sensors.add(_PersistOnCommit(self))
-        self._guard_commit_flush(app)
         app.task(self._serve_metrics)
         return app
 
@@ -238,70 +199,19 @@ class GridwatchWorker:
         start_http_server(self.settings.metrics_port, addr=self.settings.metrics_host, registry=self.registry)
         log.info("metrics on http://%s:%d/metrics", self.settings.metrics_host, self.settings.metrics_port)
 
-    def persist_windows(self) -> int:
-        """Write the area-windows changed since the last commit to the window table and its
-        changelog (explicit partitions: this runs from the commit, outside stream context)."""
-        table = self.table
-
-        sends = self._changelog_sends
-
-        def write(partition: int, key: str, value: Any) -> None:
-            if value is None:
-                table.data.pop(key, None)
-                sends.append(table.send_changelog(partition, key, None, value_serializer="raw"))
-            else:
-                table.data[key] = value
-                sends.append(table.send_changelog(partition, key, value))
-
-        n = self.engine.persist(write)
-        if n:
-            self.metrics.window_writes.inc(n)
-        return n
-
-    def _guard_commit_flush(self, app: faust.App) -> None:
-        """Make the flush Faust awaits before committing offsets wait for every changelog
-        write really sent.
-
-        faust-streaming's ProducerBuffer.flush gives up when one message takes over 0.1 s
-        (flush_atmost returns on its first timeout), and a message its sender task has taken
-        off the buffer but not yet handed to aiokafka is in neither; offsets could then be
-        committed ahead of the window state they depend on, and a kill right after would lose
-        it. The window writes of this commit are awaited one by one (their futures resolve on
-        the broker's ack); the buffer is drained for the other tables' writes.
-        """
-        producer = app.producer
-        faust_flush = producer.flush
-
-        async def flush() -> None:
-            await faust_flush()
-            deadline = time.monotonic() + 60.0
-            while producer.buffer.size and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
-            sends, self._changelog_sends = self._changelog_sends, []
-            if sends:
-                await asyncio.gather(*sends)
-            await faust_flush()
-
-        producer.flush = flush  # type: ignore[method-assign]
-
     async def _on_revoked(self, app: faust.App, revoked: set[Any], **_: Any) -> None:
         partitions = {tp.partition for tp in revoked}
-        self.persist_windows()  # a superset of the committed state: replay onto it is harmless
+        # A superset of the committed state: replay onto it is harmless.
+        self.checkpoint.persist_windows()
         self.engine.forget_partitions(partitions)
-        for tp in revoked:
-            self._next_offset.pop((tp.topic, tp.partition), None)
+        self.delivery.forget(revoked)
         if self.detection is not None:
-            # Another worker owns these areas now; their state is re-read from the table if
-            # they come back.
-            for area, p in list(self._det_partition.items()):
-                if p in partitions:
-                    self.detection.forget_area(area, self._det_meters.pop(area, []))
-                    self._det_restored.discard(area)
-                    del self._det_partition[area]
-                    self._det_saved.pop(area, None)
-            for p in partitions:
-                self._det_dirty.pop(p, None)
-                self._alert_sends.pop(p, None)
+            self.detection.forget_partitions(partitions)
+
+    async def _inspections(self, stream: faust.StreamT) -> None:
+        await self.topology_ready.wait()
+        assert self.detection is not None
+        await self.detection.inspections(stream)
 
     # ---- topology --------------------------------------------------------------------------
 
@@ -347,12 +257,12 @@ class GridwatchWorker:
                 continue
             group: Group | None = None
             for msg in msgs:
-                if msg.offset < self._next_offset.get((topic, partition), -1):
+                if self.delivery.done_already(topic, partition, msg.offset):
                     continue  # read again after a stalled partition was resumed: done already
-                if self._skipped_before(topic, partition, msg.offset):
+                if self.delivery.skipped_before(topic, partition, msg.offset):
                     await self._apply_safely(group)  # earlier offsets first
                     group = None
-                if not await self._fill_skipped(topic, partition, msg.offset):
+                if not await self.delivery.fill(topic, partition, msg.offset, self._handle_safely):
                     msg.acked = True
                     continue
                 started = time.perf_counter()
@@ -389,7 +299,7 @@ class GridwatchWorker:
             return await self._prepare(topic, partition, offset, key, value)
         except Exception as exc:  # the worker never dies on one record
             log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            await self._dead_letter("internal_error", repr(exc), topic, partition, offset, key, value)
+            await self.dead_letters.send("internal_error", repr(exc), topic, partition, offset, key, value)
             return None
 
     async def _apply_safely(self, group: Group | None) -> None:
@@ -409,50 +319,13 @@ class GridwatchWorker:
                 len(offsets),
             )
             for offset, key, value in group.records:
-                await self._dead_letter(
+                await self.dead_letters.send(
                     "internal_error", repr(exc), group.topic, group.partition, offset, key, value
                 )
         # Per record: its own preparation and its share of the group's ingest.
         share = (time.perf_counter() - started) / len(group.prepare_s)
         for prepare_s in group.prepare_s:
             self.metrics.latency.observe(prepare_s + share)
-
-    def _skipped_before(self, topic: str, partition: int, offset: int) -> bool:
-        expected = self._next_offset.get((topic, partition))
-        return expected is None or offset > expected
-
-    async def _fill_skipped(self, topic: str, partition: int, offset: int) -> bool:
-        """Process, in order, records the stream skipped before ``offset``.
-
-        faust-streaming (0.15, #596) drops records fetched while flow is suspended during a
-        rebalance or recovery, yet advances its read offset past them and may count the jump
-        as a compaction gap (acked). Offsets of our topics are contiguous, so a jump here means
-        records were skipped: read them straight from the broker and process them before this
-        one, keeping event-time order; then tell Faust the range is done so commits go on.
-        """
-        tp_key = (topic, partition)
-        expected = self._next_offset.get(tp_key)
-        if expected is None:
-            committed = getattr(self.app.consumer, "_committed_offset", {}).get(TP(topic, partition))
-            expected = committed if committed is not None else offset
-            if offset < expected:
-                return False  # buffered before a rebalance gave the partition back: in state
-        if offset > expected:
-            records = await self._skipped.read(topic, partition, expected, offset)
-            log.warning(
-                "%s[%d]: offsets %d..%d were skipped by the stream; processed %d of them from the broker",
-                topic,
-                partition,
-                expected,
-                offset - 1,
-                len(records),
-            )
-            self.metrics.offset_gaps.inc()
-            for rec in records:
-                await self._handle_safely(topic, partition, rec.offset, rec.key, rec.value)
-            await self.app.consumer._add_gap(TP(topic, partition), expected, offset - 1)
-        self._next_offset[tp_key] = max(offset + 1, self._next_offset.get(tp_key, 0))
-        return True
 
     async def _prepare(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
@@ -467,26 +340,26 @@ class GridwatchWorker:
             msg = contracts.decode_readings(value)
         except InvalidRecord as exc:
             self.metrics.messages.labels(kind="invalid").inc()
-            await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
+            await self.dead_letters.refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
             return None
         # Counted by kind as soon as it is decoded, so refusals below are counted too.
         self._messages_by_kind["reading" if isinstance(msg, Reading) else "batch"].inc()
         key_area = key.decode("utf-8", "replace") if key else None
         if key_area is not None and key_area != msg.area_id:
             detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
-            await self._refuse("key_mismatch", detail, role, topic, partition, offset, key, value)
+            await self.dead_letters.refuse("key_mismatch", detail, role, topic, partition, offset, key, value)
             return None
         try:
             contracts.check_time(
                 msg.ts, datetime.now(UTC), max_past=self._max_past, max_future=self._max_future
             )
         except InvalidRecord as exc:
-            await self._refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
+            await self.dead_letters.refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
             return None
         ts = _snap(msg.ts, s)
         if ts is None:
             detail = f"ts {msg.ts.isoformat()} is not within {s.clock_tolerance_s}s of an interval end"
-            await self._refuse("off_grid", detail, role, topic, partition, offset, key, value)
+            await self.dead_letters.refuse("off_grid", detail, role, topic, partition, offset, key, value)
             return None
         if isinstance(msg, Reading):
             points = [Point(msg.meter_id, msg.register_kwh, msg.energy_kwh, tuple(msg.flags))]
@@ -494,7 +367,7 @@ class GridwatchWorker:
             points = [Point(v.meter_id, v.register_kwh, v.energy_kwh, tuple(v.flags)) for v in msg.values]
             # A refused item is dead-lettered alone (its own bytes, the batch's position).
             for refused in msg.refused:
-                await self._refuse(
+                await self.dead_letters.refuse(
                     refused.error.reason,
                     refused.error.detail,
                     role,
@@ -514,7 +387,8 @@ class GridwatchWorker:
             group.partition, group.area_id, group.ts, group.points, group.role, source=group.topic
         )
         await self._publish(out, group)
-        await self._save_detection(group.partition)
+        if self.detection is not None:
+            await self.detection.save(group.partition)
 
     async def _publish(self, out: Outcome, group: Group) -> None:
         role, area_id, ts, topic, partition = (
@@ -536,8 +410,8 @@ class GridwatchWorker:
         for refusal in out.refused:
             point = refusal.point
             offset, key, single = group.origin(point)
-            body = single if single is not None else _reading_bytes(point, area_id, ts)
-            await self._refuse(
+            body = single if single is not None else reading_bytes(point, area_id, ts)
+            await self.dead_letters.refuse(
                 refusal.reason,
                 refusal.detail,
                 role,
@@ -552,7 +426,7 @@ class GridwatchWorker:
         for fwd in out.forwards:
             readings.labels(outcome="rerouted", role=role.value).inc(len(fwd.points))
             for p in fwd.points:
-                body = _reading_bytes(p, fwd.area_id, fwd.ts, extra_flag=REROUTED)
+                body = reading_bytes(p, fwd.area_id, fwd.ts, extra_flag=REROUTED)
                 await target_topic.send(key=fwd.area_id.encode(), value=body)
         await self._emit(out.results)
 
@@ -571,187 +445,15 @@ class GridwatchWorker:
             self.metrics.observe_window(latest, self._window_results[latest].values())
         if self.detection is not None:
             for closed in self.engine.pop_closed():
-                await self._detect(closed)
+                await self.detection.learn(closed)
         self.metrics.open_windows.set(self.engine.open_windows())
         if self.engine.watermark:
             lag = time.time() - min(self.engine.watermark.values())
             self.metrics.watermark_lag.set(max(0.0, lag))
 
-    # ---- detection -------------------------------------------------------------------------
-
-    async def _detect(self, closed: ClosedWindow) -> None:
-        """Learn a window that closed for the first time and publish the alerts it opens or
-        resolves (an interval learned before a restart is skipped, so nothing is learned or
-        alerted twice once its state was saved)."""
-        det = self.detection
-        assert det is not None
-        s = self.settings
-        area = closed.result.area_id
-        if area not in self._det_restored:
-            saved = self.detector_table.get(area)
-            if saved:
-                det.restore_area(decode_detector_state(saved))
-            self._det_restored.add(area)
-        intervals = window_intervals(
-            det,
-            area,
-            closed.result.window_start,
-            closed.points,
-            self.topology,
-            interval_s=s.interval_s,
-            window_s=s.window_s,
-        )
-        records = det.step(intervals)
-        if intervals:
-            self._det_meters[area] = [det.meter_name(int(i)) for i in intervals[0].meters]
-        self._det_partition[area] = closed.partition
-        # Saved when alerts changed, else at most every half allowed lateness: windows learned
-        # since the last save are still in the window store after a crash (released only after
-        # the lateness), so a restart learns them again from the saved state to the same end.
-        learned = det.learned.get(area, 0)
-        if records or learned - self._det_saved.get(area, 0) >= s.allowed_lateness_s // 2:
-            self._det_saved[area] = learned
-            self._det_dirty.setdefault(closed.partition, set()).add(area)
-        for record in records:
-            record = masked_alert(record, self.mask)
-            self.metrics.alerts_emitted.labels(type=record["type"], event=record["event"]).inc()
-            sent = await self.alerts_topic.send(
-                key=str(record["entity_id"]).encode(), value=contracts.encode(record)
-            )
-            self._alert_sends.setdefault(closed.partition, []).append(sent)
-
-    async def _inspections(self, stream: faust.StreamT) -> None:
-        """Inspectors' verdicts: the classifier learns each on the suspect as published, and
-        the suspect alert is resolved. Records are keyed by area, so a verdict reaches the
-        worker that owns the area (co-partitioned with the readings)."""
-        await self.topology_ready.wait()
-        async for event in stream.events():
-            msg = event.message
-            try:
-                await self._inspection(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
-            except Exception as exc:  # the worker never dies on one record
-                log.exception("unexpected error on %s[%d]@%d", msg.topic, msg.partition, msg.offset)
-                await self._dead_letter(
-                    "internal_error", repr(exc), msg.topic, msg.partition, msg.offset, msg.key, msg.value
-                )
-
-    async def _inspection(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> None:
-        det = self.detection
-        assert det is not None
-        try:
-            record = Inspection.from_dict(orjson.loads(value or b""))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
-            await self._dead_letter(
-                "inspection", f"not an inspection record: {exc}", topic, partition, offset, key, value
-            )
-            return
-        when = datetime(record.date.year, record.date.month, record.date.day, tzinfo=UTC)
-        rec = self.topology.meter_at(record.meter, when)
-        area = rec.area_id if rec is not None else None
-        if area is not None and area not in self._det_restored:
-            saved = self.detector_table.get(area)
-            if saved:
-                det.restore_area(decode_detector_state(saved))
-            self._det_restored.add(area)
-        records = det.learn_verdict(record.meter, record.verdict, int(when.timestamp()) + 86400)
-        self.metrics.verdicts.labels(verdict=record.verdict.value, matched=str(bool(records)).lower()).inc()
-        for alert in records:
-            alert = masked_alert(alert, self.mask)
-            self.metrics.alerts_emitted.labels(type=alert["type"], event=alert["event"]).inc()
-            sent = await self.alerts_topic.send(
-                key=str(alert["entity_id"]).encode(), value=contracts.encode(alert)
-            )
-            self._alert_sends.setdefault(partition, []).append(sent)
-        if records and area is not None and self._det_partition.get(area) == partition:
-            self._det_dirty.setdefault(partition, set()).add(area)
-            await self._save_detection(partition)
-
-    async def _save_detection(self, partition: int) -> None:
-        """Write back the detector state of this partition's areas: to the table and, with an
-        explicit partition (chunks are processed outside Faust's per-event context), to its
-        changelog; the next commit waits for these writes like for the windows'.
-
-        The alerts the state has produced are acknowledged first: the state says which
-        intervals were learned, and a restart does not learn (or alert) them again."""
-        det = self.detection
-        if det is None or not self._det_dirty.get(partition):
-            return
-        sends = self._alert_sends.pop(partition, [])
-        if sends:
-            failed = [
-                r
-                for r in await asyncio.gather(*sends, return_exceptions=True)
-                if isinstance(r, BaseException)
-            ]
-            if failed:
-                # Not saved: after a restart the intervals are learned again and the alerts re-sent.
-                log.error(
-                    "%d alert(s) of partition %d not acknowledged (%r): detector state not saved",
-                    len(failed),
-                    partition,
-                    failed[0],
-                )
-                return
-        areas = self._det_dirty.pop(partition)
-        table = self.detector_table
-        for area in sorted(areas):
-            value = encode_detector_state(det.snapshot_area(area, self._det_meters.get(area, [])))
-            if value is None:
-                # A month of ranking evidence for a very large area (~1,000 meters) can pass the
-                # producer's 1 MB request limit even compressed; failing the send would stop the
-                # worker. Unsaved state is relearned after a restart (docs/detection.md).
-                self.metrics.detector_state_unsaved.inc()
-                log.error("detector state of area %s exceeds one changelog record: not saved", area)
-                continue
-            table.data[area] = value
-            self._changelog_sends.append(table.send_changelog(partition, area, value))
-
-    def _detection_gauges(self) -> None:
-        det = self.detection
-        if det is None:
-            return
-        counts = dict.fromkeys(self._open_types, 0)  # types no longer open read 0
-        for alert in det.book.open.values():
-            counts[alert.type] = counts.get(alert.type, 0) + 1
-        self._open_types.update(counts)
-        for kind, n in counts.items():
-            self.metrics.anomalies_open.labels(type=kind).set(n)
-        # Suspects of the worst areas of the latest window (the same top k as their loss gauge).
-        suspects: dict[str, list[float]] = {}
-        for (kind, _, dtype), alert in det.book.open.items():
-            if kind == "meter" and dtype == "suspect":
-                area = str(alert.evidence.get("area_id"))
-                suspects.setdefault(area, []).append(float(alert.evidence.get("share_of_area_loss", 0.0)))
-        self.metrics.worst_area_suspects.clear()
-        self.metrics.worst_area_suspect_share.clear()
-        if self._window_results:
-            latest = self._window_results[max(self._window_results)].values()
-            judged = [r for r in latest if r.loss_rate is not None]
-            worst = sorted(judged, key=lambda r: (-(r.loss_rate or 0.0), r.area_id))[
-                : self.settings.top_k_areas
-            ]
-            for r in worst:
-                shares = suspects.get(r.area_id, [])
-                self.metrics.worst_area_suspects.labels(area_id=r.area_id).set(len(shares))
-                self.metrics.worst_area_suspect_share.labels(area_id=r.area_id).set(max(shares, default=0.0))
-        self.metrics.detector_meters.set(det.meters)
-        self.metrics.detector_state_bytes.set(det.state_bytes())
-
-    async def _committed_at_start(self, tps: list[Any]) -> dict[tuple[str, int], int]:
-        """The group's committed offsets of partitions this process has not read from yet
-        (Faust knows a partition's committed offset only after committing it itself)."""
-        missing = [tp for tp in tps if (tp.topic, tp.partition) not in self._start_committed]
-        if missing:
-            offsets = await asyncio.to_thread(group_offsets, self.settings)
-            if offsets is None:
-                return self._start_committed  # asked again next tick
-            for tp in missing:
-                # No committed offset: the group starts it from the beginning. Remembered too,
-                # or every tick would open an admin client again (0.5-2 s timer runs seen).
-                self._start_committed[(tp.topic, tp.partition)] = offsets.get((tp.topic, tp.partition), 0)
-        return self._start_committed
+    def _stalled(self, tp: Any, now: float) -> bool:
+        last = self._last_event_wall.get((tp.partition, tp.topic), 0.0)
+        return stalled(last, self._recovered_since, now, self.settings.idle_close_s)
 
     async def _measure_lag(self) -> None:
         """Records on the broker not processed yet, per input topic (high watermark minus the
@@ -765,7 +467,7 @@ class GridwatchWorker:
                 high = highwaters.get(tp)
                 if high is None:
                     continue
-                position = self._next_offset.get((tp.topic, tp.partition)) or committed.get(tp) or 0
+                position = self.delivery.next_offset(tp.topic, tp.partition) or committed.get(tp) or 0
                 lag[tp.topic] += max(0, high - position)
         for topic, n in lag.items():
             self.metrics.consumer_lag.labels(topic=topic).set(n)
@@ -811,8 +513,8 @@ class GridwatchWorker:
         if to_check:
             highwaters = await self.app.consumer.highwaters(*to_check)
             committed = getattr(self.app.consumer, "_committed_offset", {})
-            at_start = await self._committed_at_start(to_check)
-            stalled: list[tuple[Any, int]] = []
+            at_start = await self.delivery.committed_at_start(to_check)
+            to_resume: list[tuple[Any, int]] = []
             for tp in to_check:
                 last = self._last_offset.get((tp.partition, tp.topic))
                 position = max(
@@ -824,9 +526,10 @@ class GridwatchWorker:
                 if highwater is not None and position >= highwater:
                     self.engine.mark_idle(tp.partition, tp.topic)
                 elif highwater is not None and self._stalled(tp, now):
-                    stalled.append((tp, position))
-            for tp, position in stalled:
-                await self._resume_stalled(tp, position, highwaters[tp])
+                    to_resume.append((tp, position))
+            for tp, position in to_resume:
+                await self.delivery.resume_stalled(tp, position, highwaters[tp])
+                self._last_event_wall[(tp.partition, tp.topic)] = time.monotonic()  # one try per stall_s
         for partition in sorted({tp.partition for tp in assigned}):
             all_idle = all(
                 (partition, src) in quiet and self.engine.is_idle(partition, src)
@@ -843,191 +546,9 @@ class GridwatchWorker:
                 # its last windows must still close, from the recovered table.
                 self.engine.recover_partition(partition)
             await self._emit(self.engine.flush_idle(partition))
-        self._detection_gauges()
-
-    def _stalled(self, tp: Any, now: float) -> bool:
-        """Records wait on the broker, recovery is over, yet the stream has delivered nothing
-        of this partition for a long while (stall_s past both its last record and the end
-        of recovery)."""
-        if self._recovered_since is None:
-            return False
-        stall_s = max(10.0, 3 * self.settings.idle_close_s)
-        last = max(self._last_event_wall.get((tp.partition, tp.topic), 0.0), self._recovered_since)
-        return now - last >= stall_s
-
-    async def _resume_stalled(self, tp: Any, position: int, highwater: int) -> None:
-        """Put a stalled partition back in the fetch set and read it again from the next
-        offset to process.
-
-        faust-streaming can leave an assigned partition out of its active set after a
-        rebalance during recovery (and drops what it fetched for it meanwhile); its records
-        are then never delivered and its windows never close. Re-reading from our own
-        position repeats nothing: records processed already are skipped in _process.
-        """
-        consumer = self.app.consumer
-        log.warning(
-            "%s[%d]: no record delivered for a while with %d waiting (next %d, end %d; "
-            "active=%s paused=%s); resuming it and reading again from %d",
-            tp.topic,
-            tp.partition,
-            highwater - position,
-            position,
-            highwater,
-            tp in (getattr(consumer, "_active_partitions", None) or ()),
-            tp in (getattr(consumer, "_paused_partitions", None) or ()),
-            position,
-        )
-        self.metrics.stalled_partitions.inc()
-        getattr(consumer, "_buffered_partitions", set()).discard(tp)
-        consumer.resume_partitions([tp])
-        await consumer.seek(tp, position)
-        self._last_event_wall[(tp.partition, tp.topic)] = time.monotonic()  # one try per stall_s
-
-    async def _refuse(
-        self,
-        reason: str,
-        detail: str,
-        role: Role,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        *,
-        item: int | None = None,
-        meter_id: str | None = None,
-    ) -> None:
-        outcome = "late" if reason == "late" else "rejected"
-        self.metrics.readings.labels(outcome=outcome, role=role.value).inc()
-        await self._dead_letter(reason, detail, topic, partition, offset, key, value, item, meter_id)
-
-    async def _dead_letter(
-        self,
-        reason: str,
-        detail: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        key: bytes | None,
-        value: bytes | None,
-        item: int | None = None,
-        meter_id: str | None = None,
-    ) -> None:
-        body = contracts.dead_letter(
-            reason=reason,
-            detail=detail,
-            topic=topic,
-            partition=partition,
-            offset=offset,
-            key=key,
-            value=value,
-            item=item,
-            meter_id=meter_id,
-        )
-        # Keyed by the original key, or its digest when that alone would not fit a message.
-        dl_key = contracts.dead_letter_key(key)
-        try:
-            await self.deadletter_topic.send(key=dl_key, value=body)
-        except Exception as exc:  # never lose the record's trace: say where it is instead
-            log.error(
-                "dead letter for %s[%d]@%d not sent (%r); sending its position only",
-                topic,
-                partition,
-                offset,
-                exc,
-            )
-            body = contracts.dead_letter(
-                reason=reason,
-                detail=f"{detail[:1000]} (original bytes not kept: {exc!r})",
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                key=None,
-                value=None,
-                item=item,
-                meter_id=meter_id,
-            )
-            await self.deadletter_topic.send(key=dl_key, value=body)
-        self.metrics.rejected.labels(reason=reason).inc()
-
-
-class _PersistOnCommit(faust.Sensor):
-    """Persists changed windows when an offset commit starts.
-
-    Faust calls ``on_commit_initiated`` synchronously right before it picks the acked offsets
-    to commit, and flushes the producer before committing them; so every window change of a
-    committed record is in the changelog first (changes of later records may be too: replay
-    onto a superset changes nothing, the engine's state being a set of readings).
-    """
-
-    def __init__(self, worker: GridwatchWorker) -> None:
-        super().__init__()
-        self.worker = worker
-
-    def on_commit_initiated(self, consumer: Any) -> Any:
-        self.worker.persist_windows()
-        return None
-
-
-class SkippedRecords:
-    """A group-less consumer that reads offset ranges the Faust stream skipped."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self._consumer: AIOKafkaConsumer | None = None
-
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        """Records with start <= offset < end (fewer if the log has a gap)."""
-        if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                group_id=None, enable_auto_commit=False, **kafka_client_kwargs(self.settings)
-            )
-            await self._consumer.start()
-        tp = TopicPartition(topic, partition)
-        self._consumer.assign([tp])
-        self._consumer.seek(tp, start)
-        out: list[Any] = []
-        empty_polls = 0
-        while empty_polls < 5:
-            batch = await self._consumer.getmany(tp, timeout_ms=1000, max_records=5000)
-            records = batch.get(tp, [])
-            empty_polls = 0 if records else empty_polls + 1
-            out.extend(r for r in records if start <= r.offset < end)
-            if records and records[-1].offset >= end - 1:
-                break
-        return out
-
-
-def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:
-    """A meter alert with its meter id (in ``entity_id`` and ``id``) replaced by the mask's
-    keyed hash; area alerts and unmasked workers pass unchanged."""
-    if not mask.enabled or record["entity_kind"] != "meter":
-        return record
-    real = str(record["entity_id"])
-    masked = mask.meter(real)
-    return {
-        **record,
-        "entity_id": masked,
-        "id": str(record["id"]).replace(f"meter:{real}:", f"meter:{masked}:", 1),
-    }
-
-
-def _reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
-    """One point as a self-contained single reading."""
-    flags = list(p.flags)
-    if extra_flag and extra_flag not in flags:
-        flags = [*flags[: contracts.MAX_FLAGS - 1], extra_flag]  # the forward keeps the contract
-    return contracts.encode(
-        Reading(
-            meter_id=p.meter_id,
-            register_kwh=p.register_kwh,
-            energy_kwh=p.energy_kwh,
-            flags=flags,
-            area_id=area_id,
-            ts=datetime.fromtimestamp(ts, UTC),
-        )
-    )
-
+        if self.detection is not None:
+            latest = self._window_results[max(self._window_results)].values() if self._window_results else ()
+            self.detection.gauges(latest)
 
 def _snap(ts: datetime, s: Settings) -> int | None:
     return snap(ts.timestamp(), interval_s=s.interval_s, tolerance_s=s.clock_tolerance_s)

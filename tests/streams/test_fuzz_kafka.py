@@ -841,12 +841,12 @@ def test_gap_forwarded_reading_keeps_the_contract() -> None:
     """A moved meter's reading is forwarded with a "rerouted" flag added to its flags: with
     the 16 flags the contract allows, the forward has 17, and the worker refuses its own record
     as schema when it reads it back: the reading is lost from the line loss."""
-    from streams.app import _reading_bytes
     from streams.contracts import InvalidRecord, decode_readings
+    from streams.deadletters import reading_bytes
     from streams.engine import Point
 
     point = Point("m1", 1.0, None, tuple(f"f{i}" for i in range(16)))
-    body = _reading_bytes(point, "A", 9000, extra_flag="rerouted")
+    body = reading_bytes(point, "A", 9000, extra_flag="rerouted")
     try:
         decoded = decode_readings(body)
     except InvalidRecord as exc:

@@ -271,7 +271,7 @@ def test_redact_in_logs_covers_every_logger_and_installs_once(caplog: pytest.Log
 
 
 def test_worker_alerts_carry_the_masked_meter_id() -> None:
-    from streams.app import masked_alert
+    from streams.detection_stage import masked_alert
 
     mask = MeterMask(b"k" * 32)
     rec = {"id": "meter:A1-M7:zero:900", "entity_kind": "meter", "entity_id": "A1-M7", "type": "x"}
