@@ -564,7 +564,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     # "producer buffer full size N" is Faust pacing the stream while more than 100 table writes
     # (a hard-coded limit) wait to be sent: every commit persists the area-windows changed since
-    # the last one at once (persist_windows), so a busy stream reaches it by design, and the
-    # commit's own flush waits for every write (_guard_commit_flush). Not a fault: not a warning.
+    # the last one at once (streams/checkpoint.py), so a busy stream reaches it by design, and the
+    # commit's own flush waits for every write. Not a fault: not a warning.
     logging.getLogger("faust.transport.producer").setLevel(logging.ERROR)
     faust.Worker(worker.app, loglevel=loglevel).execute_from_commandline()
