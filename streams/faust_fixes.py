@@ -35,8 +35,11 @@ class SkippedRecords:
         self.settings = settings
         self._consumer: AIOKafkaConsumer | None = None
 
-    async def read(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
-        """Records with start <= offset < end (fewer if the log has a gap)."""
+    async def read(
+        self, topic: str, partition: int, start: int, end: int, *, patience_s: float = 60.0
+    ) -> list[Any]:
+        """Records with start <= offset < end; fewer only if the log has a gap (retention) or
+        the broker gave nothing for ``patience_s`` (down longer than that)."""
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
                 group_id=None, enable_auto_commit=False, **kafka_client_kwargs(self.settings)
@@ -47,7 +50,7 @@ class SkippedRecords:
         self._consumer.seek(tp, start)
         out: list[Any] = []
         empty_polls = 0
-        while empty_polls < 5:
+        while empty_polls < max(1, int(patience_s)):
             batch = await self._consumer.getmany(tp, timeout_ms=1000, max_records=5000)
             records = batch.get(tp, [])
             empty_polls = 0 if records else empty_polls + 1
@@ -113,6 +116,17 @@ class DeliveryGuard:
                 offset - 1,
                 len(records),
             )
+            if len(records) < offset - expected:
+                # Not silent: only a retention gap or a broker gone for a minute gets here.
+                log.error(
+                    "%s[%d]: %d record(s) of offsets %d..%d could not be read back and are not "
+                    "in the results",
+                    topic,
+                    partition,
+                    offset - expected - len(records),
+                    expected,
+                    offset - 1,
+                )
             self.on_gap()
             for rec in records:
                 await handle(topic, partition, rec.offset, rec.key, rec.value)
