@@ -512,6 +512,12 @@ class GridwatchWorker:
             self._recovered_since = now
         if to_check:
             highwaters = await self.app.consumer.highwaters(*to_check)
+            if time.monotonic() - now > idle_s and self._recovered_since is not None:
+                # The broker took that long to answer: it was down or unreachable, and nothing
+                # could be delivered meanwhile. A stall is judged on time with a broker that
+                # answers (a resume-and-seek racing the group's rejoin after an outage was seen
+                # in a run whose commit then never advanced again).
+                self._recovered_since = time.monotonic()
             committed = getattr(self.app.consumer, "_committed_offset", {})
             at_start = await self.delivery.committed_at_start(to_check)
             to_resume: list[tuple[Any, int]] = []
