@@ -4,11 +4,10 @@ The lineloss agent decodes and validates records, hands their points to
 :class:`streams.engine.LineLossEngine` and publishes results and metrics; the rest is in modules
 of its own: the commit protocol (streams/checkpoint.py), dead letters (streams/deadletters.py),
 detection (streams/detection_stage.py), quiet sources and partitions (streams/idle_close.py),
-the archive of the held partitions
-(streams/topology_feed.py) and the faust-streaming workarounds (streams/faust_fixes.py). State
-lives in changelogged Faust tables, so a killed worker resumes where it stopped: offsets are
-committed only after the changelog writes they depend on are acknowledged, and re-processing a
-record is idempotent.
+the archive of the held partitions (streams/topology_feed.py) and the faust-streaming
+workarounds (streams/faust_fixes.py). State lives in changelogged Faust tables, so a killed
+worker resumes where it stopped: offsets are committed only after the changelog writes they
+depend on are acknowledged, and re-processing a record is idempotent.
 """
 
 from __future__ import annotations
