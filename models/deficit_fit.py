@@ -65,12 +65,19 @@ def deficit_evidence(
     energy: F64,
     expected: F64,
     day: npt.NDArray[np.int64],
+    *,
+    min_days: int = 14,
 ) -> F64:
     """Per meter, the log-likelihood ratio of its shortfall's share of the area's loss over the
     horizon (see the module docstring). ``loss`` and ``supply``: judged bins only; ``energy``
-    and ``expected``: meters x those bins (NaN = missing); ``day``: each bin's day number."""
+    and ``expected``: meters x those bins (NaN = missing); ``day``: each bin's day number.
+
+    Zero for every meter while the bins span fewer than ``min_days`` days: the level over the
+    horizon is a level before a theft only once the horizon holds weeks before it, and a fresh
+    theft is the step evidence's (on the plain simulator's 10-day cities the fit put honest
+    meters ahead of fresh thieves: top 3 two days after onset 0.973 -> 0.878)."""
     n, t_n = energy.shape
-    if n == 0 or t_n < 3 or len(np.unique(day)) < 5:
+    if n == 0 or t_n < 3 or len(np.unique(day)) < min_days:
         return np.zeros(n)
     level = horizon_level(energy, expected)
     short = np.where(np.isnan(level), 0.0, np.maximum(np.nan_to_num(level) - np.nan_to_num(energy), 0.0))

@@ -71,3 +71,12 @@ def test_the_level_over_the_horizon_includes_the_weeks_before_a_theft() -> None:
     assert level[0, 0] > 0.55 and abs(level[1, 0] - 1.0) < 1e-9
     e[1, 5] = np.nan
     assert np.isnan(horizon_level(e, expected)[1, 5])
+
+
+def test_no_shortfall_evidence_before_two_weeks_of_history() -> None:
+    reported, expected, loss, supply, _, _ = area(0)
+    day = np.arange(loss.size) // 24
+    short = day < 13
+    ev = deficit_evidence(loss[short], supply[short], reported[:, short], expected[:, short], day[short])
+    assert not ev.any()
+    assert deficit_evidence(loss, supply, reported, expected, day).max() > 0
