@@ -78,7 +78,8 @@ class Suspect:
     ``share_of_area_loss_explained`` = ``1 - |r(L - D)|^2 / |r(L)|^2``; ``correlation`` is
     Pearson's between the meter's bin deficits and the area's bin losses; ``area_loss_rate`` is
     the area's over the last ``recent`` bins and ``area_loss_rate_change`` its change against the
-    bins before.
+    bins before. ``deficit_evidence`` is the shortfall fit's ratio over the horizon
+    (:func:`models.deficit_fit.deficit_evidence`): it orders the ranking, it is not in ``score``.
     """
 
     area: str
