@@ -24,12 +24,16 @@ mean daily energy so far minus what it reported that day) correlated with the ar
 of its load reports most when the area loses most, and ranks last. Figures:
 
 * per label type, **top-k hit rate** (k = 3, 5, 10) at each check day: the share of thieves whose
-  onset is at least a day before the check and who are in their area's top k;
+  onset is at least a day before the check and who are in their area's top k. An area with more
+  than k thieves cannot have them all in its top k, so these rates are bounded below 1 by
+  construction: ``top10_ceiling`` is the best the "all" row's top 10 could be (sum over the
+  areas of min(10, thieves) / thieves);
 * **AUC** of the final ranking, per theft area (the chance that a thief ranks above an honest
   meter of its area; meters the ranking leaves out tie at the bottom), mean over the areas;
 * the case: **mean thieves in the top 5** at the last check, mean over its areas;
 * mixed: **top-10 recall** of thieves at the last check: per theft area, thieves in the top 10 /
-  min(10, its thieves), mean over the areas;
+  min(10, its thieves), mean over the areas (reachable: 1.0 when every area's top 10 are thieves
+  or hold all of them);
 * **false meter alerts per 1,000 meter-days**: meter alerts opened on meters without a label,
   over the honest meters' days, split **paged** (severity ``page`` or ``warning``; suspects apart)
   and **information** (``info``); suspects opened on honest meters are counted apart;
@@ -345,7 +349,7 @@ def _mean(xs: list[float]) -> float | None:
 def ranking_figures(runs: list[dict[str, Any]], who: str, day: str) -> dict[str, Any]:
     """Hit rates per type and k, AUC, top-5 and top-10 recall over the theft areas of ``runs``."""
     per_type: dict[str, list[int | None]] = defaultdict(list)
-    aucs, top5, recall10 = [], [], []
+    aucs, top5, recall10, reachable = [], [], [], 0
     for run in runs:
         for fig in run["ranked"].get(day, {}).get(who, {}).values():
             for t, r in fig["thieves"]:
@@ -356,6 +360,7 @@ def ranking_figures(runs: list[dict[str, Any]], who: str, day: str) -> dict[str,
             if fig["n"]:
                 top5.append(fig["top5"])
                 recall10.append(fig["top10"] / min(10, fig["n"]))
+                reachable += min(10, fig["n"])
     hits = {
         t: {
             "thieves": len(rs),
@@ -369,6 +374,7 @@ def ranking_figures(runs: list[dict[str, Any]], who: str, day: str) -> dict[str,
         "auc": _mean(aucs),
         "mean_thieves_in_top5": _mean(top5),
         "top10_recall": _mean(recall10),
+        "top10_ceiling": round(reachable / len(per_type["all"]), 4) if per_type["all"] else None,
         "areas": len(aucs),
     }
 
@@ -491,7 +497,8 @@ def table(out: dict[str, Any]) -> str:
             lines.append(
                 f"  day {checks[-1]} {who}: AUC {f['auc']}, "
                 f"mean thieves in top 5 {f['mean_thieves_in_top5']}, "
-                f"top-10 recall {f['top10_recall']} ({f['areas']} areas)"
+                f"top-10 recall {f['top10_recall']} ({f['areas']} areas; "
+                f"the 'all' row's top 10 can reach {f['top10_ceiling']})"
             )
     h = out["honest"]
     a = h["alerts"]

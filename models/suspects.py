@@ -62,6 +62,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
+from models.deficit_fit import deficit_evidence
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -76,7 +78,8 @@ class Suspect:
     ``share_of_area_loss_explained`` = ``1 - |r(L - D)|^2 / |r(L)|^2``; ``correlation`` is
     Pearson's between the meter's bin deficits and the area's bin losses; ``area_loss_rate`` is
     the area's over the last ``recent`` bins and ``area_loss_rate_change`` its change against the
-    bins before.
+    bins before. ``deficit_evidence`` is the shortfall fit's ratio over the horizon
+    (:func:`models.deficit_fit.deficit_evidence`): it orders the ranking, it is not in ``score``.
     """
 
     area: str
@@ -100,6 +103,7 @@ class Suspect:
     theft_days: int = 0
     theft_start: int = 0
     theft_end: int = 0
+    deficit_evidence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +187,9 @@ class SuspectRanker:
     ridge, refit
         See :func:`attribute`; the joint attribution is refitted every ``refit`` bins, on bin
         numbers that are multiples of it (:meth:`attribution`).
+    deficit_weight
+        Weight of the shortfall evidence (:func:`models.deficit_fit.deficit_evidence`) in the
+        ranking's order (not in the score); 0 ranks by the score alone.
     """
 
     def __init__(
@@ -201,6 +208,7 @@ class SuspectRanker:
         confirm: float = 3.0,
         ridge: float = 1.0,
         refit: int = 6,
+        deficit_weight: float = 0.1,
     ) -> None:
         if bin_s % interval_s:
             raise ValueError("bin_s must be a multiple of interval_s")
@@ -210,8 +218,10 @@ class SuspectRanker:
         self.recent, self.day_sigma, self.noise_floor = recent, day_sigma, noise_floor
         self.confirm, self.window, self.ridge, self.refit = confirm, min(window, history), ridge, refit
         self.areas: dict[str, _Area] = {}
-        # area -> (its state object, the open bin then, series, judged, attribution): the last fit
-        self._fits: dict[str, tuple[_Area, int, npt.NDArray[np.int64], Attribution]] = {}
+        self.deficit_weight = deficit_weight
+        # area -> (its state object, the open bin then, judged bins, attribution, deficit
+        # evidence): the last fit
+        self._fits: dict[str, tuple[_Area, int, npt.NDArray[np.int64], Attribution, F64]] = {}
 
     def state_bytes_per_meter(self) -> int:
         """Bytes kept per meter: the one-byte ring plus mean, count and the open bin (the area's
@@ -325,8 +335,10 @@ class SuspectRanker:
         loss = np.where(judged & ~np.isnan(sales), supply - sales, np.nan)
         return AreaSeries(list(st.meters), st.bins[order], energy, expected, supply, loss)
 
-    def attribution(self, area: str) -> tuple[npt.NDArray[np.int64], Attribution]:
-        """The judged bins of the area's horizon and the joint attribution of its loss over them.
+    def attribution(self, area: str) -> tuple[npt.NDArray[np.int64], Attribution, F64]:
+        """The judged bins of the area's horizon, the joint attribution of its loss over them
+        (day by day, :func:`attribute`) and each meter's shortfall evidence over the whole of them
+        (:func:`models.deficit_fit.deficit_evidence`).
 
         Refitted every ``refit`` bins, on a schedule fixed by the bin numbers, not by when it was
         last asked: the fit of bin ``f`` (a multiple of ``refit``) uses the bins before ``f``
@@ -337,7 +349,7 @@ class SuspectRanker:
         fit_bin = st.open_bin - st.open_bin % self.refit
         cached = self._fits.get(area)
         if cached is not None and cached[0] is st and cached[1] == fit_bin:
-            return cached[2], cached[3]
+            return cached[2], cached[3], cached[4]
         s = self.series(area, bins=0)
         v = ~np.isnan(s.loss) & (s.bins < fit_bin) & (s.bins >= fit_bin - self.history + self.refit)
         at = attribute(
@@ -349,13 +361,15 @@ class SuspectRanker:
             ridge=self.ridge,
             noise_floor=self.noise_floor,
         )
-        self._fits[area] = (st, fit_bin, s.bins[v], at)
-        return s.bins[v], at
+        day = s.bins[v] // max(1, 86400 // self.bin_s)
+        short = deficit_evidence(s.loss[v], s.supply[v], s.energy[:, v], s.expected[:, v], day)
+        self._fits[area] = (st, fit_bin, s.bins[v], at, short)
+        return s.bins[v], at, short
 
     def rank(self, area: str, *, top: int | None = 10, min_bins: int = 12) -> list[Suspect]:
         """The area's meters, most likely cause of its loss first (``top`` of them; None = all).
         Empty until ``min_bins`` bins were judged in the last ``window``."""
-        judged_bins, at = self.attribution(area)
+        judged_bins, at, short = self.attribution(area)
         s = self.series(area)
         v = ~np.isnan(s.loss)
         if v.sum() < min_bins:
@@ -394,7 +408,13 @@ class SuspectRanker:
         def when(i: int) -> int:
             return int(judged_bins[i]) * self.bin_s if i >= 0 else 0
 
-        order = np.argsort(-score, kind="stable")[: None if top is None else top]
+        # Ordered by the score plus a tenth of the shortfall evidence: the score is what the worker
+        # publishes on (log-likelihood ratios of a drop the loss confirms); the shortfall fit
+        # over the horizon orders the many meters that score little in a large area with many
+        # thieves (docs/suspects.md, "Shortfall over the horizon"). Its ratios run to thousands
+        # (the cumulative residual is not white noise), so it orders, it does not publish.
+        priority = score + self.deficit_weight * short
+        order = np.argsort(-priority, kind="stable")[: None if top is None else top]
         return [
             Suspect(
                 area=area,
@@ -418,6 +438,7 @@ class SuspectRanker:
                 theft_days=int(at.days[i]),
                 theft_start=when(int(at.first[i])),
                 theft_end=when(int(at.last[i])) + (self.bin_s if at.last[i] >= 0 else 0),
+                deficit_evidence=round(float(short[i]), 4),
             )
             for k, i in enumerate(order)
         ]

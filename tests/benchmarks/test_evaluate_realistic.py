@@ -141,3 +141,21 @@ def test_quick_mode_end_to_end(tmp_path: Path) -> None:
     meter_days = sum(c["meters"] - c["thieves"] for n in ("case", "mixed") for c in saved[n]["cities"]) * 3
     assert honest["alerts"]["honest_meter_days"] == meter_days
     assert honest["theft_free_area_days"] % 3 == 0
+
+
+def test_top10_of_an_area_with_more_than_ten_thieves_is_bounded_per_thief_not_per_area() -> None:
+    """15 thieves ranked first in a 40-meter area and 5 in another: the per-thief top-10 rate is
+    (10 + 5) / 20, which ``top10_ceiling`` states, while the per-area recall reaches 1.0."""
+    honest = {f"h{i:02d}" for i in range(25)}
+    many = {f"t{i:02d}": "theft_cap" for i in range(15)}
+    few = {f"u{i}": "theft_fdi" for i in range(5)}
+    ranked = {
+        "detection": {
+            "A0": ev.area_figures([*many, *sorted(honest)], many, honest),
+            "A1": ev.area_figures([*few, *sorted(honest)], few, honest),
+        }
+    }
+    fig = ev.ranking_figures([{"ranked": {"30": ranked}}], "detection", "30")
+    assert fig["hit_rate"]["all"]["top10"] == 0.75
+    assert fig["top10_ceiling"] == 0.75
+    assert fig["top10_recall"] == 1.0
