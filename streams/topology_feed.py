@@ -113,7 +113,7 @@ class ChunkDecoder:
                     suspect.append(i)
         efs = list(map(_EFFECTIVE_FROM, rows))
         start_of = self._start_of
-        for ef in set(efs) - start_of.keys():
+        for ef in [ef for ef in set(efs) if ef not in start_of]:  # not `- keys()`: that walks the dict
             start_of[ef] = _start(ef)
             if start_of[ef] is None:
                 self._bad_starts.add(ef)
@@ -121,7 +121,7 @@ class ChunkDecoder:
             index,
             list(map(_METER_ID, rows)),
             list(map(_AREA_ID, rows)),
-            [role == "supply" for role in map(_ROLE, rows)],
+            list(map("supply".__eq__, map(_ROLE, rows))),
             list(map(_MULTIPLIER, rows)),
             list(map(_CLASS, rows)),
             list(map(_ACTIVE, rows)),
@@ -157,7 +157,7 @@ class ChunkDecoder:
             bad.update(k for k, m in enumerate(ids) if not _good_id(m))
         good_area = self._good_area
         areas = set(cols.area_ids)
-        for a in areas - good_area.keys():
+        for a in [a for a in areas if a not in good_area]:
             good_area[a] = _good_id(a)
         wrong_area = {a for a in areas if not good_area[a]}
         if wrong_area or self._bad_starts:
