@@ -482,11 +482,13 @@ class ArchiveBuilder:
         # replaced by a later record of the same start, which is why this comes first). Held
         # rows come first in ``rows``.
         has_id = order < n_held
-        id_row = np.full(m, -1, dtype=np.int64)
-        id_row[meter_of_row[has_id][::-1]] = order[np.flatnonzero(has_id)[::-1]]
+        held_at = np.flatnonzero(has_id)
+        held_meter = meter_of_row[held_at]
+        # The first held row of each meter (no scatter: the held rows are in meter order).
+        id_row = order[held_at[np.flatnonzero(np.diff(held_meter, prepend=-1) != 0)]]
         id_at = id_at_row[id_row]
         id_len = id_at_row[id_row + 1] - id_at
-        _check_ids(order[has_id], meter_of_row[has_id], id_at_row, id_blob, id_at, id_len)
+        _check_ids(order[held_at], held_meter, id_at_row, id_blob, id_at, id_len)
         # The last record of a (meter, start) wins: every other column is gathered once, for
         # the rows kept.
         last = np.ones(n, dtype=bool)
