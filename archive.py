@@ -308,9 +308,10 @@ class CodedChunk:
     start: _Array  # int64 code into starts per record
 
 
-def intern(values: Sequence[str]) -> tuple[list[str], _Array]:
-    """(distinct values, int32 code per value): one set and one C-level map over the values."""
-    table = list(set(values))
+def intern(values: Sequence[str], distinct: set[str] | None = None) -> tuple[list[str], _Array]:
+    """(distinct values, int32 code per value): one set (``distinct``, if the caller has it)
+    and one C-level map over the values."""
+    table = list(set(values) if distinct is None else distinct)
     code = dict(zip(table, range(len(table)), strict=True))
     return table, np.fromiter(map(code.__getitem__, values), dtype=np.int32, count=len(values))
 
@@ -535,8 +536,10 @@ class ArchiveBuilder:
 
         bits = max(1, int(math.ceil(math.log2(max(m, 1) / 4))) if m > 8 else 1)
         shift = 64 - bits
-        edges = (np.arange(1 << bits, dtype=np.uint64) << np.uint64(shift)) if bits < 64 else np.arange(0)
-        bucket_off = np.append(np.searchsorted(hashes, edges), m).astype(_offset_dtype(m + 1))
+        # Each bucket's range from a count of the sorted hashes' top bits (no binary searches).
+        bucket_off = np.zeros((1 << bits) + 1, dtype=_offset_dtype(m + 1))
+        np.cumsum(np.bincount((hashes >> np.uint64(shift)).astype(np.intp), minlength=1 << bits),
+                  out=bucket_off[1:])
         return MeterArchive(
             area_ids=area_ids,
             classes=classes,

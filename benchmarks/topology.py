@@ -6,8 +6,8 @@
 For each archive size and each share of the 8 partitions a worker holds (1, 4 and all 8), a
 fresh subprocess generates the topology topic's record values (150 meters per area, one supply
 meter per area, 1% of the meters moved to another area with a second version), loads them the
-way the worker does (streams.topology_feed: chunks of 10,000 values decoded into columns and
-added to an ArchiveBuilder, which keeps the meters of the held partitions' areas), builds and
+way the worker does (streams.topology_feed.add_values: chunks of 10,000 values decoded into coded
+columns and added to an ArchiveBuilder, which keeps the meters of the held partitions' areas), builds and
 installs the archive, and reports:
 
 * load time, wall and CPU (process_time), of decoding + building + installing (generating the
@@ -86,7 +86,7 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     from streams.topology_feed import (
         ChunkDecoder,
         TopologyFeed,
-        add_columns,
+        add_values,
         area_partition,
         release_free_memory,
     )
@@ -105,12 +105,11 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     for start in range(0, records, CHUNK):
         values = record_values(meters, start, min(records, start + CHUNK))
         w, c = time.perf_counter(), time.process_time()
-        cols, bad = decoder.decode(values)
-        add_columns(builder, cols)
+        bad = add_values(builder, decoder, values)
         wall += time.perf_counter() - w
         cpu += time.process_time() - c
         refused += len(bad)
-        del values, cols
+        del values
     w, c = time.perf_counter(), time.process_time()
     archive = builder.build()
     topo = Topology()
