@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from meter_directory import MeterDirectory
+
 # Bits of a version's flags byte.
 SUPPLY = 1  # role: supply (check) meter; else customer
 ACTIVE = 2
@@ -85,6 +87,7 @@ class MeterArchive:
     member_meter: _Array  # int32: meters ever mapped to the area, by area
     bucket_off: _Array  # top bits of a hash -> its range in hashes
     bucket_shift: int
+    directory: MeterDirectory | None = None  # partition of each meter not held (sharded builds)
     area_index: dict[str, int] = field(default_factory=dict)
     _mv: dict[str, memoryview] = field(default_factory=dict, repr=False)
 
@@ -242,6 +245,14 @@ class MeterArchive:
             for j in range(lo, hi)
         ]
 
+    def directed_partition(self, meter_id: str) -> int | None:
+        """The readings partition whose worker holds ``meter_id``, for a meter this sharded
+        archive does not hold: exact for the meters of the topic when it was built, arbitrary
+        for any other id (a hint: see meter_directory). None without a directory."""
+        if self.directory is None or self.directory.size == 0:
+            return None
+        return self.directory.partition_of_key(hash(meter_id) & _MASK64 & ~0xFF)
+
     def shadow(self, i: int) -> None:
         """Mark meter ``i`` as held elsewhere from now on (its versions were copied out)."""
         self.flags[i] |= SHADOWED
@@ -374,11 +385,18 @@ class ArchiveBuilder:
     ``keep_area`` (None: keep all) says which areas this archive serves. A meter is held when
     any of its versions maps it to a kept area, and then with every version (a moved meter's
     readings may arrive under either area). Records of other meters are kept only in compact
-    columns until :meth:`build` knows which meters are held, then dropped.
+    columns until :meth:`build` knows which meters are held, then dropped; with
+    ``partition_of`` (an area's readings partition) their partitions stay, as the archive's
+    :class:`meter_directory.MeterDirectory`.
     """
 
-    def __init__(self, keep_area: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        keep_area: Callable[[str], bool] | None = None,
+        partition_of: Callable[[str], int] | None = None,
+    ) -> None:
         self.keep_area = keep_area
+        self.partition_of = partition_of
         self._area_code: dict[str, int] = {}
         self._area_kept: list[bool] = []
         self._class_code: dict[str, int] = {}
@@ -450,6 +468,7 @@ class ArchiveBuilder:
         id_blob = b"".join(self._blobs)
         self._held, self._blobs = [], []
         n_held = len(held["hash"])
+        directory: MeterDirectory | None = None
         # A held row's id: id_at[row] to id_at[row + 1] in the blob (one gather per meter below
         # reads both from one cache line).
         id_at_row = np.zeros(n_held + 1, dtype=np.int64)
@@ -459,9 +478,13 @@ class ArchiveBuilder:
             self._foreign = []
             take = _held_meters(_unique(held["hash"]), foreign["hash"])
             rows = {k: np.concatenate([held[k], foreign[k][take]]) for k in held}
+            if self.partition_of is not None:
+                directory = self._directory(foreign["hash"][~take], foreign["area"][~take])
             del foreign
         else:
             rows = held
+        if self.partition_of is not None and directory is None:
+            directory = self._directory(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
         del held
         # Start and multiplier codes by value, so that a code's order is its value's.
         start_table, start_rank = _ranked(self._start_code)
@@ -565,7 +588,24 @@ class ArchiveBuilder:
             member_meter=member_meter,
             bucket_off=bucket_off,
             bucket_shift=shift,
+            directory=directory,
         )
+
+    def _directory(self, hashes: _Array, areas: _Array) -> MeterDirectory:
+        """The partition of each meter of these (foreign) records, one per meter."""
+        assert self.partition_of is not None
+        partition_of = self.partition_of
+        area_partition = np.array([partition_of(a) for a in self._area_code], dtype=np.int64)
+        partitions = area_partition[areas] if len(areas) else np.zeros(0, dtype=np.int64)
+        if len(partitions) and int(partitions.max()) > 0xFF:
+            raise ValueError("meter directory: more than 256 partitions")
+        # One sort of the key with the partition in its low byte, as in _by_meter; a meter
+        # whose records name two partitions (moved between them) keeps either: both hold it.
+        packed = np.sort(hashes & ~np.uint64(0xFF) | partitions.astype(np.uint64))
+        if len(packed) > 1:
+            meter = packed >> np.uint64(8)
+            packed = packed[np.concatenate((meter[1:] != meter[:-1], [True]))]
+        return MeterDirectory.build(packed & ~np.uint64(0xFF), (packed & np.uint64(0xFF)).astype(np.uint8))
 
 
 def _ranked(codes: dict[float, int]) -> tuple[_Array, _Array]:

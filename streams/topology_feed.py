@@ -400,7 +400,11 @@ class TopologyFeed:
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         keep_area = self._keep_area(held)
-        builder = ArchiveBuilder(keep_area)
+        n = self.partitions
+        # A shard also keeps every other meter's partition (the meter directory), so that a
+        # reading under an area its meter is not in reaches the worker that holds the meter.
+        builder = ArchiveBuilder(keep_area, partition_of=None if keep_area is None else
+                                 lambda area_id: area_partition(area_id, n))
         if self.base:
             builder.add(*record_columns(self.base))
         decoder = ChunkDecoder()

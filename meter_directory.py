@@ -1,0 +1,165 @@
+"""The meter -> partition directory of a sharded worker: for the meters it does not hold, the
+readings partition whose worker does, in about 1.25 bytes per meter (no meter ids kept).
+
+A static xor retrieval table: each meter's key picks three cells, one in each third of the
+table, and the xor of those cells is its partition. It answers exactly for the meters it was
+built with and arbitrarily for any other id, so a caller must treat the answer as a hint: a
+reading sent on by it is flagged and refused one hop later if that worker does not know the
+meter either (docs/scaling.md, "The meter directory").
+
+>>> d = MeterDirectory.build(np.array([10, 2**63, 30], dtype=np.uint64), np.array([1, 7, 3]))
+>>> [d.partition_of_key(k) for k in (10, 2**63, 30)]
+[1, 7, 3]
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+_Array = npt.NDArray[Any]
+_MASK64 = (1 << 64) - 1
+_LOAD = 1.3  # cells per meter: peeling needs > 1.222 for three cells; a margin keeps it quick
+_BUCKET = 1 << 16  # keys per bucket, about: a bucket's cells and counts stay in the cache
+_MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # odd: splitmix64's
+
+
+def _spread(keys: _Array, salt: int, multiplier: int) -> _Array:
+    """32 well-mixed bits of each key (uint64): the keys are keyed SipHash values already, so
+    one multiply by an odd constant spreads them enough; ``salt`` varies it per attempt."""
+    return ((keys ^ np.uint64(salt)) * np.uint64(multiplier)) >> np.uint64(32)
+
+
+def _spread_one(key: int, salt: int, multiplier: int) -> int:
+    return (((key ^ salt) * multiplier) & _MASK64) >> 32
+
+
+class MeterDirectory:
+    """Partition per meter key (a uint64, e.g. the archive's meter hash); see the module.
+
+    The keys are split into buckets by their top bits, each bucket with its own three thirds
+    of the table: keys built in sorted order then touch the table nearly in order (a table
+    over all keys at once missed the cache at every step of the build)."""
+
+    def __init__(self, cells: _Array, base: _Array, shift: int, seed: int, size: int) -> None:
+        self.cells = cells
+        self.base = base  # bucket -> its first cell (len(buckets) + 1 entries)
+        self.shift = shift  # bucket = key >> shift
+        self.seed = seed
+        self.size = size  # meters it was built with
+        self._cells = memoryview(cells)  # type: ignore[arg-type]
+        self._base = memoryview(base)  # type: ignore[arg-type]
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.cells.nbytes + self.base.nbytes)
+
+    def _salts(self) -> tuple[int, int, int]:
+        s = self.seed
+        return ((s * _MIX[0]) & _MASK64, ((s + 1) * _MIX[0]) & _MASK64, ((s + 2) * _MIX[0]) & _MASK64)
+
+    def partition_of_key(self, key: int) -> int:
+        """The partition of the meter with ``key`` (arbitrary if it was not built with it)."""
+        b = key >> self.shift
+        base = self._base[b]
+        seg = (self._base[b + 1] - base) // 3
+        cells = self._cells
+        value = 0
+        for i, salt in enumerate(self._salts()):
+            value ^= cells[base + i * seg + (_spread_one(key, salt, _MIX[i]) * seg >> 32)]
+        return value
+
+    def partitions_of_keys(self, keys: _Array) -> _Array:
+        keys = np.asarray(keys, dtype=np.uint64)
+        return _lookup(self.cells, _positions(keys, self._salts(), self.base, self.shift))
+
+    @classmethod
+    def build(cls, keys: _Array, partitions: _Array, seed: int = 1) -> MeterDirectory:
+        """The directory of distinct ``keys`` (uint64) and their ``partitions`` (< 65,536)."""
+        keys = np.asarray(keys, dtype=np.uint64)
+        values = np.asarray(partitions)
+        if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():
+            order = np.argsort(keys)
+            keys, values = keys[order], values[order]
+        dtype = np.uint8 if len(values) == 0 or int(values.max()) < 256 else np.uint16
+        values = values.astype(dtype)
+        n = len(keys)
+        bits = max(0, (n // _BUCKET).bit_length())
+        shift = 64 - bits
+        in_bucket = np.bincount((keys >> np.uint64(shift)).astype(np.intp), minlength=1 << bits)
+        # Each third of a bucket: _LOAD cells per key, and room for a small bucket to peel.
+        segment = np.ceil(in_bucket * _LOAD / 3).astype(np.int64) + 2 + in_bucket // 8 * (in_bucket < 1000)
+        base = np.zeros(len(segment) + 1, dtype=np.int64)
+        np.cumsum(3 * segment, out=base[1:])
+        for attempt in range(seed, seed + 64):
+            directory = cls(np.zeros(int(base[-1]), dtype=dtype), base, shift, attempt, n)
+            pos = _positions(keys, directory._salts(), base, shift)
+            rounds = _peel(pos, int(base[-1]))
+            if rounds is not None:
+                _assign(directory.cells, pos, values, rounds)
+                return directory
+        raise ValueError("meter directory: keys do not peel (duplicate keys?)")
+
+
+def _positions(keys: _Array, salts: tuple[int, int, int], base: _Array, shift: int) -> _Array:
+    """(n, 3) cell of each key in each third of its bucket."""
+    bucket = (keys >> np.uint64(shift)).astype(np.intp)
+    first = base[bucket].astype(np.uint64)
+    seg = base[bucket + 1].astype(np.uint64) - first
+    seg //= np.uint64(3)
+    pos = np.empty((len(keys), 3), dtype=np.uint64)
+    for i, salt in enumerate(salts):
+        at = _spread(keys, salt, _MIX[i])
+        at *= seg
+        at >>= np.uint64(32)
+        at += first
+        pos[:, i] = at
+        first += seg
+    return pos.view(np.int64)
+
+
+def _lookup(cells: _Array, pos: _Array) -> _Array:
+    return cells[pos[:, 0]] ^ cells[pos[:, 1]] ^ cells[pos[:, 2]]
+
+
+def _peel(pos: _Array, ncells: int) -> list[tuple[_Array, _Array]] | None:
+    """Rounds of (keys, their free cell): every key of a round has a cell no other unpeeled key
+    touches, so a round's keys are assigned together. None if the keys do not peel.
+
+    Each cell keeps how many unpeeled keys touch it and the sum of their numbers, so a cell
+    touched once names its key; a round looks only at the cells the last one touched."""
+    n = len(pos)
+    flat = pos.ravel()
+    count = np.bincount(flat, minlength=ncells)
+    key_sum = np.bincount(flat, weights=np.repeat(np.arange(n, dtype=np.float64), 3), minlength=ncells)
+    cells = np.flatnonzero(count == 1)
+    rounds: list[tuple[_Array, _Array]] = []
+    peeled = 0
+    while len(cells):
+        named = key_sum[cells].astype(np.int64)
+        by_key = np.argsort(named, kind="stable")
+        named = named[by_key]
+        new = np.ones(len(named), dtype=bool)
+        new[1:] = named[1:] != named[:-1]
+        keys, first = named[new], by_key[new]  # a key named by two of its cells is peeled once
+        rounds.append((keys, cells[first]))
+        peeled += len(keys)
+        touched = pos[keys].ravel()
+        if len(touched) > ncells >> 3:
+            count -= np.bincount(touched, minlength=ncells)
+            key_sum -= np.bincount(touched, weights=np.repeat(keys.astype(np.float64), 3), minlength=ncells)
+        else:
+            np.subtract.at(count, touched, 1)
+            np.subtract.at(key_sum, touched, np.repeat(keys.astype(np.float64), 3))
+        cells = np.sort(touched[count[touched] == 1])
+        if len(cells) > 1:
+            cells = cells[np.concatenate(([True], cells[1:] != cells[:-1]))]
+    return rounds if peeled == n else None
+
+
+def _assign(cells: _Array, pos: _Array, values: _Array, rounds: list[tuple[_Array, _Array]]) -> None:
+    """Last peeled first: each key's free cell makes the xor of its three cells its value."""
+    for keys, cell in reversed(rounds):
+        cells[cell] = values[keys] ^ _lookup(cells, pos[keys])
