@@ -10,22 +10,27 @@ from archive import ArchiveBuilder
 from meter_directory import MeterDirectory
 
 
+@pytest.mark.parametrize("partitions", [8, 64])
 @pytest.mark.parametrize("n", [0, 1, 2, 7, 300, 20_000, 200_000])
-def test_every_key_gets_its_partition(n: int) -> None:
+def test_every_key_gets_its_partition(n: int, partitions: int) -> None:
     rng = np.random.default_rng(n)
     keys = np.unique(rng.integers(0, 2**63, n, dtype=np.int64).astype(np.uint64) << np.uint64(1))
-    partitions = rng.integers(0, 64, len(keys))
+    partitions = rng.integers(0, partitions, len(keys))
     directory = MeterDirectory.build(keys, partitions)
     assert directory.partitions_of_keys(keys).tolist() == partitions.tolist()
     sample = range(0, len(keys), max(1, len(keys) // 500))
     assert [directory.partition_of_key(int(keys[i])) for i in sample] == [int(partitions[i]) for i in sample]
 
 
-def test_about_a_byte_and_a_third_per_meter() -> None:
+@pytest.mark.parametrize(("partitions", "most"), [(8, 0.7), (16, 0.7), (64, 1.35)])
+def test_bytes_per_meter(partitions: int, most: float) -> None:
+    """Half a byte a cell up to 16 partitions (the city's 8), a byte past them (the province's 64)."""
     rng = np.random.default_rng(1)
     keys = np.unique(rng.integers(0, 2**63, 300_000, dtype=np.int64)).astype(np.uint64)
-    directory = MeterDirectory.build(keys, rng.integers(0, 8, len(keys)))
-    assert directory.nbytes / len(keys) < 1.35
+    values = rng.integers(0, partitions, len(keys))
+    directory = MeterDirectory.build(keys, values)
+    assert directory.nbytes / len(keys) < most
+    assert (directory.partitions_of_keys(keys) == values).all()
 
 
 def test_keys_in_any_order_and_wide_partitions() -> None:
