@@ -532,11 +532,12 @@ class ArchiveBuilder:
 
         mult_codes = mult_rank[rows["mult"]]
         start_codes = rows["start"]
-        classes = list(self._class_code)
+        classes = [c.encode().decode() for c in self._class_code]  # fresh copies, as the areas below
         # Only the areas of the meters held: a worker's share of a province, not all of it.
         every_area = list(self._area_code)
         used = _unique(rows["area"])
-        area_ids = [every_area[a] for a in used.tolist()]
+        # Fresh copies: the originals, made throughout the load, would keep its heap arenas alive.
+        area_ids = [every_area[a].encode().decode() for a in used.tolist()]
         area_dtype = _code_dtype(max(len(area_ids), 1 << 9))  # uint16, or uint32 past 65,536 areas
         recode = np.zeros(len(every_area), dtype=area_dtype)
         recode[used] = np.arange(len(used), dtype=area_dtype)
