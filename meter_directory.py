@@ -75,7 +75,8 @@ class MeterDirectory:
         if not self.nibbles:
             return _lookup(self.cells, pos)
         halves: _Array = self.cells[pos >> 1] >> ((pos & 1) << 2).astype(np.uint8)
-        return (halves[:, 0] ^ halves[:, 1] ^ halves[:, 2]) & np.uint8(15)
+        value: _Array = (halves[0] ^ halves[1] ^ halves[2]) & np.uint8(15)
+        return value
 
     @classmethod
     def build(cls, keys: _Array, partitions: _Array, seed: int = 1) -> MeterDirectory:
@@ -114,24 +115,24 @@ def _salts(seed: int) -> tuple[int, int, int]:
 
 
 def _positions(keys: _Array, salts: tuple[int, int, int], base: _Array, shift: int) -> _Array:
-    """(n, 3) cell of each key in each third of its bucket."""
+    """(3, n): the cell of each key in each third of its bucket."""
     bucket = (keys >> np.uint64(shift)).astype(np.intp)
     first = base[bucket].astype(np.uint64)
     seg = base[bucket + 1].astype(np.uint64) - first
     seg //= np.uint64(3)
-    pos = np.empty((len(keys), 3), dtype=np.uint64)
+    pos = np.empty((3, len(keys)), dtype=np.uint64)
     for i, salt in enumerate(salts):
-        at = _spread(keys, salt, _MIX[i])
-        at *= seg
+        at = pos[i]
+        np.multiply(_spread(keys, salt, _MIX[i]), seg, out=at)
         at >>= np.uint64(32)
         at += first
-        pos[:, i] = at
         first += seg
     return pos.view(np.int64)
 
 
 def _lookup(cells: _Array, pos: _Array) -> _Array:
-    return cells[pos[:, 0]] ^ cells[pos[:, 1]] ^ cells[pos[:, 2]]
+    value: _Array = cells[pos[0]] ^ cells[pos[1]] ^ cells[pos[2]]
+    return value
 
 
 def _peel(pos: _Array, ncells: int) -> list[tuple[_Array, _Array]] | None:
@@ -140,30 +141,39 @@ def _peel(pos: _Array, ncells: int) -> list[tuple[_Array, _Array]] | None:
 
     Each cell keeps how many unpeeled keys touch it and the sum of their numbers, so a cell
     touched once names its key; a round looks only at the cells the last one touched."""
-    n = len(pos)
-    flat = pos.ravel()
-    count = np.bincount(flat, minlength=ncells)
-    key_sum = np.bincount(flat, weights=np.repeat(np.arange(n, dtype=np.float64), 3), minlength=ncells)
+    n = pos.shape[1]
+    number = np.arange(n, dtype=np.float64)
+    count = np.zeros(ncells, dtype=np.int64)
+    key_sum = np.zeros(ncells, dtype=np.float64)
+    for column in pos:  # contiguous: no repeat of the key numbers
+        count += np.bincount(column, minlength=ncells)
+        key_sum += np.bincount(column, weights=number, minlength=ncells)
     cells = np.flatnonzero(count == 1)
     rounds: list[tuple[_Array, _Array]] = []
     peeled = 0
+    low = np.uint64(0xFFFFFFFF)
     while len(cells):
-        named = key_sum[cells].astype(np.int64)
-        by_key = np.argsort(named, kind="stable")
-        named = named[by_key]
+        # Key numbers with the cell's place below them, sorted as one uint64 (faster than an
+        # argsort): a key named by two of its cells is peeled once.
+        place = np.arange(len(cells), dtype=np.uint64)
+        packed = np.sort(key_sum[cells].astype(np.uint64) << np.uint64(32) | place)
+        named = packed >> np.uint64(32)
         new = np.ones(len(named), dtype=bool)
         new[1:] = named[1:] != named[:-1]
-        keys, first = named[new], by_key[new]  # a key named by two of its cells is peeled once
-        rounds.append((keys, cells[first]))
+        keys = named[new].astype(np.intp)
+        rounds.append((keys, cells[(packed[new] & low).astype(np.intp)]))
         peeled += len(keys)
-        touched = pos[keys].ravel()
-        if len(touched) > ncells >> 3:
-            count -= np.bincount(touched, minlength=ncells)
-            key_sum -= np.bincount(touched, weights=np.repeat(keys.astype(np.float64), 3), minlength=ncells)
-        else:
-            np.subtract.at(count, touched, 1)
-            np.subtract.at(key_sum, touched, np.repeat(keys.astype(np.float64), 3))
-        cells = np.sort(touched[count[touched] == 1])
+        touched = pos[:, keys]
+        weights = keys.astype(np.float64)
+        for column in touched:
+            if len(column) > ncells >> 4:
+                count -= np.bincount(column, minlength=ncells)
+                key_sum -= np.bincount(column, weights=weights, minlength=ncells)
+            else:
+                np.subtract.at(count, column, 1)
+                np.subtract.at(key_sum, column, weights)
+        flat = touched.ravel()
+        cells = np.sort(flat[count[flat] == 1])
         if len(cells) > 1:
             cells = cells[np.concatenate(([True], cells[1:] != cells[:-1]))]
     return rounds if peeled == n else None
@@ -172,4 +182,4 @@ def _peel(pos: _Array, ncells: int) -> list[tuple[_Array, _Array]] | None:
 def _assign(cells: _Array, pos: _Array, values: _Array, rounds: list[tuple[_Array, _Array]]) -> None:
     """Last peeled first: each key's free cell makes the xor of its three cells its value."""
     for keys, cell in reversed(rounds):
-        cells[cell] = values[keys] ^ _lookup(cells, pos[keys])
+        cells[cell] = values[keys] ^ _lookup(cells, pos[:, keys])

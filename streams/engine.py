@@ -365,11 +365,11 @@ class LineLossEngine:
             meter_id = point.meter_id
             placed = placement(meter_id, own)
             if placed is None:
-                target = self._directed(meter_id, point.flags, partition)
-                if target is None:
+                directed_to = self._directed(meter_id, point.flags, partition)
+                if directed_to is None:
                     out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
                 else:
-                    directs.setdefault(target, []).append(point)
+                    directs.setdefault(directed_to, []).append(point)
                 continue
             meter_area, meter_role, until = placed
             if meter_role is not role:
