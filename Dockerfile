@@ -13,7 +13,7 @@ WORKDIR /app
 COPY requirements/runtime.lock requirements/runtime.lock
 RUN pip install --no-cache-dir --require-hashes -r requirements/runtime.lock
 # Then gridwatch itself, without resolving anything again.
-COPY pyproject.toml README.md topology.py archive.py archive_csv.py cli.py cli_errors.py ./
+COPY pyproject.toml README.md topology.py archive.py archive_csv.py meter_directory.py cli.py cli_errors.py ./
 COPY models ./models
 COPY streams ./streams
 COPY simulator ./simulator

@@ -21,12 +21,15 @@ from __future__ import annotations
 
 import bisect
 import math
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from meter_directory import MeterDirectory
 
 # Bits of a version's flags byte.
 SUPPLY = 1  # role: supply (check) meter; else customer
@@ -85,6 +88,7 @@ class MeterArchive:
     member_meter: _Array  # int32: meters ever mapped to the area, by area
     bucket_off: _Array  # top bits of a hash -> its range in hashes
     bucket_shift: int
+    directory: MeterDirectory | None = None  # partition of each meter not held (sharded builds)
     area_index: dict[str, int] = field(default_factory=dict)
     _mv: dict[str, memoryview] = field(default_factory=dict, repr=False)
 
@@ -242,6 +246,14 @@ class MeterArchive:
             for j in range(lo, hi)
         ]
 
+    def directed_partition(self, meter_id: str) -> int | None:
+        """The readings partition whose worker holds ``meter_id``, for a meter this sharded
+        archive does not hold: exact for the meters of the topic when it was built, arbitrary
+        for any other id (a hint: see meter_directory). None without a directory."""
+        if self.directory is None or self.directory.size == 0:
+            return None
+        return self.directory.partition_of_key(hash(meter_id) & _MASK64 & ~0xFF)
+
     def shadow(self, i: int) -> None:
         """Mark meter ``i`` as held elsewhere from now on (its versions were copied out)."""
         self.flags[i] |= SHADOWED
@@ -291,8 +303,8 @@ class MeterArchive:
 @dataclass
 class CodedChunk:
     """One chunk of archive records as columns of codes: what :meth:`ArchiveBuilder.add_coded`
-    takes, made by :func:`code_columns` (or the topology feed's bulk decoder) without a Python
-    object per record. ``area`` and ``cls`` are codes into this chunk's own tables."""
+    takes, made by :func:`code_columns` without a Python object per record. ``area``, ``cls``,
+    ``mult`` and ``start`` are codes into this chunk's own tables."""
 
     hashes: _Array  # uint64 meter_hash per record
     id_blob: bytes  # the records' meter ids, UTF-8, concatenated
@@ -302,50 +314,69 @@ class CodedChunk:
     classes: list[str]
     cls: _Array
     flags: _Array  # uint8 SUPPLY | ACTIVE
-    mult: _Array  # float64
-    start: _Array  # float64 POSIX seconds
+    multipliers: _Array  # this chunk's distinct multipliers (float64)
+    mult: _Array  # int64 code into multipliers per record
+    starts: _Array  # this chunk's distinct effective_from, POSIX seconds (float64)
+    start: _Array  # int64 code into starts per record
 
 
-def intern(values: Sequence[str]) -> tuple[list[str], _Array]:
-    """(distinct values, int32 code per value): one set and one C-level map over the values."""
-    table = list(set(values))
+def intern(values: Sequence[str], distinct: set[str] | None = None) -> tuple[list[str], _Array]:
+    """(distinct values, int32 code per value): one set (``distinct``, if the caller has it)
+    and one C-level map over the values."""
+    table = list(set(values) if distinct is None else distinct)
     code = dict(zip(table, range(len(table)), strict=True))
     return table, np.fromiter(map(code.__getitem__, values), dtype=np.int32, count=len(values))
+
+
+def intern_numbers(values: _Array) -> tuple[_Array, _Array]:
+    """(sorted distinct values, int64 code per value) of a chunk's numbers: a sort of the chunk
+    here saves sorting the whole archive's column at build."""
+    table = _unique(values)
+    return table, np.searchsorted(table, values)
 
 
 def code_columns(
     meter_ids: Sequence[str],
     area_ids: Sequence[str],
-    supply: Sequence[bool],
-    multipliers: Sequence[float],
+    supply: Sequence[bool] | _Array,
+    multipliers: Sequence[float] | _Array,
     classes: Sequence[str],
-    active: Sequence[bool],
-    starts: Sequence[float],
+    active: Sequence[bool] | _Array,
+    starts: Sequence[float] | _Array,
+    *,
+    id_blob: bytes | None = None,
+    id_len: _Array | None = None,
 ) -> CodedChunk:
-    """Records given field by field, as a :class:`CodedChunk`."""
+    """Records given field by field, as a :class:`CodedChunk` (``id_blob`` and ``id_len``: the
+    ids already joined and measured by the caller)."""
     n = len(meter_ids)
-    joined = "".join(meter_ids)
-    if joined.isascii():  # nearly always: one encode for the chunk, lengths in characters
-        blob = joined.encode("ascii")
-        lengths = np.fromiter(map(len, meter_ids), dtype=np.int32, count=n)
-    else:
-        encoded = [m.encode() for m in meter_ids]
-        blob, lengths = b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int32, count=n)
+    if id_blob is None or id_len is None:
+        joined = "".join(meter_ids)
+        if joined.isascii():  # nearly always: one encode for the chunk, lengths in characters
+            id_blob = joined.encode("ascii")
+            id_len = np.fromiter(map(len, meter_ids), dtype=np.int32, count=n)
+        else:
+            encoded = [m.encode() for m in meter_ids]
+            id_blob, id_len = b"".join(encoded), np.fromiter(map(len, encoded), dtype=np.int32, count=n)
     area_table, area = intern(area_ids)
     class_table, cls = intern(classes)
-    flags = (np.array(supply, dtype=bool).view(np.uint8) * np.uint8(SUPPLY)
-             | np.array(active, dtype=bool).view(np.uint8) * np.uint8(ACTIVE))
+    flags = (np.asarray(supply, dtype=bool).view(np.uint8) * np.uint8(SUPPLY)
+             | np.asarray(active, dtype=bool).view(np.uint8) * np.uint8(ACTIVE))
+    mult_table, mult = intern_numbers(np.asarray(multipliers, dtype=np.float64))
+    start_table, start = intern_numbers(np.asarray(starts, dtype=np.float64))
     return CodedChunk(
         hashes=np.fromiter(map(hash, meter_ids), dtype=np.int64, count=n).view(np.uint64),
-        id_blob=blob,
-        id_len=lengths,
+        id_blob=id_blob,
+        id_len=id_len,
         area_ids=area_table,
         area=area,
         classes=class_table,
         cls=cls,
         flags=flags.astype(np.uint8),
-        mult=np.array(multipliers, dtype=np.float64),
-        start=np.array(starts, dtype=np.float64),
+        multipliers=mult_table,
+        mult=mult,
+        starts=start_table,
+        start=start,
     )
 
 
@@ -355,14 +386,24 @@ class ArchiveBuilder:
     ``keep_area`` (None: keep all) says which areas this archive serves. A meter is held when
     any of its versions maps it to a kept area, and then with every version (a moved meter's
     readings may arrive under either area). Records of other meters are kept only in compact
-    columns until :meth:`build` knows which meters are held, then dropped.
+    columns until :meth:`build` knows which meters are held, then dropped; with
+    ``partition_of`` (an area's readings partition) their partitions stay, as the archive's
+    :class:`meter_directory.MeterDirectory`.
     """
 
-    def __init__(self, keep_area: Callable[[str], bool] | None = None) -> None:
+    def __init__(
+        self,
+        keep_area: Callable[[str], bool] | None = None,
+        partition_of: Callable[[str], int] | None = None,
+    ) -> None:
         self.keep_area = keep_area
+        self.partition_of = partition_of
+        self.directory_cpu_s = 0.0  # CPU seconds of building the meter directory, in build()
         self._area_code: dict[str, int] = {}
         self._area_kept: list[bool] = []
         self._class_code: dict[str, int] = {}
+        self._mult_code: dict[float, int] = {}
+        self._start_code: dict[float, int] = {}
         self._held: list[dict[str, _Array]] = []
         self._blobs: list[bytes] = []
         self._foreign: list[dict[str, _Array]] = []
@@ -373,25 +414,26 @@ class ArchiveBuilder:
         self,
         meter_ids: Sequence[str],
         area_ids: Sequence[str],
-        supply: Sequence[bool],
-        multipliers: Sequence[float],
+        supply: Sequence[bool] | _Array,
+        multipliers: Sequence[float] | _Array,
         classes: Sequence[str],
-        active: Sequence[bool],
-        starts: Sequence[float],
+        active: Sequence[bool] | _Array,
+        starts: Sequence[float] | _Array,
     ) -> None:
         """Add one chunk of records, in topic order (a later record of the same meter and
         start replaces an earlier one)."""
         if len(meter_ids):
             self.add_coded(code_columns(meter_ids, area_ids, supply, multipliers, classes, active, starts))
 
-    def _codes(self, table: list[str], codes: dict[str, int], kept: list[bool] | None) -> _Array:
-        """This builder's code of each of a chunk's table entries (new ones assigned)."""
+    def _codes(self, table: Sequence[Any], codes: dict[Any, int], kept: list[bool] | None = None) -> _Array:
+        """This builder's code of each of a chunk's table entries (new ones assigned), in the
+        narrowest unsigned type that holds every code so far: narrow columns gather faster."""
         for a in table:
             if a not in codes:
                 codes[a] = len(codes)
                 if kept is not None:
                     kept.append(self.keep_area is None or self.keep_area(a))
-        return np.fromiter(map(codes.__getitem__, table), dtype=np.int32, count=len(table))
+        return np.fromiter(map(codes.__getitem__, table), dtype=_code_dtype(len(codes)), count=len(table))
 
     def add_coded(self, chunk: CodedChunk) -> None:
         """Add one chunk of coded records, in topic order: columns appended in bulk."""
@@ -399,14 +441,13 @@ class ArchiveBuilder:
         if not n:
             return
         area_of = self._codes(chunk.area_ids, self._area_code, self._area_kept)
-        areas = area_of[chunk.area]
         cols: dict[str, _Array] = {
             "hash": chunk.hashes,
-            "area": areas,
+            "area": area_of[chunk.area],
             "flags": chunk.flags,
-            "cls": self._codes(chunk.classes, self._class_code, None)[chunk.cls],
-            "mult": chunk.mult,
-            "start": chunk.start,
+            "cls": self._codes(chunk.classes, self._class_code)[chunk.cls],
+            "mult": self._codes(chunk.multipliers.tolist(), self._mult_code)[chunk.mult],
+            "start": self._codes(chunk.starts.tolist(), self._start_code)[chunk.start],
             "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
         }
         self._seq += n
@@ -428,23 +469,34 @@ class ArchiveBuilder:
         held = _concat(self._held)
         id_blob = b"".join(self._blobs)
         self._held, self._blobs = [], []
-        held["id_at"] = np.cumsum(held["id_len"], dtype=np.int64) - held["id_len"]
+        n_held = len(held["hash"])
+        directory: MeterDirectory | None = None
+        # A held row's id: id_at[row] to id_at[row + 1] in the blob (one gather per meter below
+        # reads both from one cache line).
+        id_at_row = np.zeros(n_held + 1, dtype=np.int64)
+        np.cumsum(held.pop("id_len"), out=id_at_row[1:])
         if self._foreign:
             foreign = _concat(self._foreign)
             self._foreign = []
             take = _held_meters(_unique(held["hash"]), foreign["hash"])
-            foreign = {k: v[take] for k, v in foreign.items()}
-            foreign["id_len"] = np.full(len(foreign["hash"]), -1, dtype=np.int32)
-            foreign["id_at"] = np.full(len(foreign["hash"]), -1, dtype=np.int64)
-            rows = {k: np.concatenate([held[k], foreign[k]]) for k in held}
+            rows = {k: np.concatenate([held[k], foreign[k][take]]) for k in held}
+            if self.partition_of is not None:
+                directory = self._directory(foreign["hash"][~take], foreign["area"][~take])
+            del foreign
         else:
             rows = held
+        if self.partition_of is not None and directory is None:
+            directory = self._directory(np.zeros(0, dtype=np.uint64), np.zeros(0, dtype=np.int64))
+        del held
+        # Start and multiplier codes by value, so that a code's order is its value's.
+        start_table, start_rank = _ranked(self._start_code)
+        mult_table, mult_rank = _ranked(self._mult_code)
+        rows["start"] = start_rank[rows["start"]]
         # By meter, then start, then topic order: the last record of a (meter, start) wins.
         order = _by_meter(rows["hash"], rows["start"], rows["seq"])
         del rows["seq"]
-        rows = {k: v[order] for k, v in rows.items()}
-        del order
-        h, s = rows["hash"], rows["start"]
+        h = rows.pop("hash")[order]
+        s = rows["start"][order]
         n = len(h)
         first = np.ones(n, dtype=bool)
         if n:
@@ -453,38 +505,44 @@ class ArchiveBuilder:
         hashes = h[first]
         m = len(hashes)
         # Each meter's id from one of its held rows (every held meter has one, if perhaps
-        # replaced by a later record of the same start, which is why this comes first).
-        has_id = rows["id_len"] >= 0
-        id_row = np.full(m, -1, dtype=np.int64)
-        id_row[meter_of_row[has_id][::-1]] = np.flatnonzero(has_id)[::-1]
-        id_len = rows["id_len"][id_row]
-        id_at = rows["id_at"][id_row]
-        _check_ids(rows, meter_of_row, has_id, id_blob, id_at, id_len)
-        # The last record of a (meter, start) wins.
+        # replaced by a later record of the same start, which is why this comes first). Held
+        # rows come first in ``rows``.
+        has_id = order < n_held
+        held_at = np.flatnonzero(has_id)
+        held_meter = meter_of_row[held_at]
+        # The first held row of each meter (no scatter: the held rows are in meter order).
+        id_row = order[held_at[np.flatnonzero(np.diff(held_meter, prepend=-1) != 0)]]
+        id_at = id_at_row[id_row]
+        id_len = id_at_row[id_row + 1] - id_at
+        _check_ids(order[held_at], held_meter, id_at_row, id_blob, id_at, id_len)
+        # The last record of a (meter, start) wins: every other column is gathered once, for
+        # the rows kept.
         last = np.ones(n, dtype=bool)
         if n:
             last[:-1] = (h[1:] != h[:-1]) | (s[1:] != s[:-1])
+        del h
         if not last.all():
-            rows = {k: v[last] for k, v in rows.items()}
-            meter_of_row = meter_of_row[last]
+            order, s, meter_of_row = order[last], s[last], meter_of_row[last]
+        rows = {k: v[order] for k, v in rows.items() if k != "start"}
+        rows["start"] = s
+        del order, s
         n = len(meter_of_row)
         meter_rows = np.flatnonzero(np.diff(meter_of_row, prepend=-1) != 0)
         counts = np.diff(np.append(meter_rows, n))
 
-        mult_table = _unique(rows["mult"])
-        mult_codes = np.searchsorted(mult_table, rows["mult"])
-        start_table = _unique(rows["start"])
-        start_codes = np.searchsorted(start_table, rows["start"])
-        classes = list(self._class_code)
+        mult_codes = mult_rank[rows["mult"]]
+        start_codes = rows["start"]
+        classes = [c.encode().decode() for c in self._class_code]  # fresh copies, as the areas below
         # Only the areas of the meters held: a worker's share of a province, not all of it.
         every_area = list(self._area_code)
         used = _unique(rows["area"])
-        area_ids = [every_area[a] for a in used.tolist()]
+        # Fresh copies: the originals, made throughout the load, would keep its heap arenas alive.
+        area_ids = [every_area[a].encode().decode() for a in used.tolist()]
         area_dtype = _code_dtype(max(len(area_ids), 1 << 9))  # uint16, or uint32 past 65,536 areas
         recode = np.zeros(len(every_area), dtype=area_dtype)
         recode[used] = np.arange(len(used), dtype=area_dtype)
         rows["area"] = recode[rows["area"]]
-        flags = rows["flags"][meter_rows].copy()
+        flags = rows["flags"][meter_rows]
         multi = counts > 1
         flags[multi] |= HISTORY
         hist_meter = np.flatnonzero(multi).astype(np.int32)
@@ -504,13 +562,15 @@ class ArchiveBuilder:
 
         bits = max(1, int(math.ceil(math.log2(max(m, 1) / 4))) if m > 8 else 1)
         shift = 64 - bits
-        edges = (np.arange(1 << bits, dtype=np.uint64) << np.uint64(shift)) if bits < 64 else np.arange(0)
-        bucket_off = np.append(np.searchsorted(hashes, edges), m).astype(_offset_dtype(m + 1))
+        # Each bucket's range from a count of the sorted hashes' top bits (no binary searches).
+        bucket_off = np.zeros((1 << bits) + 1, dtype=_offset_dtype(m + 1))
+        np.cumsum(np.bincount((hashes >> np.uint64(shift)).astype(np.intp), minlength=1 << bits),
+                  out=bucket_off[1:])
         return MeterArchive(
             area_ids=area_ids,
             classes=classes,
-            multipliers=mult_table.astype(np.float64),
-            starts=start_table.astype(np.float64),
+            multipliers=mult_table,
+            starts=start_table,
             hashes=hashes,
             id_at=id_at.astype(_offset_dtype(len(id_blob) + 1)),
             id_len=id_len.astype(_code_dtype(int(id_len.max()) + 1 if m else 1)),  # a CSV's ids have no cap
@@ -523,15 +583,45 @@ class ArchiveBuilder:
             hist_meter=hist_meter,
             hist_off=hist_off,
             h_area=rows["area"][hist_rows],
-            h_flags=rows["flags"][hist_rows].copy(),
+            h_flags=rows["flags"][hist_rows],
             h_cls=rows["cls"][hist_rows].astype(cls_dtype),
             h_mult=mult_codes[hist_rows].astype(mult_dtype),
-            h_start=rows["start"][hist_rows].copy(),
+            h_start=start_table[start_codes[hist_rows]],
             member_off=member_off,
             member_meter=member_meter,
             bucket_off=bucket_off,
             bucket_shift=shift,
+            directory=directory,
         )
+
+    def _directory(self, hashes: _Array, areas: _Array) -> MeterDirectory:
+        """The partition of each meter of these (foreign) records, one per meter."""
+        assert self.partition_of is not None
+        cpu = time.process_time()
+        partition_of = self.partition_of
+        area_partition = np.array([partition_of(a) for a in self._area_code], dtype=np.int64)
+        partitions = area_partition[areas] if len(areas) else np.zeros(0, dtype=np.int64)
+        if len(partitions) and int(partitions.max()) > 0xFF:
+            raise ValueError("meter directory: more than 256 partitions")
+        # One sort of the key with the partition in its low byte, as in _by_meter; a meter
+        # whose records name two partitions (moved between them) keeps either: both hold it.
+        packed = np.sort(hashes & ~np.uint64(0xFF) | partitions.astype(np.uint64))
+        if len(packed) > 1:
+            meter = packed >> np.uint64(8)
+            packed = packed[np.concatenate((meter[1:] != meter[:-1], [True]))]
+        low = np.uint64(0xFF)
+        directory = MeterDirectory.build(packed & ~low, (packed & low).astype(np.uint8))
+        self.directory_cpu_s = time.process_time() - cpu
+        return directory
+
+
+def _ranked(codes: dict[float, int]) -> tuple[_Array, _Array]:
+    """(values sorted, each code's position among them) of a builder's number codes."""
+    values = np.fromiter(codes, dtype=np.float64, count=len(codes))
+    order = np.argsort(values, kind="stable")
+    rank = np.empty(len(values), dtype=_code_dtype(len(values)))
+    rank[order] = np.arange(len(values))
+    return values[order], rank
 
 
 def _held_meters(known: _Array, hashes: _Array) -> _Array:
@@ -587,31 +677,31 @@ def _concat(chunks: list[dict[str, _Array]]) -> dict[str, _Array]:
     if not chunks:
         return {
             "hash": np.zeros(0, np.uint64), "area": np.zeros(0, np.int32), "flags": np.zeros(0, np.uint8),
-            "cls": np.zeros(0, np.int32), "mult": np.zeros(0), "start": np.zeros(0),
+            "cls": np.zeros(0, np.uint8), "mult": np.zeros(0, np.uint8), "start": np.zeros(0, np.uint8),
             "seq": np.zeros(0, np.int64), "id_len": np.zeros(0, np.int32),
         }
     return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
 
 
 def _check_ids(
-    rows: dict[str, _Array],
-    meter_of_row: _Array,
-    has_id: _Array,
+    held_row: _Array,
+    meters: _Array,
+    id_at_row: _Array,
     id_blob: bytes,
     id_at: _Array,
     id_len: _Array,
 ) -> None:
     """Two different ids with one hash would be merged into one meter: refuse to build rather
-    than mix two meters' histories (keyed SipHash: not expected in practice)."""
-    meters = meter_of_row[has_id]
+    than mix two meters' histories (keyed SipHash: not expected in practice). ``held_row`` and
+    ``meters``: the held rows in meter order and their meters."""
     several = np.flatnonzero(np.diff(meters) == 0)  # rows sorted by meter: repeats are adjacent
     if not len(several):
         return  # one held row per meter: nothing to compare
-    at, length = rows["id_at"][has_id], rows["id_len"][has_id]
     for r in np.unique(np.concatenate([several, several + 1])).tolist():
         i = int(meters[r])
         mine = id_blob[int(id_at[i]) : int(id_at[i]) + int(id_len[i])]
-        if id_blob[int(at[r]) : int(at[r]) + int(length[r])] != mine:
+        row = int(held_row[r])
+        if id_blob[int(id_at_row[row]) : int(id_at_row[row + 1])] != mine:
             raise HashCollision(mine.decode())
 
 

@@ -289,6 +289,12 @@ class Topology:
         placed = self.placement_ts(meter_id, ts)
         return placed[0] if placed is not None else None
 
+    def directed_partition(self, meter_id: str) -> int | None:
+        """For a meter this (sharded) topology does not know: the readings partition of the
+        worker that holds it, from the archive's meter directory (a hint, exact for the meters
+        of the topic at the last build). None without a directory."""
+        return self.archive.directed_partition(meter_id) if self.archive is not None else None
+
     def knows(self, meter_id: str) -> bool:
         if meter_id in self._history:
             return True

@@ -6,12 +6,14 @@
 For each archive size and each share of the 8 partitions a worker holds (1, 4 and all 8), a
 fresh subprocess generates the topology topic's record values (150 meters per area, one supply
 meter per area, 1% of the meters moved to another area with a second version), loads them the
-way the worker does (streams.topology_feed: chunks of 10,000 values decoded into columns and
-added to an ArchiveBuilder, which keeps the meters of the held partitions' areas), builds and
+way the worker does (streams.topology_feed.add_values: chunks of 10,000 values decoded into coded
+columns and added to an ArchiveBuilder, which keeps the meters of the held partitions' areas), builds and
 installs the archive, and reports:
 
 * load time, wall and CPU (process_time), of decoding + building + installing (generating the
   values is not counted), and archive records per second;
+* the meter directory a shard builds in the same pass (the partition of every meter it does not
+  hold): its meters, bytes per meter and CPU time, which the load time and the RSS include;
 * memory: the RSS delta of the process from before the load to after it (values and decoded
   chunks freed), and the bytes the archive's own arrays hold (``MeterArchive.nbytes``), both per
   meter held and per meter of the whole archive; and the peak RSS (VmHWM) during the load.
@@ -86,7 +88,7 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     from streams.topology_feed import (
         ChunkDecoder,
         TopologyFeed,
-        add_columns,
+        add_values,
         area_partition,
         release_free_memory,
     )
@@ -95,28 +97,30 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     records = meters + meters // int(1 / MOVED_SHARE)
     held_set = frozenset(range(held))
     keep = None if held >= PARTITIONS else (lambda area: area_partition(area, PARTITIONS) in held_set)
+    # As the feed: a shard also builds the meter directory of every meter it does not hold.
+    partition_of = None if keep is None else (lambda area: area_partition(area, PARTITIONS))
     assert TopologyFeed  # the worker's path: the same decoder and builder calls
     gc.collect()
     rss0 = _status_kb("VmRSS")
     wall = cpu = 0.0
-    builder = ArchiveBuilder(keep)
+    builder = ArchiveBuilder(keep, partition_of=partition_of)
     decoder = ChunkDecoder()
     refused = 0
     for start in range(0, records, CHUNK):
         values = record_values(meters, start, min(records, start + CHUNK))
         w, c = time.perf_counter(), time.process_time()
-        cols, bad = decoder.decode(values)
-        add_columns(builder, cols)
+        bad = add_values(builder, decoder, values)
         wall += time.perf_counter() - w
         cpu += time.process_time() - c
         refused += len(bad)
-        del values, cols
+        del values
     w, c = time.perf_counter(), time.process_time()
     archive = builder.build()
     topo = Topology()
     topo.install(archive)
     wall += time.perf_counter() - w
     cpu += time.process_time() - c
+    directory_cpu_s = builder.directory_cpu_s
     del builder, decoder
     gc.collect()
     release_free_memory()  # as the feed does after a load
@@ -127,6 +131,8 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     found = sum(1 for m in sample if topo.placement_ts(m, 1.8e9) is not None)
     lookup_us = (time.process_time() - c) / max(1, len(sample)) * 1e6
     held_meters = archive.size
+    directory = archive.directory
+    directory_meters = directory.size if directory is not None else 0
     return {
         **_figures("compact", meters, records, held, held_meters, wall, cpu, rss1 - rss0),
         "refused": refused,
@@ -135,6 +141,13 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
         "lookup_us_cpu": round(lookup_us, 2),
         "decode_only_records_per_s_cpu": _decode_floor(meters),
         "lookups_found": found,
+        # The meter directory (shards only): in the load and the RSS above; here on its own.
+        "directory_meters": directory_meters,
+        "directory_mb": round(directory.nbytes / 2**20, 2) if directory is not None else 0.0,
+        "directory_bytes_per_meter": (round(directory.nbytes / directory_meters, 2) if directory is not None
+                                      and directory_meters else None),
+        "directory_cpu_s": round(directory_cpu_s, 3),
+        "records_per_s_cpu_without_directory": round(records / (cpu - directory_cpu_s)),
     }
 
 

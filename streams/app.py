@@ -31,7 +31,7 @@ from streams.chunks import Group, Prepared
 from streams.contracts import InvalidRecord, Reading
 from streams.deadletters import DeadLetters, reading_bytes
 from streams.detection_stage import DetectionStage
-from streams.engine import REROUTED, LineLossEngine, Outcome, Point
+from streams.engine import DIRECTED, REROUTED, LineLossEngine, Outcome, Point
 from streams.faust_fixes import DeliveryGuard
 from streams.idle_close import SourceActivity
 from streams.kafkaio import faust_broker_kwargs, set_faust_fetch_wait
@@ -427,6 +427,13 @@ class GridwatchWorker:
             for p in fwd.points:
                 body = reading_bytes(p, fwd.area_id, fwd.ts, extra_flag=REROUTED)
                 await target_topic.send(key=fwd.area_id.encode(), value=body)
+        for direct in out.directs:
+            # Still under the area it came with: the worker of that partition holds the meter
+            # and forwards it to its area as above (or refuses it, if the directory was wrong).
+            readings.labels(outcome="directed", role=role.value).inc(len(direct.points))
+            for p in direct.points:
+                body = reading_bytes(p, area_id, direct.ts, extra_flag=DIRECTED)
+                await target_topic.send(key=area_id.encode(), value=body, partition=direct.partition)
         await self._emit(out.results)
 
     async def _emit(self, results: Iterable[LossResult]) -> None:

@@ -195,7 +195,7 @@ class ColumnEngine(LineLossEngine):
         if not all_plain:
             slow = [p for p, ok in zip(points, plain.tolist(), strict=True) if not ok]
             out.accepted = self._place(
-                area_id, ts, slow, role, with_register, released, by_start, forwards, out
+                partition, area_id, ts, slow, role, with_register, released, by_start, forwards, out
             )
         changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
         duplicates, replaced = self._write(partition, ts, changes)

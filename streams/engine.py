@@ -32,6 +32,7 @@ from models.windows import windows_touched
 from topology import Role, Topology
 
 REROUTED = "rerouted"
+DIRECTED = "directed"  # sent to the partition the meter directory names: at most one such hop
 _WM_PREFIX = "~wm|"  # store key of a partition's per-source watermarks; area ids cannot hold "~"
 
 
@@ -73,6 +74,16 @@ class Forward:
     points: list[Reported]
 
 
+@dataclass
+class Direct:
+    """Points of meters this worker does not hold, to send to the partition whose worker does
+    (the meter directory's answer), still under the area they were reported with."""
+
+    partition: int
+    ts: int
+    points: list[Reported]
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
     """An area-window closed for the first time in this process, with the points it held
@@ -91,6 +102,7 @@ class Outcome:
     late: int = 0
     refused: list[Refusal] = field(default_factory=list)
     forwards: list[Forward] = field(default_factory=list)
+    directs: list[Direct] = field(default_factory=list)
     results: list[LossResult] = field(default_factory=list)
 
 
@@ -304,7 +316,9 @@ class LineLossEngine:
         with_register, released = self._touched(partition, ts)
         forwards: dict[str, dict[str, Reported]] = {}  # target area -> meter -> point
         by_start: dict[int, dict[str, list[float | None]]] = {start: {} for start in with_register}
-        placed = self._place(area_id, ts, points, role, with_register, released, by_start, forwards, out)
+        placed = self._place(
+            partition, area_id, ts, points, role, with_register, released, by_start, forwards, out
+        )
         out.accepted = placed
         changes = {window_key(area_id, start): meters for start, meters in by_start.items() if meters}
         out.duplicates, out.replaced = self._write(partition, ts, changes)
@@ -325,6 +339,7 @@ class LineLossEngine:
 
     def _place(
         self,
+        partition: int,
         area_id: str,
         ts: int,
         points: Sequence[Reported],
@@ -345,11 +360,16 @@ class LineLossEngine:
         area_at = self.topology.area_at_ts
         placement = self.topology.placement_ts
         accepted = 0
+        directs: dict[int, list[Reported]] = {}
         for point in points:
             meter_id = point.meter_id
             placed = placement(meter_id, own)
             if placed is None:
-                out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
+                directed_to = self._directed(meter_id, point.flags, partition)
+                if directed_to is None:
+                    out.refused.append(Refusal(point, "unknown_meter", _unknown(point, ts)))
+                else:
+                    directs.setdefault(directed_to, []).append(point)
                 continue
             meter_area, meter_role, until = placed
             if meter_role is not role:
@@ -399,7 +419,17 @@ class LineLossEngine:
                 # is only ever sent to the meter's area, so this one is forged or stale.
                 detail = f"meter {meter_id!r} is not in area {area_id!r}, yet flagged {REROUTED!r}"
                 out.refused.append(Refusal(point, "misrouted", detail))
+        out.directs.extend(Direct(p, ts, pts) for p, pts in directs.items())
         return accepted
+
+    def _directed(self, meter_id: str, flags: Sequence[str], partition: int) -> int | None:
+        """The partition to send an unknown meter's reading to (a sharded worker holds only its
+        partitions' meters), or None to refuse it here: once directed or rerouted a reading
+        is not sent on again, and a meter known but not yet in force is refused as before."""
+        if DIRECTED in flags or REROUTED in flags or self.topology.knows(meter_id):
+            return None
+        target = self.topology.directed_partition(meter_id)
+        return None if target == partition else target
 
     def _finish(
         self,

@@ -63,7 +63,7 @@ class Metrics:
         self.build_info = register_process_metrics(registry, kafka_client="aiokafka")
         self.readings = Counter(
             "gridwatch_readings_total",
-            "Meter readings by outcome (accepted, duplicate, replaced, rejected, late, rerouted)",
+            "Meter readings by outcome (accepted, duplicate, replaced, rejected, late, rerouted, directed)",
             ["outcome", "role"],
             registry=registry,
         )

@@ -24,7 +24,7 @@ from models.windows import snap
 from streams import contracts
 from streams.columnar import ColumnEngine
 from streams.contracts import DecodedBatch, InvalidRecord, Reading
-from streams.engine import REROUTED, Forward, LineLossEngine, Point, Reported
+from streams.engine import REROUTED, Direct, Forward, LineLossEngine, Point, Reported
 from topology import Role, Topology
 
 
@@ -72,6 +72,7 @@ class StepOutput:
     dead_letters: list[DeadLetter] = field(default_factory=list)
     refused: list[Refused] = field(default_factory=list)
     forwards: list[tuple[str, Forward]] = field(default_factory=list)  # (source, flagged points)
+    directs: list[tuple[str, str, Direct]] = field(default_factory=list)  # (source, area, points)
     learned_areas: set[str] = field(default_factory=set)  # detector state changed
     windows_closed: int = 0
     counts: Counter[str] = field(default_factory=Counter)  # records, readings, accepted, ...
@@ -227,6 +228,9 @@ class BatchStep:
                 self._ingest(record, moved.area_id, moved.ts, moved.points, role, out)
             else:
                 out.forwards.append((record.source, moved))
+        for direct in got.directs:  # only a sharded archive has a meter directory
+            counts["directed"] += len(direct.points)
+            out.directs.append((record.source, area_id, direct))
 
     def _results(self, results: list[LossResult], out: StepOutput) -> None:
         revision = self.engine.revision
@@ -258,6 +262,7 @@ def merge(into: StepOutput, more: StepOutput) -> None:
     into.dead_letters.extend(more.dead_letters)
     into.refused.extend(more.refused)
     into.forwards.extend(more.forwards)
+    into.directs.extend(more.directs)
     into.learned_areas |= more.learned_areas
     into.windows_closed += more.windows_closed
     into.counts.update(more.counts)

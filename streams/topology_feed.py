@@ -24,7 +24,17 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 from aiokafka.partitioner import murmur2
 
-from archive import HISTORY, SUPPLY, ArchiveBuilder, MeterArchive
+from archive import (
+    ACTIVE,
+    HISTORY,
+    SUPPLY,
+    ArchiveBuilder,
+    CodedChunk,
+    MeterArchive,
+    code_columns,
+    intern,
+    intern_numbers,
+)
 from streams import contracts
 from streams.contracts import InvalidRecord
 from streams.kafkaio import from_beginning, kafka_client_kwargs
@@ -66,6 +76,7 @@ _row_decoder = msgspec.json.Decoder(_Row)
 _METER_ID, _AREA_ID, _ROLE, _MULTIPLIER, _CLASS, _ACTIVE, _EFFECTIVE_FROM, _ = (
     attrgetter(f) for f in _Row.__struct_fields__
 )
+_IS_SUPPLY = {"supply": True, "customer": False}  # a dict lookup: cheaper than calling str.__eq__
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
 
 
@@ -83,6 +94,20 @@ class Columns(msgspec.Struct):
     starts: list[float]
 
 
+class _Checked(msgspec.Struct):
+    """A chunk's rows that passed every check, with the fields the checks pulled out."""
+
+    rows: list[_Row]
+    index: list[int]
+    meter_ids: list[str]
+    joined_ids: bytes  # "\n".join(meter_ids), ASCII (the id pattern allows nothing else)
+    area_ids: list[str]
+    areas: set[str]
+    efs: list[str]
+    ef_set: set[str]
+    suspect: list[int]  # positions in the chunk for the contract's own decoder
+
+
 class ChunkDecoder:
     """Decodes many topology records at once, with the contract's checks done per distinct
     value or over the whole chunk; a record that fails them is decoded again by the contract's
@@ -91,15 +116,79 @@ class ChunkDecoder:
     def __init__(self) -> None:
         self._start_of: dict[str, float | None] = {}
         self._good_area: dict[str, bool] = {}
-        self._bad_starts: set[str] = set()
 
     def decode(self, values: Sequence[bytes | None]) -> tuple[Columns, list[tuple[int, InvalidRecord]]]:
         """Columns of the valid records; tombstones (None) are skipped, the rest refused with
         their position in ``values``."""
+        checked = self._checked(values)
+        cols = self._columns(checked)
+        refused, rescued = self._refusals(values, checked.suspect)
+        for i, rec in rescued:
+            _append(cols, i, rec)
+        return cols, refused
+
+    def decode_coded(
+        self, values: Sequence[bytes | None]
+    ) -> tuple[CodedChunk, list[tuple[int, InvalidRecord]]]:
+        """:meth:`decode` as the builder's coded columns, pulled from the decoded rows with one
+        C-level pass per field and interned per distinct value (the bulk load's path)."""
+        c = self._checked(values)
+        refused, rescued = self._refusals(values, c.suspect)
+        if rescued:  # valid after all, by a rule the row decoder does not know: rare, via lists
+            cols = self._columns(c)
+            for i, rec in rescued:
+                _append(cols, i, rec)
+            chunk = code_columns(cols.meter_ids, cols.area_ids, cols.supply, cols.multipliers, cols.classes,
+                                 cols.active, cols.starts)
+            return chunk, refused
+        rows, n = c.rows, len(c.rows)
+        # Id lengths from the separators' positions; the blob is the ids without them.
+        ends = np.flatnonzero(np.frombuffer(c.joined_ids, dtype=np.uint8) == 10)
+        bounds = np.concatenate(([-1], ends, [len(c.joined_ids)])) if n else np.zeros(1, dtype=np.int64)
+        area_table, area = intern(c.area_ids, c.areas)
+        class_table, cls = intern(list(map(_CLASS, rows)))
+        ef_table, ef = intern(c.efs, c.ef_set)
+        start_values = np.array([self._start_of[e] for e in ef_table], dtype=np.float64)
+        start_table, start_code = intern_numbers(start_values)  # "Z" and "+00:00" are one start
+        mult_table, mult = intern_numbers(np.fromiter(map(_MULTIPLIER, rows), dtype=np.float64, count=n))
+        supply = np.fromiter(map(_IS_SUPPLY.__getitem__, map(_ROLE, rows)), dtype=bool, count=n)
+        active = np.fromiter(map(_ACTIVE, rows), dtype=bool, count=n)
+        chunk = CodedChunk(
+            hashes=np.fromiter(map(hash, c.meter_ids), dtype=np.int64, count=n).view(np.uint64),
+            id_blob=c.joined_ids.replace(b"\n", b""),
+            id_len=(np.diff(bounds) - 1).astype(np.int32),
+            area_ids=area_table,
+            area=area,
+            classes=class_table,
+            cls=cls,
+            flags=supply.view(np.uint8) * np.uint8(SUPPLY) | active.view(np.uint8) * np.uint8(ACTIVE),
+            multipliers=mult_table,
+            mult=mult,
+            starts=start_table,
+            start=start_code[ef],
+        )
+        return chunk, refused
+
+    def _columns(self, c: _Checked) -> Columns:
+        rows = c.rows
+        return Columns(
+            c.index,
+            c.meter_ids,
+            c.area_ids,
+            list(map("supply".__eq__, map(_ROLE, rows))),
+            list(map(_MULTIPLIER, rows)),
+            list(map(_CLASS, rows)),
+            list(map(_ACTIVE, rows)),
+            list(map(self._start_of.__getitem__, c.efs)),  # type: ignore[arg-type]
+        )
+
+    def _checked(self, values: Sequence[bytes | None]) -> _Checked:
+        """The rows that decode and pass the checks the row decoder leaves out: the id patterns
+        (over the whole chunk, or per distinct area) and effective_from (per distinct value)."""
         decode = _row_decoder.decode
         suspect: list[int] = []
         try:
-            rows = [decode(value) for value in values]  # type: ignore[arg-type]
+            rows = list(map(decode, values))  # type: ignore[arg-type]
             index = list(range(len(values)))
         except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
             rows, index = [], []
@@ -111,29 +200,43 @@ class ChunkDecoder:
                     index.append(i)
                 except (msgspec.DecodeError, msgspec.ValidationError):
                     suspect.append(i)
+        ids = list(map(_METER_ID, rows))
+        joined = "\n".join(ids).encode()
+        area_ids = list(map(_AREA_ID, rows))
         efs = list(map(_EFFECTIVE_FROM, rows))
-        start_of = self._start_of
-        for ef in set(efs) - start_of.keys():
+        areas, ef_set = set(area_ids), set(efs)
+        # Membership tests per new value (not `set - dict.keys()`: that walks the whole dict).
+        good_area, start_of = self._good_area, self._start_of
+        for a in [a for a in areas if a not in good_area]:
+            good_area[a] = _good_id(a)
+        for ef in [ef for ef in ef_set if ef not in start_of]:
             start_of[ef] = _start(ef)
-            if start_of[ef] is None:
-                self._bad_starts.add(ef)
-        cols = Columns(
-            index,
-            list(map(_METER_ID, rows)),
-            list(map(_AREA_ID, rows)),
-            [role == "supply" for role in map(_ROLE, rows)],
-            list(map(_MULTIPLIER, rows)),
-            list(map(_CLASS, rows)),
-            list(map(_ACTIVE, rows)),
-            list(map(start_of.__getitem__, efs)),
-        )
-        bad = self._bad_rows(rows, cols)
+        bad: set[int] = set()
+        if ids and joined.translate(None, _ID_CHARS) != b"\n" * (len(ids) - 1):
+            bad.update(k for k, m in enumerate(ids) if not _good_id(m))
+        wrong_area = {a for a in areas if not good_area[a]}
+        bad_starts = {ef for ef in ef_set if start_of[ef] is None}
+        if wrong_area or bad_starts:
+            bad.update(k for k, (a, ef) in enumerate(zip(area_ids, efs, strict=True))
+                       if a in wrong_area or ef in bad_starts)
         if bad:
             suspect.extend(index[k] for k in bad)
             keep = [k for k in range(len(rows)) if k not in bad]
-            cols = Columns(*([getattr(cols, f)[k] for k in keep] for f in Columns.__struct_fields__))
+            rows, index = [rows[k] for k in keep], [index[k] for k in keep]
+            ids, area_ids, efs = [ids[k] for k in keep], [area_ids[k] for k in keep], [efs[k] for k in keep]
+            joined, areas = "\n".join(ids).encode(), set(area_ids)
+            ef_set = set(efs)
+        return _Checked(rows, index, ids, joined, area_ids, areas, efs, ef_set, sorted(suspect))
+
+    @staticmethod
+    def _refusals(
+        values: Sequence[bytes | None], suspect: list[int]
+    ) -> tuple[list[tuple[int, InvalidRecord]], list[tuple[int, contracts.TopologyRecord]]]:
+        """The suspects' reasons from the contract's decoder, and those it takes after all (a
+        check here stricter than the contract's: taken as they are)."""
         refused: list[tuple[int, InvalidRecord]] = []
-        for i in sorted(suspect):
+        rescued: list[tuple[int, contracts.TopologyRecord]] = []
+        for i in suspect:
             try:
                 rec = contracts.decode_topology(values[i])
                 MeterRecord(rec.meter_id, rec.area_id, Role(rec.role), rec.multiplier,
@@ -144,28 +247,8 @@ class ChunkDecoder:
             except ValueError as exc:
                 refused.append((i, InvalidRecord("topology", str(exc))))
                 continue
-            # Valid after all (a check here stricter than the contract's): take it as it is.
-            _append(cols, i, rec)
-        return cols, refused
-
-    def _bad_rows(self, rows: list[_Row], cols: Columns) -> set[int]:
-        """Rows failing a contract check the row decoder leaves out: the id patterns (over
-        the whole chunk, or per distinct area) and effective_from."""
-        bad: set[int] = set()
-        ids = cols.meter_ids
-        if ids and "\n".join(ids).encode().translate(None, _ID_CHARS) != b"\n" * (len(ids) - 1):
-            bad.update(k for k, m in enumerate(ids) if not _good_id(m))
-        good_area = self._good_area
-        areas = set(cols.area_ids)
-        for a in areas - good_area.keys():
-            good_area[a] = _good_id(a)
-        wrong_area = {a for a in areas if not good_area[a]}
-        if wrong_area or self._bad_starts:
-            bad_starts = self._bad_starts
-            for k, r in enumerate(rows):
-                if r.area_id in wrong_area or r.effective_from in bad_starts:
-                    bad.add(k)
-        return bad
+            rescued.append((i, rec))
+        return refused, rescued
 
 
 def _start(value: str) -> float | None:
@@ -201,9 +284,13 @@ def _append(cols: Columns, i: int, rec: contracts.TopologyRecord) -> None:
     cols.starts.append(rec.effective_from.timestamp())
 
 
-def add_columns(builder: ArchiveBuilder, cols: Columns) -> None:
-    builder.add(cols.meter_ids, cols.area_ids, cols.supply, cols.multipliers, cols.classes, cols.active,
-                cols.starts)
+def add_values(
+    builder: ArchiveBuilder, decoder: ChunkDecoder, values: Sequence[bytes | None]
+) -> list[tuple[int, InvalidRecord]]:
+    """Decode one chunk of the topic's values into ``builder``; the refused, by position."""
+    chunk, refused = decoder.decode_coded(values)
+    builder.add_coded(chunk)
+    return refused
 
 
 class TopologyFeed:
@@ -313,7 +400,11 @@ class TopologyFeed:
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
         keep_area = self._keep_area(held)
-        builder = ArchiveBuilder(keep_area)
+        n = self.partitions
+        # A shard also keeps every other meter's partition (the meter directory), so that a
+        # reading under an area its meter is not in reaches the worker that holds the meter.
+        builder = ArchiveBuilder(keep_area, partition_of=None if keep_area is None else
+                                 lambda area_id: area_partition(area_id, n))
         if self.base:
             builder.add(*record_columns(self.base))
         decoder = ChunkDecoder()
@@ -352,8 +443,7 @@ class TopologyFeed:
         self.loaded.set()
 
     async def _add(self, builder: ArchiveBuilder, decoder: ChunkDecoder, records: list[Any]) -> None:
-        cols, refused = decoder.decode([r.value for r in records])
-        add_columns(builder, cols)
+        refused = add_values(builder, decoder, [r.value for r in records])
         for i, exc in refused:
             await self._refuse(records[i], exc)
 

@@ -19,6 +19,7 @@ LAYERS: dict[str, int] = {
     "topology": 0,
     "archive": 0,
     "archive_csv": 0,
+    "meter_directory": 0,
     # pure detectors and line-loss arithmetic
     "models": 1,
     # stream processing: the worker, its Kafka I/O, contracts, metrics, settings

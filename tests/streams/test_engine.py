@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
+from archive import ArchiveBuilder
 from models.lineloss import LossResult, LossState
-from streams.engine import REROUTED, Forward, LineLossEngine, Outcome, Point, split_key, window_key
-from topology import MeterRecord, Role, Topology
+from streams.engine import DIRECTED, REROUTED, Forward, LineLossEngine, Outcome, Point, split_key, window_key
+from topology import MeterRecord, Role, Topology, record_columns
 
 T0 = 1767225600  # 2026-01-01T00:00Z
 QH = 900
@@ -616,3 +617,57 @@ def test_write_behind_state_survives_kills_anywhere(seed: int) -> None:
     assert set(crashed) == set(plain)
     for key, result in plain.items():
         assert crashed[key] == result, key
+
+
+# ---- wrong area, meter held by another worker: the meter directory ---------------------------
+
+
+def _shard(partition_of: dict[str, int], held: set[int]) -> Topology:
+    """The archive of make_topology's meters as a worker holding ``held`` partitions builds it."""
+    builder = ArchiveBuilder(lambda a: partition_of[a] in held, partition_of=partition_of.__getitem__)
+    builder.add(*record_columns(list(make_topology().records())))
+    topo = Topology()
+    topo.install(builder.build())
+    return topo
+
+
+def test_reading_of_a_meter_held_elsewhere_is_directed_to_its_partition_once() -> None:
+    partition_of = {"A": 0, "B": 1}
+    worker_a = make_engine(topology=_shard(partition_of, {0}), window_s=HOUR)
+    worker_b = make_engine(topology=_shard(partition_of, {1}), window_s=HOUR)
+    b1 = Point("b1", 50.0, None)  # area B's meter, reported under A (a concentrator's mistake)
+    out = worker_a.ingest(0, "A", ts_of(1), [customer_point("c1", 1), b1], Role.CUSTOMER)
+    assert [(d.partition, d.points) for d in out.directs] == [(1, [b1])]
+    assert (out.accepted, out.refused, out.forwards) == (1, [], [])
+
+    # Worker B reads it from partition 1, still under A, flagged: it forwards it to B as before.
+    directed = Point(b1.meter_id, b1.register_kwh, b1.energy_kwh, (DIRECTED,))
+    out = worker_b.ingest(1, "A", ts_of(1), [directed], Role.CUSTOMER)
+    assert out.forwards == [Forward("B", ts_of(1), [directed])] and out.directs == []
+    assert data_keys(worker_b.store) == set()
+    rerouted = Point(b1.meter_id, b1.register_kwh, b1.energy_kwh, (DIRECTED, REROUTED))
+    out = worker_b.ingest(1, "B", ts_of(1), [rerouted], Role.CUSTOMER)
+    assert (out.accepted, out.refused) == (1, [])
+    assert set(worker_b.store[window_key("B", T0)]["m"]) == {"b1"}
+
+
+def test_a_directed_reading_is_not_directed_again() -> None:
+    partition_of = {"A": 0, "B": 1}
+    worker_b = make_engine(topology=_shard(partition_of, {1}))
+    # A meter worker B does not hold, directed here anyway (a meter the directory was not
+    # built with gets an arbitrary answer): refused, not sent on.
+    c1 = Point("c1", 1.0, None, (DIRECTED,))
+    out = worker_b.ingest(1, "B", ts_of(1), [c1], Role.CUSTOMER)
+    assert [r.reason for r in out.refused] == ["unknown_meter"] and out.directs == []
+    # Unflagged, the same reading goes to the partition of c1's area.
+    out = worker_b.ingest(1, "B", ts_of(1), [Point("c1", 1.0, None)], Role.CUSTOMER)
+    assert [d.partition for d in out.directs] == [0] and out.refused == []
+
+
+def test_a_known_meter_before_its_first_version_is_not_directed() -> None:
+    partition_of = {"A": 0, "B": 1}
+    topo = _shard(partition_of, {0})
+    topo.apply(MeterRecord("new", "A", Role.CUSTOMER, 1.0, "residential", True,
+                           datetime.fromtimestamp(T0 + HOUR, UTC)))
+    out = make_engine(topology=topo).ingest(0, "A", ts_of(1), [Point("new", 1.0, None)], Role.CUSTOMER)
+    assert [r.reason for r in out.refused] == ["unknown_meter"] and out.directs == []

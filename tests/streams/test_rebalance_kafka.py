@@ -1,11 +1,13 @@
 """Partitions move between two workers: each holds the archive of its own partitions' areas only
 (fewer meters than the city), builds it again when a rebalance moves partitions, and forwards a
-moved meter's readings to the worker of its new area; the final area-window results equal a
-batch recomputation of the same data (streams.offline)."""
+moved meter's readings to the worker of its new area; readings sent under an area their meter was
+never in reach the worker that holds the meter through the meter directory; the final area-window
+results equal a batch recomputation of the same data (streams.offline)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -65,7 +67,20 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
         city.topology.apply(record)
     total_meters = city.topology.meter_count()
 
-    msgs = [(m.kind, m.key.encode(), orjson.dumps(m.value)) for m in messages(city)]
+    # For each ordered pair of partitions with areas, one meter of the first reported under an
+    # area of the second all day (a concentrator that lists it wrongly): whichever partitions
+    # each worker holds while they share, some of these cross from one worker to the other.
+    by_partition: dict[int, list[str]] = {}
+    for area in city.area_ids:
+        if area not in (old_area, new_area):
+            by_partition.setdefault(area_partition(area, s.partitions), []).append(area)
+    strays: dict[str, str] = {}  # meter -> the area it is reported under
+    spare = {a: [m for m in city.customers[a] if m not in moved] for a in city.area_ids}
+    for p, home_areas in by_partition.items():
+        for q, wrong_areas in by_partition.items():
+            if p != q:
+                strays[spare[home_areas[0]].pop()] = wrong_areas[0]
+    msgs = [(m.kind, m.key.encode(), orjson.dumps(m.value)) for m in _misreport(messages(city), strays)]
     oracle = run_records(msgs, city.topology, Detection(), allowed_lateness_s=LATENESS)
     want = {r.key(): r.to_dict() for r in oracle.results.values()}
     assert any(r.area_id == new_area and r.customers_reported for r in oracle.results.values())
@@ -109,6 +124,12 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
         produce(s.bootstrap, [(topic[k], key, value) for k, key, value in phases[1]])
         _wait("B to work", lambda: (b.metric_sum("gridwatch_messages_total") or 0) > 0, [a, b])
 
+        def directed() -> bool:
+            sent = (w.metric_sum("gridwatch_readings_total", {"outcome": "directed"}) for w in (a, b))
+            return sum(n or 0 for n in sent) > 0
+
+        _wait("a reading directed to the other worker's partition", directed, [a, b])
+
         # A leaves: B takes every partition and builds the whole archive.
         a.stop()
         produce(s.bootstrap, [(topic[k], key, value) for k, key, value in phases[2]])
@@ -124,17 +145,36 @@ def test_partitions_move_between_two_workers_and_results_match_batch(kafka_broke
         assert set(final) == set(want)
         for k, w in want.items():
             assert {f: final[k][f] for f in FIELDS} == {f: w[f] for f in FIELDS}, k
-        rerouted = sum(
-            1
-            for name in (s.topic_readings,)
-            for rec in read_topic(s.bootstrap, name, idle_s=1.0)
-            if b"rerouted" in (rec.value or b"")
-        )
+        values = [rec.value or b"" for rec in read_topic(s.bootstrap, s.topic_readings, idle_s=1.0)]
+        rerouted = sum(1 for v in values if b"rerouted" in v)
         assert rerouted > 0  # the moved meters' readings crossed partitions
+        assert sum(1 for v in values if b"directed" in v) > 0  # and the strays', by the directory
+        dead = read_topic(s.bootstrap, s.topic_deadletter, idle_s=1.0)
+        assert not [d for d in dead if orjson.loads(d.value or b"{}").get("reason") == "unknown_meter"]
         print(
             f"\nshared phase: A held {shared['a']:.0f}, B {shared['b']:.0f} of {total_meters} meters; "
-            f"{len(want)} area-windows equal; {rerouted} readings forwarded"
+            f"{len(want)} area-windows equal; {rerouted} readings forwarded, "
+            f"{sum(1 for v in values if b'directed' in v)} directed ({len(strays)} meters under a wrong area)"
         )
     finally:
         a.stop()
         b.stop()
+
+
+def _misreport(msgs: Any, strays: dict[str, str]) -> Any:
+    """``msgs`` with each stray meter's readings taken out of its area's batch and sent alone
+    under the wrong area, at the same interval end."""
+    for m in msgs:
+        value = m.value
+        if m.kind == "readings" and value.get("kind") == "batch":
+            moved = [r for r in value["readings"] if r["meter_id"] in strays]
+            if moved:
+                kept = [r for r in value["readings"] if r["meter_id"] not in strays]
+                if kept:
+                    yield replace(m, value={**value, "readings": kept})
+                for r in moved:
+                    wrong = strays[r["meter_id"]]
+                    single = {"kind": "reading", "v": 1, "area_id": wrong, "ts": value["ts"], **r}
+                    yield replace(m, key=wrong, value=single)
+                continue
+        yield m

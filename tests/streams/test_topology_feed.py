@@ -11,9 +11,10 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from archive import ArchiveBuilder, MeterArchive
 from streams import contracts
 from streams.contracts import InvalidRecord
-from streams.topology_feed import ChunkDecoder, area_partition
+from streams.topology_feed import ChunkDecoder, add_values, area_partition
 
 GOOD: dict[str, Any] = {
     "v": 1,
@@ -82,6 +83,34 @@ def test_chunk_decoding_agrees_with_the_contract_record_by_record(specs: list[An
                          cols.classes[k], cols.active[k], cols.starts[k]))
     assert got == {i: _contract(v) for i, v in enumerate(values)}
     assert cols.index == sorted(cols.index)  # topic order kept: a later record replaces
+
+
+def _contents(archive: MeterArchive) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    return sorted(
+        (meter_id, [(archive.area_ids[v[0]], v[1], archive.classes[v[2]], *v[3:])
+                    for v in archive.versions(i)])
+        for i, meter_id in enumerate(archive.meter_ids())
+    )
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from([
+    *BAD, *GOOD_TOO, {}, {"effective_from": "2025-01-01T00:00:00+00:00"}, {"meter_id": "m2"},
+    {"meter_id": "m2", "multiplier": 2.0}, {"area_id": "B", "effective_from": "2026-01-01T00:00:00Z"},
+]), min_size=1, max_size=20), min_size=1, max_size=3))
+def test_the_bulk_load_builds_the_archive_the_decoded_columns_build(chunks: list[list[Any]]) -> None:
+    """The load's coded path (add_values) against the columns (decode, then ArchiveBuilder.add):
+    the same archive and the same refusals, chunk by chunk, whatever the chunks share."""
+    coded, listed = ArchiveBuilder(), ArchiveBuilder()
+    coded_decoder, listed_decoder = ChunkDecoder(), ChunkDecoder()
+    for specs in chunks:
+        values = [_value(s) for s in specs]
+        refused = add_values(coded, coded_decoder, values)
+        cols, listed_refused = listed_decoder.decode(values)
+        listed.add(cols.meter_ids, cols.area_ids, cols.supply, cols.multipliers, cols.classes, cols.active,
+                   cols.starts)
+        assert [(i, e.reason) for i, e in refused] == [(i, e.reason) for i, e in listed_refused]
+    assert _contents(coded.build()) == _contents(listed.build())
 
 
 def test_tombstones_are_skipped() -> None:
