@@ -65,7 +65,10 @@ class Names(Sequence[str]):
     worker's few thousand area ids, made at the end of a load, would otherwise be scattered
     over the heap arenas the load's transient strings used and keep them resident (~9 MB at
     10 M meters, 1/8 of the partitions; docs/scaling.md). ``code(name)`` is the inverse, by a
-    sorted array of the ids' hashes (this process's ``hash``)."""
+    sorted array of the ids' hashes (this process's ``hash``).
+
+    An id read is decoded once and kept (``name``; one list slot per id until then): made while
+    readings are served, after the load's heap is released, they do not pin its arenas."""
 
     def __init__(self, names: Sequence[str] = ()) -> None:
         encoded = [n.encode() for n in names]
@@ -76,6 +79,14 @@ class Names(Sequence[str]):
         self._order = np.argsort(hashes, kind="stable")
         self._hashes = hashes[self._order]
         self._off = memoryview(self.off)  # type: ignore[arg-type]
+        self.cache: list[str | None] = [None] * len(encoded)
+
+    def name(self, i: int) -> str:
+        """The id of code ``i`` (>= 0), decoded on its first read."""
+        name = self.cache[i]
+        if name is None:
+            name = self.cache[i] = self.blob[self._off[i] : self._off[i + 1]].decode()
+        return name
 
     @property
     def nbytes(self) -> int:
@@ -91,7 +102,7 @@ class Names(Sequence[str]):
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(i)
-        return self.blob[self._off[i] : self._off[i + 1]].decode()
+        return self.name(i)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Sequence) or isinstance(other, str):
@@ -161,7 +172,7 @@ class MeterArchive:
         mv = self._mv
         # Everything locate() reads, fetched with one attribute load per call.
         self._locate = (mv["bucket_off"], mv["hashes"], mv["id_at"], mv["id_len"], self.id_blob, mv["flags"],
-                        mv["start"], mv["starts"], mv["area"], self.area_ids, self.bucket_shift)
+                        mv["start"], mv["starts"], mv["area"], self._areas, self.bucket_shift)
 
     @property
     def size(self) -> int:
@@ -232,7 +243,7 @@ class MeterArchive:
     def locate(self, meter_id: str, ts: float) -> tuple[str, int, float] | None:
         """(area id, flags, until) of ``meter_id`` at ``ts``, or None if not held or not in
         force yet: :meth:`index` and :meth:`placement` in one call (the engine's per reading)."""
-        boff, hashes, id_at, id_len, blob, flags_mv, start_mv, starts, area_mv, area_ids, shift = self._locate
+        boff, hashes, id_at, id_len, blob, flags_mv, start_mv, starts, area_mv, areas, shift = self._locate
         h = hash(meter_id) & _MASK64
         b = h >> shift
         hi = boff[b + 1]
@@ -243,10 +254,13 @@ class MeterArchive:
                 flags = flags_mv[j]
                 if flags & HISTORY:
                     placed = self.placement(j, ts)
-                    return (area_ids[placed[0]], placed[1], placed[2]) if placed is not None else None
+                    if placed is None:
+                        return None
+                    return areas.cache[placed[0]] or areas.name(placed[0]), placed[1], placed[2]
                 if starts[start_mv[j]] > ts:
                     return None
-                return area_ids[area_mv[j]], flags, _INF
+                a = area_mv[j]
+                return areas.cache[a] or areas.name(a), flags, _INF
             j += 1
         return None
 

@@ -521,3 +521,4 @@ def test_names_table_codes_every_name_and_refuses_others() -> None:
     with pytest.raises(IndexError):
         names[len(ids)]
     assert Names([]).code("A") is None and len(Names([])) == 0
+    assert names.name(5) is names.name(5) is names[5] and names.name(5) == ids[5]  # decoded once, kept
