@@ -60,11 +60,77 @@ def _offset_dtype(n: int) -> type[np.integer[Any]]:
 Version = tuple[int, int, int, float, float, float]
 
 
+class Names(Sequence[str]):
+    """A table of ids (code -> id) kept as one bytes blob and offsets, not a str object each: a
+    worker's few thousand area ids, made at the end of a load, would otherwise be scattered
+    over the heap arenas the load's transient strings used and keep them resident (~9 MB at
+    10 M meters, 1/8 of the partitions; docs/scaling.md). ``code(name)`` is the inverse, by a
+    sorted array of the ids' hashes (this process's ``hash``).
+
+    An id read is decoded once and kept (``name``; one list slot per id until then): made while
+    readings are served, after the load's heap is released, they do not pin its arenas."""
+
+    def __init__(self, names: Sequence[str] = ()) -> None:
+        encoded = [n.encode() for n in names]
+        self.blob = b"".join(encoded)
+        self.off = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), out=self.off[1:])
+        hashes = np.fromiter(map(hash, names), dtype=np.int64, count=len(encoded))
+        self._order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[self._order]
+        self._off = memoryview(self.off)  # type: ignore[arg-type]
+        self.cache: list[str | None] = [None] * len(encoded)
+
+    def name(self, i: int) -> str:
+        """The id of code ``i`` (>= 0), decoded on its first read."""
+        name = self.cache[i]
+        if name is None:
+            name = self.cache[i] = self.blob[self._off[i] : self._off[i + 1]].decode()
+        return name
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.blob) + int(self.off.nbytes + self._order.nbytes + self._hashes.nbytes)
+
+    def __len__(self) -> int:
+        return len(self.off) - 1
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.name(i)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Names({list(self)!r})"
+
+    def code(self, name: str) -> int | None:
+        """The code of ``name``, None if it is not in the table."""
+        h = hash(name)
+        at = int(np.searchsorted(self._hashes, h))
+        while at < len(self._hashes) and self._hashes[at] == h:
+            k = int(self._order[at])
+            if self[k] == name:
+                return k
+            at += 1
+        return None
+
+
 @dataclass
 class MeterArchive:
     """Immutable columns of the archive; see the module docstring."""
 
-    area_ids: list[str]  # area code -> area id
+    area_ids: Sequence[str]  # area code -> area id (a Names table once built)
     classes: list[str]  # class code -> customer class
     multipliers: _Array  # multiplier code -> value (float64)
     starts: _Array  # start code -> effective_from as POSIX seconds (float64)
@@ -89,11 +155,12 @@ class MeterArchive:
     bucket_off: _Array  # top bits of a hash -> its range in hashes
     bucket_shift: int
     directory: MeterDirectory | None = None  # partition of each meter not held (sharded builds)
-    area_index: dict[str, int] = field(default_factory=dict)
     _mv: dict[str, memoryview] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        self.area_index = {a: i for i, a in enumerate(self.area_ids)}
+        if not isinstance(self.area_ids, Names):
+            self.area_ids = Names(self.area_ids)
+        self._areas: Names = self.area_ids
         # Scalar access through memoryviews: a Python int or float per item, several times
         # cheaper than indexing a numpy array (the engine looks up every reading).
         for name in ("hashes", "id_at", "id_len", "area", "flags", "cls", "mult", "start", "hist_meter",
@@ -105,7 +172,7 @@ class MeterArchive:
         mv = self._mv
         # Everything locate() reads, fetched with one attribute load per call.
         self._locate = (mv["bucket_off"], mv["hashes"], mv["id_at"], mv["id_len"], self.id_blob, mv["flags"],
-                        mv["start"], mv["starts"], mv["area"], self.area_ids, self.bucket_shift)
+                        mv["start"], mv["starts"], mv["area"], self._areas, self.bucket_shift)
 
     @property
     def size(self) -> int:
@@ -121,7 +188,7 @@ class MeterArchive:
                          "start", "hist_meter", "hist_off", "h_area", "h_flags", "h_cls", "h_mult",
                          "h_start", "member_off", "member_meter", "bucket_off")
         )
-        tables = sum(len(a) + 49 for a in self.area_ids) + sum(len(c) + 49 for c in self.classes)
+        tables = self._areas.nbytes + sum(len(c) + 49 for c in self.classes)
         return arrays + len(self.id_blob) + tables
 
     # ---- meters ----------------------------------------------------------------------------
@@ -176,7 +243,7 @@ class MeterArchive:
     def locate(self, meter_id: str, ts: float) -> tuple[str, int, float] | None:
         """(area id, flags, until) of ``meter_id`` at ``ts``, or None if not held or not in
         force yet: :meth:`index` and :meth:`placement` in one call (the engine's per reading)."""
-        boff, hashes, id_at, id_len, blob, flags_mv, start_mv, starts, area_mv, area_ids, shift = self._locate
+        boff, hashes, id_at, id_len, blob, flags_mv, start_mv, starts, area_mv, areas, shift = self._locate
         h = hash(meter_id) & _MASK64
         b = h >> shift
         hi = boff[b + 1]
@@ -187,10 +254,13 @@ class MeterArchive:
                 flags = flags_mv[j]
                 if flags & HISTORY:
                     placed = self.placement(j, ts)
-                    return (area_ids[placed[0]], placed[1], placed[2]) if placed is not None else None
+                    if placed is None:
+                        return None
+                    return areas.cache[placed[0]] or areas.name(placed[0]), placed[1], placed[2]
                 if starts[start_mv[j]] > ts:
                     return None
-                return area_ids[area_mv[j]], flags, _INF
+                a = area_mv[j]
+                return areas.cache[a] or areas.name(a), flags, _INF
             j += 1
         return None
 
@@ -268,7 +338,7 @@ class MeterArchive:
     ) -> tuple[float, float, list[tuple[int, Version]]]:
         """Active meters of one role mapped to ``area_id`` at ``ts``, with the interval
         ``[valid_from, valid_until)`` over which that answer holds (as far as these meters go)."""
-        a = self.area_index.get(area_id)
+        a = self._areas.code(area_id)
         if a is None:
             return -_INF, _INF, []
         idx = self.member_meter[self.member_off[a] : self.member_off[a + 1]]
@@ -536,8 +606,8 @@ class ArchiveBuilder:
         # Only the areas of the meters held: a worker's share of a province, not all of it.
         every_area = list(self._area_code)
         used = _unique(rows["area"])
-        # Fresh copies: the originals, made throughout the load, would keep its heap arenas alive.
-        area_ids = [every_area[a].encode().decode() for a in used.tolist()]
+        # One blob (Names), not str objects: they would keep the load's heap arenas alive.
+        area_ids = Names([every_area[a] for a in used.tolist()])
         area_dtype = _code_dtype(max(len(area_ids), 1 << 9))  # uint16, or uint32 past 65,536 areas
         recode = np.zeros(len(every_area), dtype=area_dtype)
         recode[used] = np.arange(len(used), dtype=area_dtype)

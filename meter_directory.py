@@ -1,6 +1,7 @@
 """The meter -> partition directory of a sharded worker: for the meters it does not hold, the
-readings partition whose worker does, in 0.65 bytes per meter up to 16 partitions and 1.3 past
-them (no meter ids kept).
+readings partition whose worker does, in 1.3 cells per meter of ceil(log2(top partition + 1))
+bits each (0.49 bytes per meter for the city's 8 partitions; two bytes a cell past 256) and no
+meter ids kept.
 
 A static xor retrieval table: each meter's key picks three cells, one in each third of the
 table, and the xor of those cells is its partition. It answers exactly for the meters it was
@@ -44,13 +45,14 @@ class MeterDirectory:
     of the table: keys built in sorted order then touch the table nearly in order (a table
     over all keys at once missed the cache at every step of the build)."""
 
-    def __init__(self, cells: _Array, base: _Array, shift: int, seed: int, size: int, nibbles: bool) -> None:
-        self.cells = cells  # nibbles: two cells a byte, the even cell in the low half
+    def __init__(self, cells: _Array, base: _Array, shift: int, seed: int, size: int, bits: int) -> None:
+        self.cells = cells  # bits > 0: cell j at bits j*bits.. of the bytes, little-endian; else one a slot
         self.base = base  # bucket -> its first cell (len(buckets) + 1 entries)
         self.shift = shift  # bucket = key >> shift
         self.seed = seed
         self.size = size  # meters it was built with
-        self.nibbles = nibbles
+        self.bits = bits
+        self.mask = (1 << bits) - 1
         self._cells = memoryview(cells)  # type: ignore[arg-type]
         self._base = memoryview(base)  # type: ignore[arg-type]
 
@@ -65,23 +67,27 @@ class MeterDirectory:
         seg = (self._base[b + 1] - base) // 3
         cells = self._cells
         value = 0
+        bits = self.bits
         for i, salt in enumerate(_salts(self.seed)):
             j = base + i * seg + (_spread_one(key, salt, _MIX[i]) * seg >> 32)
-            value ^= (cells[j >> 1] >> ((j & 1) << 2)) & 15 if self.nibbles else cells[j]
+            if bits:
+                o = j * bits
+                value ^= ((cells[o >> 3] | cells[(o >> 3) + 1] << 8) >> (o & 7)) & self.mask
+            else:
+                value ^= cells[j]
         return value
 
     def partitions_of_keys(self, keys: _Array) -> _Array:
         pos = _positions(np.asarray(keys, dtype=np.uint64), _salts(self.seed), self.base, self.shift)
-        if not self.nibbles:
+        if not self.bits:
             return _lookup(self.cells, pos)
-        halves: _Array = self.cells[pos >> 1] >> ((pos & 1) << 2).astype(np.uint8)
-        value: _Array = (halves[0] ^ halves[1] ^ halves[2]) & np.uint8(15)
-        return value
+        return _unpack(self.cells, self.bits, pos)
 
     @classmethod
     def build(cls, keys: _Array, partitions: _Array, seed: int = 1) -> MeterDirectory:
-        """The directory of distinct ``keys`` (uint64) and their ``partitions`` (< 65,536): half
-        a byte a cell when every partition is under 16, else one or two."""
+        """The directory of distinct ``keys`` (uint64) and their ``partitions`` (< 65,536):
+        cells of ceil(log2(top + 1)) bits, packed, while every partition is under 256, else two
+        bytes a cell."""
         keys = np.asarray(keys, dtype=np.uint64)
         values = np.asarray(partitions)
         if len(keys) > 1 and not (keys[1:] >= keys[:-1]).all():
@@ -102,11 +108,13 @@ class MeterDirectory:
             rounds = _peel(pos, int(base[-1]))
             if rounds is not None:
                 ncells = int(base[-1])
-                cells = np.zeros(ncells + (ncells & 1), dtype=values.dtype)  # an even count, to pack
+                cells = np.zeros(ncells, dtype=values.dtype)
                 _assign(cells, pos, values, rounds)
-                if top < 16:
-                    return cls(cells[0::2] | cells[1::2] << np.uint8(4), base, shift, attempt, n, True)
-                return cls(cells, base, shift, attempt, n, False)
+                del pos, rounds
+                if top < 256:
+                    bits = max(1, top.bit_length())
+                    return cls(_pack(cells, bits), base, shift, attempt, n, bits)
+                return cls(cells, base, shift, attempt, n, 0)
         raise ValueError("meter directory: keys do not peel (duplicate keys?)")
 
 
@@ -128,6 +136,36 @@ def _positions(keys: _Array, salts: tuple[int, int, int], base: _Array, shift: i
         at += first
         first += seg
     return pos.view(np.int64)
+
+
+def _pack(cells: _Array, bits: int) -> _Array:
+    """``cells`` (uint8, each < 2**bits) as one little-endian bit string of ``bits`` a cell, one
+    zero byte past its end (a cell is read as the two bytes it starts in)."""
+    groups = -(-len(cells) // 8)
+    words = np.zeros(groups, dtype=np.uint64)  # eight cells a word: bits * 8 <= 64
+    padded = np.zeros(groups * 8, dtype=np.uint8)
+    padded[: len(cells)] = cells
+    lanes = padded.reshape(groups, 8)
+    for i in range(8):
+        words |= lanes[:, i].astype(np.uint64) << np.uint64(i * bits)
+    del padded, lanes
+    packed = np.zeros(groups * bits + 1, dtype=np.uint8)
+    packed[:-1] = words.astype("<u8", copy=False).view(np.uint8).reshape(groups, 8)[:, :bits].ravel()
+    return packed
+
+
+def _unpack(packed: _Array, bits: int, pos: _Array) -> _Array:
+    """The xor of the three cells of each key (``pos``: (3, n)) of a packed table."""
+    value: _Array | None = None
+    for row in pos:
+        o = row * bits
+        at = o >> 3
+        two = packed[at].astype(np.uint16) | packed[at + 1].astype(np.uint16) << np.uint16(8)
+        cell = (two >> (o & 7).astype(np.uint16)).astype(np.uint8)
+        value = cell if value is None else value ^ cell
+    assert value is not None
+    result: _Array = value & np.uint8((1 << bits) - 1)
+    return result
 
 
 def _lookup(cells: _Array, pos: _Array) -> _Array:

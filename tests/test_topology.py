@@ -507,3 +507,18 @@ def test_an_id_longer_than_a_byte_can_count_is_held_whole() -> None:
     archive = build_archive(recs)
     assert archive.meter_id(archive.index(long_id)) == long_id
     assert archive.index("é" * 72) == -1  # the same first 144 bytes
+
+
+def test_names_table_codes_every_name_and_refuses_others() -> None:
+    from archive import Names
+
+    ids = [f"A{a:07d}" for a in range(0, 30_000, 3)] + ["Zürich-7", ""]
+    names = Names(ids)
+    assert len(names) == len(ids) and list(names) == ids and names == ids
+    assert [names.code(a) for a in ids] == list(range(len(ids)))
+    assert names[-1] == "" and names[-2] == "Zürich-7" and names[1:3] == ids[1:3]
+    assert names.code("A0000001") is None and names.code("A00000000") is None
+    with pytest.raises(IndexError):
+        names[len(ids)]
+    assert Names([]).code("A") is None and len(Names([])) == 0
+    assert names.name(5) is names.name(5) is names[5] and names.name(5) == ids[5]  # decoded once, kept
