@@ -670,17 +670,24 @@ class ArchiveBuilder:
         cpu = time.process_time()
         partition_of = self.partition_of
         area_partition = np.array([partition_of(a) for a in self._area_code], dtype=np.int64)
-        partitions = area_partition[areas] if len(areas) else np.zeros(0, dtype=np.int64)
-        if len(partitions) and int(partitions.max()) > 0xFF:
+        if len(areas) and int(area_partition.max()) > 0xFF and int(area_partition[areas].max()) > 0xFF:
             raise ValueError("meter directory: more than 256 partitions")
         # One sort of the key with the partition in its low byte, as in _by_meter; a meter
         # whose records name two partitions (moved between them) keeps either: both hold it.
-        packed = np.sort(hashes & ~np.uint64(0xFF) | partitions.astype(np.uint64))
-        if len(packed) > 1:
-            meter = packed >> np.uint64(8)
-            packed = packed[np.concatenate((meter[1:] != meter[:-1], [True]))]
-        low = np.uint64(0xFF)
-        directory = MeterDirectory.build(packed & ~low, (packed & low).astype(np.uint8))
+        # In place where it can be: passes over every foreign meter, each a fresh array.
+        key = hashes & ~np.uint64(0xFF)
+        key |= area_partition.astype(np.uint64)[areas]
+        key.sort()
+        if len(key) > 1:
+            other = key[1:] ^ key[:-1]
+            if not (other > 0xFF).all():
+                keep = np.ones(len(key), dtype=bool)
+                np.greater(other, 0xFF, out=keep[:-1])
+                key = key[keep]
+            del other
+        partitions = (key & np.uint64(0xFF)).astype(np.uint8)
+        key &= ~np.uint64(0xFF)
+        directory = MeterDirectory.build(key, partitions)
         self.directory_cpu_s = time.process_time() - cpu
         return directory
 

@@ -25,6 +25,7 @@ _Array = npt.NDArray[Any]
 _MASK64 = (1 << 64) - 1
 _LOAD = 1.3  # cells per meter: peeling needs > 1.222 for three cells; a margin keeps it quick
 _BUCKET = 1 << 16  # keys per bucket, about: a bucket's cells and counts stay in the cache
+_GROUP = 1 << 16  # keys peeled together, about: a bucket or two
 _MIX = (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB)  # odd: splitmix64's
 
 
@@ -103,14 +104,25 @@ class MeterDirectory:
         segment = np.ceil(in_bucket * _LOAD / 3).astype(np.int64) + 2 + in_bucket // 8 * (in_bucket < 1000)
         base = np.zeros(len(segment) + 1, dtype=np.int64)
         np.cumsum(3 * segment, out=base[1:])
+        ncells = int(base[-1])
+        key_off = np.zeros(len(in_bucket) + 1, dtype=np.int64)
+        np.cumsum(in_bucket, out=key_off[1:])
+        # Buckets own their cells, so a group of them peels on its own: its counts stay in the
+        # cache (over all keys at once every round's gathers and updates missed it).
+        per = max(1, (_GROUP << bits) // max(n, 1))  # buckets a group
+        groups = [(int(key_off[b]), int(key_off[min(b + per, len(in_bucket))]), int(base[b]),
+                   int(base[min(b + per, len(in_bucket))])) for b in range(0, len(in_bucket), per)]
         for attempt in range(seed, seed + 64):
-            pos = _positions(keys, _salts(attempt), base, shift)
-            rounds = _peel(pos, int(base[-1]))
-            if rounds is not None:
-                ncells = int(base[-1])
-                cells = np.zeros(ncells, dtype=values.dtype)
-                _assign(cells, pos, values, rounds)
-                del pos, rounds
+            salts = _salts(attempt)
+            cells = np.zeros(ncells, dtype=values.dtype)
+            for k0, k1, c0, c1 in groups:
+                pos = _positions(keys[k0:k1], salts, base, shift)
+                pos -= c0
+                rounds = _peel(pos, c1 - c0)
+                if rounds is None:
+                    break
+                _assign(cells[c0:c1], pos, values[k0:k1], rounds)
+            else:
                 if top < 256:
                     bits = max(1, top.bit_length())
                     return cls(_pack(cells, bits), base, shift, attempt, n, bits)
