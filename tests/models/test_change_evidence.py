@@ -4,6 +4,8 @@ too), in one area whose loss carries the thieves."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from models.change_evidence import away_from_spread, change_evidence, daily_stats, largest_drop, loss_step
@@ -139,3 +141,24 @@ def test_the_shortfall_fit_leaves_days_away_out() -> None:
         away = a["away"]
         assert np.mean(bare[away]) > np.mean(bare[a["thieves"]]) or seed == 1, seed
         assert np.mean(masked[away]) < 0.15 * np.mean(masked[a["thieves"]]), seed
+
+
+def test_daily_stats_match_numpy_nan_percentiles() -> None:
+    """The one-sort quantiles equal numpy's NaN-aware ones, with missing bins, a meter missing a
+    whole day and days of different lengths (bins not judged)."""
+    rng = np.random.default_rng(0)
+    e = rng.lognormal(-1, 0.5, (20, 240))
+    e[rng.random(e.shape) < 0.1] = np.nan
+    e[3, :24] = np.nan
+    x = rng.lognormal(-1, 0.3, e.shape)
+    keep = np.arange(240) % 7 != 3
+    e, x, day = e[:, keep], x[:, keep], (np.arange(240) // 24)[keep]
+    low, iqr = daily_stats(e, x, day)
+    ratio, level = np.log((e + 0.02) / (x + 0.02)), np.log(e + 0.02)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for j, d in enumerate(np.unique(day)):
+            c = day == d
+            assert np.allclose(low[:, j], np.nanpercentile(ratio[:, c], 10, axis=1), equal_nan=True)
+            q1, q3 = np.nanpercentile(level[:, c], [25, 75], axis=1)
+            assert np.allclose(iqr[:, j], q3 - q1, equal_nan=True)
