@@ -38,6 +38,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
+from models.change_evidence import away_bins
+
 F64 = npt.NDArray[np.float64]
 
 
@@ -67,6 +69,7 @@ def deficit_evidence(
     day: npt.NDArray[np.int64],
     *,
     min_days: int = 14,
+    away: float = 0.5,
 ) -> F64:
     """Per meter, the log-likelihood ratio of its shortfall's share of the area's loss over the
     horizon (see the module docstring). ``loss`` and ``supply``: judged bins only; ``energy``
@@ -75,10 +78,16 @@ def deficit_evidence(
     Zero for every meter while the bins span fewer than ``min_days`` days: the level over the
     horizon is a level before a theft only once the horizon holds weeks before it, and a fresh
     theft is the step evidence's (on the plain simulator's 10-day cities the fit put honest
-    meters ahead of fresh thieves: top 3 two days after onset 0.973 -> 0.878)."""
+    meters ahead of fresh thieves: top 3 two days after onset 0.973 -> 0.878).
+
+    A meter's days at a near-constant base load (:func:`models.change_evidence.away_bins`, its
+    day's spread below ``away`` x its usual one; 0 = off) are left out, as missing: a household
+    away is no shortfall, and before this away households filled the top of large areas."""
     n, t_n = energy.shape
     if n == 0 or t_n < 3 or len(np.unique(day)) < min_days:
         return np.zeros(n)
+    if away > 0:
+        energy = np.where(away_bins(energy, expected, day, away), np.nan, energy)
     level = horizon_level(energy, expected)
     short = np.where(np.isnan(level), 0.0, np.maximum(np.nan_to_num(level) - np.nan_to_num(energy), 0.0))
     x = np.cumsum(short, axis=1)
