@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,20 +23,18 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from archive import MeterArchive
 from models.lineloss import LossResult
-from models.windows import snap
 from streams import contracts
 from streams.checkpoint import Checkpoint
-from streams.chunks import Group, Prepared
-from streams.contracts import InvalidRecord, Reading
 from streams.deadletters import DeadLetters, reading_bytes
 from streams.detection_stage import DetectionStage
-from streams.engine import DIRECTED, REROUTED, LineLossEngine, Outcome, Point
+from streams.engine import DIRECTED, REROUTED, LineLossEngine
 from streams.faust_fixes import DeliveryGuard
 from streams.idle_close import SourceActivity
 from streams.kafkaio import faust_broker_kwargs, set_faust_fetch_wait
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.step import BatchStep, Record, StepOutput
 from streams.topology_feed import TopologyFeed, customer_ids
 from topology import MeterRecord, Role, Topology
 
@@ -106,20 +103,27 @@ class GridwatchWorker:
             on_stall=self.metrics.stalled_partitions.inc,
         )
         self._window_results: dict[int, dict[str, LossResult]] = {}
-        # Per-record settings, worked out once (pydantic properties showed in profiles).
-        self._max_past, self._max_future = settings.max_past, settings.max_future
-        self.engine = LineLossEngine(
+        # The one per-record path (streams/step.py), over the changelogged window table; its
+        # detectors are stepped here (self.detection), around each area's saved state.
+        self.step = BatchStep(
             self.topology,
-            self.table,
+            None,
+            sources=(settings.topic_readings, settings.topic_supply),
+            supply_sources=frozenset({settings.topic_supply}),
+            store=self.table,
             interval_s=settings.interval_s,
             window_s=settings.window_s,
             allowed_lateness_s=settings.allowed_lateness_s,
             close_delay_s=settings.close_delay_s,
+            clock_tolerance_s=settings.clock_tolerance_s,
             min_completeness=settings.min_completeness,
-            sources=(settings.topic_readings, settings.topic_supply),
-            track_closed=settings.detect,
+            max_past=settings.max_past,
+            max_future=settings.max_future,
             write_behind=True,  # persisted once per offset commit (streams/checkpoint.py)
+            keep_closed=settings.detect,
         )
+        assert isinstance(self.step.engine, LineLossEngine)  # a store: windows in the table
+        self.engine: LineLossEngine = self.step.engine
         self.checkpoint = Checkpoint(self.engine, self.table, on_writes=self.metrics.window_writes.inc)
         self.checkpoint.install(self.app)
         self.detection = (
@@ -167,6 +171,8 @@ class GridwatchWorker:
         set_faust_fetch_wait(app, s.fetch_max_wait_ms)
         self.readings_topic = app.topic(s.topic_readings, partitions=s.partitions)
         self.supply_topic = app.topic(s.topic_supply, partitions=s.partitions)
+        # A forward or a directed reading goes back to the topic it came from.
+        self._topics = {s.topic_readings: self.readings_topic, s.topic_supply: self.supply_topic}
         self.lineloss_topic = app.topic(s.topic_lineloss, partitions=s.partitions)
         self.deadletter_topic = app.topic(s.topic_deadletter, partitions=s.partitions)
         self.alerts_topic = app.topic(s.topic_alerts, partitions=s.partitions)
@@ -235,9 +241,8 @@ class GridwatchWorker:
     async def _process(self, stream: faust.StreamT) -> None:
         await self.topology_ready.wait()
         s = self.settings
-        # In chunks: Faust's per-event cost stays, but consecutive readings of one partition,
-        # area and interval end (singles from one concentrator) are ingested, closed and
-        # published together. take_events acks a chunk's events after it is processed.
+        # In chunks: Faust's per-event cost stays, but a chunk's records of one partition go
+        # through the step together. take_events acks a chunk's events after it is processed.
         async for events in stream.take_events(s.chunk_records, s.chunk_within_s):
             await self._process_chunk([event.message for event in events])
 
@@ -255,191 +260,110 @@ class GridwatchWorker:
                 for msg in msgs:
                     msg.acked = True
                 continue
-            group: Group | None = None
+            records: list[Record] = []
             for msg in msgs:
                 if self.delivery.done_already(topic, partition, msg.offset):
                     continue  # read again after a stalled partition was resumed: done already
                 if self.delivery.skipped_before(topic, partition, msg.offset):
-                    await self._apply_safely(group)  # earlier offsets first
-                    group = None
-                if not await self.delivery.fill(topic, partition, msg.offset, self._handle_safely):
+                    await self._step(records)  # earlier offsets first
+                    records = []
+                if not await self.delivery.fill(topic, partition, msg.offset, self._handle_one):
                     msg.acked = True
                     continue
-                started = time.perf_counter()
-                prepared = await self._prepare_safely(topic, partition, msg.offset, msg.key, msg.value)
-                elapsed = time.perf_counter() - started
-                if prepared is None:
-                    self.metrics.latency.observe(elapsed)
-                    continue
-                if group is None or not group.takes(prepared):
-                    await self._apply_safely(group)
-                    group = Group(prepared)
-                else:
-                    group.add(prepared)
-                group.prepare_s.append(elapsed)
-            await self._apply_safely(group)
+                records.append(Record(topic, msg.key, msg.value, partition, msg.offset))
+            await self._step(records)
 
-    async def _handle_safely(
+    async def _handle_one(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
     ) -> None:
         """One record on its own (records read back after a gap)."""
-        started = time.perf_counter()
-        prepared = await self._prepare_safely(topic, partition, offset, key, value)
-        if prepared is None:
-            self.metrics.latency.observe(time.perf_counter() - started)
-            return
-        group = Group(prepared)
-        group.prepare_s.append(time.perf_counter() - started)
-        await self._apply_safely(group)
+        await self._step([Record(topic, key, value, partition, offset)])
 
-    async def _prepare_safely(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> Prepared | None:
-        try:
-            return await self._prepare(topic, partition, offset, key, value)
-        except Exception as exc:  # the worker never dies on one record
-            log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            await self.dead_letters.send("internal_error", repr(exc), topic, partition, offset, key, value)
-            return None
-
-    async def _apply_safely(self, group: Group | None) -> None:
-        if group is None:
+    async def _step(self, records: list[Record]) -> None:
+        """Records of one (topic, partition), in offset order, through the batch step; then
+        what they made happen is published and the partition's detector state saved."""
+        if not records:
             return
         started = time.perf_counter()
+        last = records[-1]
+        self.sources.seen(last.partition, last.source, last.offset)
+        out = self.step.step(records, datetime.now(UTC), on_error=_log_error)
+        role = self._role(last.source)  # one topic: one role (forwards are sent, not applied)
+        for outcome in ("accepted", "duplicate", "replaced", "rerouted", "directed"):
+            if n := out.counts[outcome]:
+                counter = self._readings_by.get((outcome, role))
+                (counter or self.metrics.readings.labels(outcome=outcome, role=role.value)).inc(n)
         try:
-            await self._apply(group)
+            await self._publish(out)
+            if self.detection is not None:
+                await self.detection.save(last.partition)
         except Exception as exc:  # the worker never dies on a record
-            offsets = [offset for offset, _, _ in group.records]
             log.exception(
                 "unexpected error on %s[%d]@%d..%d (%d records)",
-                group.topic,
-                group.partition,
-                offsets[0],
-                offsets[-1],
-                len(offsets),
+                last.source,
+                last.partition,
+                records[0].offset,
+                last.offset,
+                len(records),
             )
-            for offset, key, value in group.records:
-                await self.dead_letters.send(
-                    "internal_error", repr(exc), group.topic, group.partition, offset, key, value
-                )
-        # Per record: its own preparation and its share of the group's ingest.
-        share = (time.perf_counter() - started) / len(group.prepare_s)
-        for prepare_s in group.prepare_s:
-            self.metrics.latency.observe(prepare_s + share)
+            for r in records:
+                await self.dead_letters.send("internal_error", repr(exc), *_position(r), r.value)
+        share = (time.perf_counter() - started) / len(records)  # per record: its share of the step
+        for _ in records:
+            self.metrics.latency.observe(share)
 
-    async def _prepare(
-        self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None
-    ) -> Prepared | None:
-        """Decode and check one record; refusals are dead-lettered here. None: nothing to
-        ingest (refused whole)."""
-        s = self.settings
-        role = Role.SUPPLY if topic == s.topic_supply else Role.CUSTOMER
-        self.sources.seen(partition, topic, offset)
-        try:
-            msg = contracts.decode_readings(value)
-        except InvalidRecord as exc:
-            self.metrics.messages.labels(kind="invalid").inc()
-            await self.dead_letters.refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
-            return None
-        # Counted by kind as soon as it is decoded, so refusals below are counted too.
-        self._messages_by_kind["reading" if isinstance(msg, Reading) else "batch"].inc()
-        key_area = key.decode("utf-8", "replace") if key else None
-        if key_area is not None and key_area != msg.area_id:
-            detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
-            await self.dead_letters.refuse("key_mismatch", detail, role, topic, partition, offset, key, value)
-            return None
-        try:
-            contracts.check_time(
-                msg.ts, datetime.now(UTC), max_past=self._max_past, max_future=self._max_future
-            )
-        except InvalidRecord as exc:
-            await self.dead_letters.refuse(exc.reason, exc.detail, role, topic, partition, offset, key, value)
-            return None
-        ts = _snap(msg.ts, s)
-        if ts is None:
-            detail = f"ts {msg.ts.isoformat()} is not within {s.clock_tolerance_s}s of an interval end"
-            await self.dead_letters.refuse("off_grid", detail, role, topic, partition, offset, key, value)
-            return None
-        if isinstance(msg, Reading):
-            points = [Point(msg.meter_id, msg.register_kwh, msg.energy_kwh, tuple(msg.flags))]
-        else:
-            points = [Point(v.meter_id, v.register_kwh, v.energy_kwh, tuple(v.flags)) for v in msg.values]
-            # A refused item is dead-lettered alone (its own bytes, the batch's position).
-            for refused in msg.refused:
-                await self.dead_letters.refuse(
-                    refused.error.reason,
-                    refused.error.detail,
-                    role,
-                    topic,
-                    partition,
-                    offset,
-                    key,
-                    refused.raw,
-                    item=refused.item,
-                    meter_id=refused.meter_id,
-                )
-        single = value if isinstance(msg, Reading) else None
-        return Prepared(topic, partition, offset, key, single, role, msg.area_id, ts, points)
+    def _role(self, source: str) -> Role:
+        return Role.SUPPLY if source == self.settings.topic_supply else Role.CUSTOMER
 
-    async def _apply(self, group: Group) -> None:
-        out = self.engine.ingest(
-            group.partition, group.area_id, group.ts, group.points, group.role, source=group.topic
-        )
-        await self._publish(out, group)
-        if self.detection is not None:
-            await self.detection.save(group.partition)
-
-    async def _publish(self, out: Outcome, group: Group) -> None:
-        role, area_id, ts, topic, partition = (
-            group.role,
-            group.area_id,
-            group.ts,
-            group.topic,
-            group.partition,
-        )
-        readings = self.metrics.readings
-        counted = self._readings_by
-        for outcome, n in (
-            ("accepted", out.accepted),
-            ("duplicate", out.duplicates),
-            ("replaced", out.replaced),
-        ):
-            if n:
-                counted[(outcome, role)].inc(n)
-        for refusal in out.refused:
-            point = refusal.point
-            offset, key, single = group.origin(point)
-            body = single if single is not None else reading_bytes(point, area_id, ts)
-            await self.dead_letters.refuse(
-                refusal.reason,
-                refusal.detail,
-                role,
-                topic,
-                partition,
-                offset,
-                key,
-                body,
-                meter_id=point.meter_id,
-            )
-        target_topic = self.supply_topic if role is Role.SUPPLY else self.readings_topic
-        for fwd in out.forwards:
-            readings.labels(outcome="rerouted", role=role.value).inc(len(fwd.points))
-            for p in fwd.points:
+    async def _publish(self, out: StepOutput) -> None:
+        """Message counts, dead letters, forwards, directed readings and results of one step."""
+        for kind, n in out.messages.items():
+            (self._messages_by_kind.get(kind) or self.metrics.messages.labels(kind=kind)).inc(n)
+        for d in out.dead_letters:
+            r = d.record
+            if d.reason == "internal_error":  # not the reading's fault: not counted against it
+                await self.dead_letters.send(d.reason, d.detail, *_position(r), r.value)
+                continue
+            # A refused batch item is dead-lettered alone: its own bytes, the batch's position.
+            value = r.value if d.item is None else d.raw
+            await self._refuse(d.reason, d.detail, r, value, item=d.item, meter_id=d.meter_id)
+        for refused in out.refused:
+            r, point = refused.record, refused.point
+            body = r.value if refused.single else reading_bytes(point, refused.area_id, refused.ts)
+            await self._refuse(refused.reason, refused.detail, r, body, meter_id=point.meter_id)
+        for source, fwd in out.forwards:
+            for p in fwd.points:  # flagged REROUTED by the step already
                 body = reading_bytes(p, fwd.area_id, fwd.ts, extra_flag=REROUTED)
-                await target_topic.send(key=fwd.area_id.encode(), value=body)
-        for direct in out.directs:
+                await self._topics[source].send(key=fwd.area_id.encode(), value=body)
+        for source, area_id, direct in out.directs:
             # Still under the area it came with: the worker of that partition holds the meter
             # and forwards it to its area as above (or refuses it, if the directory was wrong).
-            readings.labels(outcome="directed", role=role.value).inc(len(direct.points))
             for p in direct.points:
                 body = reading_bytes(p, area_id, direct.ts, extra_flag=DIRECTED)
-                await target_topic.send(key=area_id.encode(), value=body, partition=direct.partition)
-        await self._emit(out.results)
+                await self._topics[source].send(key=area_id.encode(), value=body, partition=direct.partition)
+        await self._emit(out)
 
-    async def _emit(self, results: Iterable[LossResult]) -> None:
+    async def _refuse(
+        self,
+        reason: str,
+        detail: str,
+        record: Record,
+        value: bytes | None,
+        *,
+        item: int | None = None,
+        meter_id: str | None = None,
+    ) -> None:
+        """A dead letter for ``record``'s reading(s), ``value`` being the bytes it carries."""
+        role = self._role(record.source)
+        await self.dead_letters.refuse(
+            reason, detail, role, *_position(record), value, item=item, meter_id=meter_id
+        )
+
+    async def _emit(self, out: StepOutput) -> None:
+        """Results, the windows the detectors learn, and the window gauges."""
         touched: set[int] = set()
-        for result in results:
-            record = {**result.to_dict(), "revision": self.engine.revision(result)}
+        for result, revision in out.results:
+            record = {**result.to_dict(), "revision": revision}
             await self.lineloss_topic.send(key=result.key().encode(), value=contracts.encode(record))
             self.metrics.windows_closed.labels(state=result.state.value).inc()
             self._window_results.setdefault(result.window_start, {})[result.area_id] = result
@@ -450,25 +374,34 @@ class GridwatchWorker:
             latest = max(self._window_results)
             self.metrics.observe_window(latest, self._window_results[latest].values())
         if self.detection is not None:
-            for closed in self.engine.pop_closed():
+            for closed in out.closed:
                 await self.detection.learn(closed)
         self.metrics.open_windows.set(self.engine.open_windows())
         if self.engine.watermark:
             lag = time.time() - min(self.engine.watermark.values())
             self.metrics.watermark_lag.set(max(0.0, lag))
 
+    async def _close_quiet(self, partition: int) -> None:
+        """A partition whose sources are all quiet: its ended windows close."""
+        await self._emit(self.step.close_idle(partition, ()))
+
     async def _measure_lag(self) -> None:
         await self.sources.measure_lag()
 
     async def _close_idle(self) -> None:
-        await self.sources.close_idle(self._emit)
+        await self.sources.close_idle(self._close_quiet)
         if self.detection is not None:
             latest = self._window_results[max(self._window_results)].values() if self._window_results else ()
             self.detection.gauges(latest)
 
 
-def _snap(ts: datetime, s: Settings) -> int | None:
-    return snap(ts.timestamp(), interval_s=s.interval_s, tolerance_s=s.clock_tolerance_s)
+def _position(r: Record) -> tuple[str, int, int, bytes | None]:
+    """(topic, partition, offset, key) of a record, as a dead letter names its source."""
+    return r.source, r.partition, r.offset, r.key
+
+
+def _log_error(record: Record, exc: Exception) -> None:
+    log.error("unexpected error on %s[%d]@%d", record.source, record.partition, record.offset, exc_info=exc)
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 from streams import contracts
 from streams.contracts import Reading
-from streams.engine import Point
+from streams.engine import Reported
 from streams.metrics import Metrics
 from topology import Role
 
@@ -92,7 +92,7 @@ class DeadLetters:
         self.metrics.rejected.labels(reason=reason).inc()
 
 
-def reading_bytes(p: Point, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
+def reading_bytes(p: Reported, area_id: str, ts: int, extra_flag: str | None = None) -> bytes:
     """One point as a self-contained single reading (a refused batch item, a forward)."""
     flags = list(p.flags)
     if extra_flag and extra_flag not in flags:

@@ -11,19 +11,19 @@ per topic is measured here too.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 
-from models.lineloss import LossResult
 from streams.engine import LineLossEngine
 from streams.faust_fixes import DeliveryGuard, stalled
 from streams.metrics import Metrics
 from streams.settings import Settings
 from streams.topology_feed import TopologyFeed
 
-Emit = Callable[[Iterable[LossResult]], Awaitable[None]]
+# close(partition): close and publish the ended windows of a partition whose sources are all quiet
+Close = Callable[[int], Awaitable[None]]
 
 
 class SourceActivity:
@@ -75,7 +75,7 @@ class SourceActivity:
         for topic, n in lag.items():
             self.metrics.consumer_lag.labels(topic=topic).set(n)
 
-    async def close_idle(self, emit: Emit) -> None:
+    async def close_idle(self, close: Close) -> None:
         """Let caught-up, quiet sources stop holding watermarks back, and close the ended
         windows of partitions where every source is quiet.
 
@@ -154,4 +154,4 @@ class SourceActivity:
                 # A partition whose records were all processed before a restart gets none now:
                 # its last windows must still close, from the recovered table.
                 self.engine.recover_partition(partition)
-            await emit(self.engine.flush_idle(partition))
+            await close(partition)

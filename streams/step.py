@@ -2,7 +2,7 @@
 results, alerts, dead letters, forwards and counts out as values.
 
 No Kafka and no metrics here: ``streams.offline`` (behind ``gridwatch evaluate``), the
-benchmarks and the tests drive this one step, and the worker is meant to (issue 17). A record
+benchmarks, the tests and the worker (streams/app.py) drive this one step. A record
 is decoded by :mod:`streams.contracts`, checked (key, wall clock when a ``now`` is given,
 interval grid), ingested by :class:`streams.engine.LineLossEngine`, and every area-window that
 closes for the first time goes through :func:`models.detection.window_intervals` and
@@ -13,7 +13,7 @@ gives what the same records one by one give.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -24,7 +24,7 @@ from models.windows import snap
 from streams import contracts
 from streams.columnar import ColumnEngine
 from streams.contracts import DecodedBatch, InvalidRecord, Reading
-from streams.engine import REROUTED, Direct, Forward, LineLossEngine, Point, Reported
+from streams.engine import REROUTED, ClosedWindow, Direct, Forward, LineLossEngine, Point, Reported
 from topology import Role, Topology
 
 
@@ -53,7 +53,8 @@ class DeadLetter:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A reading the engine refused (unknown meter, wrong role, late, misrouted)."""
+    """A reading the engine refused (unknown meter, wrong role, late, misrouted). ``single``:
+    the reading was the whole record, so its dead letter carries the record's own bytes."""
 
     reason: str
     detail: str
@@ -61,6 +62,7 @@ class Refused:
     area_id: str
     ts: int
     point: Reported
+    single: bool = False
 
 
 @dataclass
@@ -74,8 +76,10 @@ class StepOutput:
     forwards: list[tuple[str, Forward]] = field(default_factory=list)  # (source, flagged points)
     directs: list[tuple[str, str, Direct]] = field(default_factory=list)  # (source, area, points)
     learned_areas: set[str] = field(default_factory=set)  # detector state changed
+    closed: list[ClosedWindow] = field(default_factory=list)  # first closes, with keep_closed
     windows_closed: int = 0
     counts: Counter[str] = field(default_factory=Counter)  # records, readings, accepted, ...
+    messages: Counter[str] = field(default_factory=Counter)  # records by kind: reading, batch, invalid
     first_ts: int | None = None
     last_ts: int | None = None
 
@@ -94,6 +98,9 @@ class BatchStep:
     ``supply_sources`` are the sources (topics) of supply readings, the rest are customer
     readings. ``forward_inline``: a reading the archive maps to another area is applied there
     at once (a file run, one process) instead of being returned to be re-sent.
+    ``keep_closed`` (with ``detection=None``): windows closed for the first time are returned
+    in :attr:`StepOutput.closed` for detectors stepped outside (the worker's, whose state is
+    restored and saved per area around them).
     """
 
     def __init__(
@@ -114,6 +121,7 @@ class BatchStep:
         max_future: timedelta | None = None,
         forward_inline: bool = False,
         write_behind: bool = False,
+        keep_closed: bool = False,
     ) -> None:
         self.topology = topology
         self.detection = detection
@@ -124,6 +132,7 @@ class BatchStep:
         self.max_past = max_past
         self.max_future = max_future
         self.forward_inline = forward_inline
+        self.keep_closed = keep_closed and detection is None
         kw: dict[str, Any] = {
             "interval_s": interval_s,
             "window_s": window_s,
@@ -131,7 +140,7 @@ class BatchStep:
             "close_delay_s": close_delay_s,
             "min_completeness": min_completeness,
             "sources": sources,
-            "track_closed": detection is not None,
+            "track_closed": detection is not None or self.keep_closed,
             "write_behind": write_behind,
         }
         # Windows in memory as columns, unless they must live in a (changelogged) store.
@@ -139,12 +148,30 @@ class BatchStep:
         # Batches of meters the index holds skip the per-item id pattern (checked once per meter).
         self._checked = self.engine.checked_ids if isinstance(self.engine, ColumnEngine) else None
 
-    def step(self, records: Iterable[Record], now: datetime | None = None) -> StepOutput:
+    def step(
+        self,
+        records: Iterable[Record],
+        now: datetime | None = None,
+        *,
+        on_error: Callable[[Record, Exception], None] | None = None,
+    ) -> StepOutput:
         """Apply ``records`` in order. ``now`` (UTC) enables the wall-clock checks (too old,
-        in the future); a file replayed in its own time passes None."""
+        in the future); a file replayed in its own time passes None.
+
+        ``on_error``: the policy for a record that raises (a bug, not bad input). Given, it
+        is told, the record is dead-lettered as ``internal_error`` and the chunk goes on (a
+        worker never dies on one record); None, the exception propagates (a run or a test).
+        """
         out = StepOutput()
         for record in records:
-            self._record(record, now, out)
+            if on_error is None:
+                self._record(record, now, out)
+                continue
+            try:
+                self._record(record, now, out)
+            except Exception as exc:
+                on_error(record, exc)
+                out.dead_letters.append(DeadLetter("internal_error", repr(exc), record))
         return out
 
     def close_idle(self, partition: int, sources: Iterable[str]) -> StepOutput:
@@ -170,8 +197,11 @@ class BatchStep:
             try:
                 msg = contracts.decode_readings(record.value)
             except InvalidRecord as exc:
+                out.messages["invalid"] += 1
                 out.dead_letters.append(DeadLetter(exc.reason, exc.detail, record))
                 return
+        # Counted by kind once decoded, so the refusals below are counted too.
+        out.messages["reading" if isinstance(msg, Reading) else "batch"] += 1
         key_area = record.key.decode("utf-8", "replace") if record.key is not None else None
         if key_area is not None and key_area != msg.area_id:
             detail = f"record key {key_area!r} differs from area_id {msg.area_id!r}"
@@ -205,10 +235,18 @@ class BatchStep:
                     DeadLetter(err.reason, err.detail, record, item.item, item.meter_id, item.raw)
                 )
         counts["readings"] += len(points)
-        self._ingest(record, msg.area_id, ts, points, role, out)
+        self._ingest(record, msg.area_id, ts, points, role, out, single=isinstance(msg, Reading))
 
     def _ingest(
-        self, record: Record, area_id: str, ts: int, points: list[Reported], role: Role, out: StepOutput
+        self,
+        record: Record,
+        area_id: str,
+        ts: int,
+        points: list[Reported],
+        role: Role,
+        out: StepOutput,
+        *,
+        single: bool = False,
     ) -> None:
         got = self.engine.ingest(record.partition, area_id, ts, points, role, source=record.source)
         counts = out.counts
@@ -217,9 +255,11 @@ class BatchStep:
             counts["duplicate"] += got.duplicates
             counts["replaced"] += got.replaced
         for refusal in got.refused:
-            out.refused.append(Refused(refusal.reason, refusal.detail, record, area_id, ts, refusal.point))
+            out.refused.append(
+                Refused(refusal.reason, refusal.detail, record, area_id, ts, refusal.point, single)
+            )
         # Results (and first closes) before the forwards' own: the order a run replays them in.
-        if got.results or self.detection is not None:
+        if got.results or self.detection is not None or self.keep_closed:
             self._results(got.results, out)
         for fwd in got.forwards:
             counts["rerouted"] += len(fwd.points)
@@ -237,6 +277,8 @@ class BatchStep:
         out.results.extend((r, revision(r)) for r in results)
         detection = self.detection
         if detection is None:
+            if self.keep_closed:
+                out.closed.extend(self.engine.pop_closed())
             return
         for closed in self.engine.pop_closed():
             out.windows_closed += 1
@@ -264,8 +306,10 @@ def merge(into: StepOutput, more: StepOutput) -> None:
     into.forwards.extend(more.forwards)
     into.directs.extend(more.directs)
     into.learned_areas |= more.learned_areas
+    into.closed.extend(more.closed)
     into.windows_closed += more.windows_closed
     into.counts.update(more.counts)
+    into.messages.update(more.messages)
     for ts in (more.first_ts, more.last_ts):
         if ts is not None:
             into.first_ts = ts if into.first_ts is None else min(into.first_ts, ts)
