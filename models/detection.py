@@ -33,7 +33,7 @@ import numpy.typing as npt
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
 from models.balance import LossHistory
-from models.columns import interval_energy
+from models.columns import WindowColumns, interval_energies
 from models.inspections import SuspectClassifier, Verdict
 from models.large_consumption import LargeConsumptionDetector, LargeConsumptionEvent
 from models.mapping import MappingErrorFinder
@@ -94,7 +94,7 @@ def window_intervals(
     detection: Detection,
     area_id: str,
     window_start: int,
-    points: dict[str, WindowPoints],
+    points: dict[str, WindowPoints] | WindowColumns,
     topology: Topology,
     *,
     interval_s: int,
@@ -105,56 +105,54 @@ def window_intervals(
     Customers are the archive's active customer meters of the area at the window start, plus
     inactive ones that reported (consumption on an inactive meter is an anomaly); energies are
     after the archive multiplier; supply is NaN for an interval any supply meter missed.
+    ``points`` are the window's columns (the columnar engine's) or its meter -> interval end
+    -> (register, energy) dicts (the per-record engine's), read through the same columns.
     """
+    ends = interval_ends(window_start, interval_s=interval_s, window_s=window_s)
+    cols = (
+        points
+        if isinstance(points, WindowColumns)
+        else WindowColumns.from_points(points, window_start, interval_s=interval_s, intervals=len(ends))
+    )
     at = datetime.fromtimestamp(window_start, UTC)
     members = topology.customer_meters(area_id, at)  # shared, cached by the archive
     extra = []
-    for meter_id in points.keys() - members.keys():
+    for meter_id in cols.meters:
+        if meter_id in members:
+            continue
         rec = topology.meter_at(meter_id, at)
         if rec is not None and rec.role is Role.CUSTOMER and rec.area_id == area_id and not rec.active:
             extra.append(rec)
     ids, idx, mult, active, group = detection.roster(area_id, members, extra)
     supplies = topology.supply_meters(area_id, at)
     bounds = topology.bounds_for(area_id)
-    out: list[AreaInterval] = []
     learned = detection.learned.get(area_id, -1)
     last_reg = detection.last_register
-    nan = math.nan
-    per_meter = [points.get(m) for m in ids]
-    for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
-        prev_end = end - interval_s
-        energy: list[float] = []
-        back: list[bool] = []
-        registers: list[float] = []
-        for pts in per_meter:
-            if pts is None:
-                energy.append(nan)
-                back.append(False)
-                registers.append(nan)
-                continue
-            register = pts.get(end, _NO_POINT)[0]
-            registers.append(nan if register is None else register)
-            kwh, backwards_one = interval_energy(pts, end, prev_end)
-            energy.append(kwh)
-            back.append(backwards_one)
-        backwards = np.array(back, dtype=bool)
+    # Customers' and supply meters' energies in one pass of the one energy function.
+    register, energy = cols.rows([*ids, *supplies])
+    kwh, back = interval_energies(register[:, 1:], register[:, :-1], energy[:, 1:])
+    n = len(ids)
+    supply_mult = [rec.multiplier for rec in supplies.values()]
+    supply_kwh = kwh[n:].tolist()  # Python floats: summed as the scalar loop always did
+    out: list[AreaInterval] = []
+    for c, end in enumerate(ends):
+        backwards = back[:n, c].copy()
         if end > learned and ids:
             # A register below the last one read went backwards, even across missing reads
             # (a meter swapped while it was not reading restarts low).
-            reg = np.array(registers, dtype=np.float64)
+            reg = register[:n, c + 1]
             read = ~np.isnan(reg)
             backwards |= read & (reg < last_reg[idx])
             last_reg[idx[read]] = reg[read]
         supply = 0.0 if supplies else math.nan
-        for m, rec in supplies.items():
-            e, _ = interval_energy(points.get(m, _EMPTY), end, prev_end)
-            supply += e * rec.multiplier
+        for e, m in zip(supply_kwh, supply_mult, strict=True):
+            supply += e[c] * m
         out.append(
             AreaInterval(
                 area_id,
                 end,
                 idx,
-                np.array(energy, dtype=np.float64) * mult,
+                kwh[:n, c] * mult,
                 backwards,
                 active,
                 group,
@@ -166,8 +164,6 @@ def window_intervals(
     return out
 
 
-_NO_POINT: tuple[None, None] = (None, None)
-_EMPTY: WindowPoints = {}
 
 
 class Detection:
