@@ -37,7 +37,7 @@ from models.columns import WindowColumns, interval_energies
 from models.inspections import SuspectClassifier, Verdict
 from models.large_consumption import LargeConsumptionDetector, LargeConsumptionEvent
 from models.mapping import MappingErrorFinder
-from models.meter_anomaly import MeterAnomalyDetector
+from models.meter_anomaly import MeterAnomalyDetector, MeterEvent
 from models.suspects import Suspect, SuspectRanker
 from models.tariff_class import TariffClassDetector, TariffClassEvent
 from models.windows import interval_ends
@@ -225,6 +225,7 @@ class Detection:
         self.book = AlertBook()
         self.min_completeness = min_completeness
         self.learned: dict[str, int] = {}
+        self._taken = np.zeros(0, dtype=bool)  # meters in the round being gathered (step)
         self._index: dict[str, int] = {}
         self._names: list[str] = []
         self._rosters: dict[str, tuple[dict[str, MeterRecord], tuple[str, ...], Roster]] = {}
@@ -304,15 +305,55 @@ class Detection:
     def step(self, intervals: Iterable[AreaInterval]) -> list[dict[str, Any]]:
         """Learn area-intervals (each area's intervals in time order) and return the alert
         records they open or resolve. Intervals at or before an area's ``learned`` mark are
-        skipped."""
+        skipped.
+
+        The meter detector steps a round of area-intervals at once (at most one interval per
+        area, no meter twice: what a watermark closes across a partition's areas); the rest
+        follows interval by interval in the given order, so the records and the state are
+        those of one interval at a time."""
         records: list[dict[str, Any]] = []
+        round_: list[AreaInterval] = []
+        areas: set[str] = set()
+        taken = self._taken
         for iv in intervals:
             if iv.ts <= self.learned.get(iv.area_id, -1):
                 continue
             if iv.area_id not in self.learned and np.isnan(iv.energy).all():
                 continue  # no data yet (a stream's first window has only its end registers)
+            top = int(iv.meters.max()) + 1 if len(iv.meters) else 0
+            if top > len(taken):
+                more = np.zeros(max(top, 2 * len(taken)) - len(taken), dtype=bool)
+                taken = self._taken = np.concatenate([taken, more])
+            if iv.area_id in areas or taken[iv.meters].any():
+                records += self._learn(round_)
+                taken[:] = False
+                round_, areas = [], set()
             self.learned[iv.area_id] = iv.ts
-            records += self.book.observe(self._observe(iv), iv.ts)
+            round_.append(iv)
+            areas.add(iv.area_id)
+            taken[iv.meters] = True
+        records += self._learn(round_)
+        taken[:] = False
+        return records
+
+    def _learn(self, round_: list[AreaInterval]) -> list[dict[str, Any]]:
+        """One round of :meth:`step`: the meter detector over all of it, then each interval."""
+        if not round_:
+            return []
+        records: list[dict[str, Any]] = []
+        expected = [self._expected_kwh(iv.meters) for iv in round_]  # before the step
+        bounds = np.cumsum([0, *(len(iv.meters) for iv in round_)])
+        cat = np.concatenate
+        meter_events = self.meter_detector.step_many(
+            cat([iv.meters for iv in round_]),
+            cat([np.asarray(iv.energy, dtype=np.float64) for iv in round_]),
+            cat([iv.backwards for iv in round_]),
+            cat([iv.active for iv in round_]),
+            cat([iv.group for iv in round_]),
+            bounds,
+        )
+        for iv, events, exp in zip(round_, meter_events, expected, strict=True):
+            records += self.book.observe(self._observe(iv, events, exp), iv.ts)
             if self.ranker is not None:
                 names = [self._names[i] for i in iv.meters]
                 self.ranker.observe(
@@ -409,7 +450,11 @@ class Detection:
         ]
         return out
 
-    def _observe(self, iv: AreaInterval) -> list[Observed]:
+    def _observe(
+        self, iv: AreaInterval, meter_events: list[MeterEvent], expected: npt.NDArray[np.float64]
+    ) -> list[Observed]:
+        """What one area-interval opened or resolved, given the meter detector's events of it
+        and its meters' usual energy before they were learned."""
         e = np.asarray(iv.energy, dtype=np.float64)
         ok = ~np.isnan(e) & iv.active
         n_active = int(iv.active.sum())
@@ -420,12 +465,11 @@ class Detection:
         if completeness >= self.min_completeness and not math.isnan(s) and s > 0:
             loss_rate = (s - sales) / s
         loss_kwh = s - sales if loss_rate is not None else None
-        expected = self._expected_kwh(iv.meters)
         if self.balance is not None:
             self.balance.observe(iv.area_id, math.nan if loss_kwh is None else loss_kwh, s)
         observed: list[Observed] = []
         ranked: dict[str, Suspect] | None = None
-        for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
+        for ev in meter_events:
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
             if ev.type in UNEXPLAINED:
