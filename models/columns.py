@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -65,3 +66,48 @@ def interval_energies(
     backwards = ~reported & (delta < 0)
     kwh = np.where(reported, energy, np.where(delta >= 0, delta, np.nan))
     return kwh, backwards
+
+
+@dataclass(frozen=True, slots=True)
+class WindowColumns:
+    """One area-window's points as columns, what the detectors read when it closes: row ``i``
+    is meter ``meters[i]``; column 0 the window start (the register its first interval starts
+    from), column ``c`` the ``c``-th interval end; NaN = not reported. The columnar engine
+    hands its arrays over as they are; a window kept as dicts is converted by
+    :meth:`from_points`."""
+
+    meters: list[str]
+    register: npt.NDArray[np.float64]
+    energy: npt.NDArray[np.float64]
+
+    @classmethod
+    def from_points(
+        cls, points: Mapping[str, MeterPoints], window_start: int, *, interval_s: int, intervals: int
+    ) -> WindowColumns:
+        """The columns of a window kept as meter -> interval end -> (register, energy); points
+        off the window's grid are not read (the detectors never read them either)."""
+        meters = list(points)
+        register = np.full((len(meters), intervals + 1), np.nan)
+        energy = np.full((len(meters), intervals + 1), np.nan)
+        for row, meter_points in enumerate(points.values()):
+            for end, (reg, kwh) in meter_points.items():
+                col, off = divmod(end - window_start, interval_s)
+                if off or not 0 <= col <= intervals:
+                    continue
+                if reg is not None:
+                    register[row, col] = reg
+                if kwh is not None:
+                    energy[row, col] = kwh
+        return cls(meters, register, energy)
+
+    def rows(self, meter_ids: list[str]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+        """(register, energy) with one row per meter of ``meter_ids`` in that order, NaN for
+        a meter with no point in the window; copies."""
+        where = {m: i for i, m in enumerate(self.meters)}
+        rows = np.array([where.get(m, -1) for m in meter_ids], dtype=np.int64)
+        register = np.full((len(rows), self.register.shape[1]), np.nan)
+        energy = np.full((len(rows), self.energy.shape[1]), np.nan)
+        have = rows >= 0
+        register[have] = self.register[rows[have]]
+        energy[have] = self.energy[rows[have]]
+        return register, energy

@@ -33,11 +33,11 @@ import numpy.typing as npt
 from models.alerts import AlertBook, Observed
 from models.area_anomaly import AreaAnomalyDetector
 from models.balance import LossHistory
-from models.columns import interval_energy
+from models.columns import WindowColumns, interval_energies
 from models.inspections import SuspectClassifier, Verdict
 from models.large_consumption import LargeConsumptionDetector, LargeConsumptionEvent
 from models.mapping import MappingErrorFinder
-from models.meter_anomaly import MeterAnomalyDetector
+from models.meter_anomaly import MeterAnomalyDetector, MeterEvent
 from models.suspects import Suspect, SuspectRanker
 from models.tariff_class import TariffClassDetector, TariffClassEvent
 from models.windows import interval_ends
@@ -94,7 +94,7 @@ def window_intervals(
     detection: Detection,
     area_id: str,
     window_start: int,
-    points: dict[str, WindowPoints],
+    points: dict[str, WindowPoints] | WindowColumns,
     topology: Topology,
     *,
     interval_s: int,
@@ -105,56 +105,54 @@ def window_intervals(
     Customers are the archive's active customer meters of the area at the window start, plus
     inactive ones that reported (consumption on an inactive meter is an anomaly); energies are
     after the archive multiplier; supply is NaN for an interval any supply meter missed.
+    ``points`` are the window's columns (the columnar engine's) or its meter -> interval end
+    -> (register, energy) dicts (the per-record engine's), read through the same columns.
     """
+    ends = interval_ends(window_start, interval_s=interval_s, window_s=window_s)
+    cols = (
+        points
+        if isinstance(points, WindowColumns)
+        else WindowColumns.from_points(points, window_start, interval_s=interval_s, intervals=len(ends))
+    )
     at = datetime.fromtimestamp(window_start, UTC)
     members = topology.customer_meters(area_id, at)  # shared, cached by the archive
     extra = []
-    for meter_id in points.keys() - members.keys():
+    for meter_id in cols.meters:
+        if meter_id in members:
+            continue
         rec = topology.meter_at(meter_id, at)
         if rec is not None and rec.role is Role.CUSTOMER and rec.area_id == area_id and not rec.active:
             extra.append(rec)
     ids, idx, mult, active, group = detection.roster(area_id, members, extra)
     supplies = topology.supply_meters(area_id, at)
     bounds = topology.bounds_for(area_id)
-    out: list[AreaInterval] = []
     learned = detection.learned.get(area_id, -1)
     last_reg = detection.last_register
-    nan = math.nan
-    per_meter = [points.get(m) for m in ids]
-    for end in interval_ends(window_start, interval_s=interval_s, window_s=window_s):
-        prev_end = end - interval_s
-        energy: list[float] = []
-        back: list[bool] = []
-        registers: list[float] = []
-        for pts in per_meter:
-            if pts is None:
-                energy.append(nan)
-                back.append(False)
-                registers.append(nan)
-                continue
-            register = pts.get(end, _NO_POINT)[0]
-            registers.append(nan if register is None else register)
-            kwh, backwards_one = interval_energy(pts, end, prev_end)
-            energy.append(kwh)
-            back.append(backwards_one)
-        backwards = np.array(back, dtype=bool)
+    # Customers' and supply meters' energies in one pass of the one energy function.
+    register, energy = cols.rows([*ids, *supplies])
+    kwh, back = interval_energies(register[:, 1:], register[:, :-1], energy[:, 1:])
+    n = len(ids)
+    supply_mult = [rec.multiplier for rec in supplies.values()]
+    supply_kwh = kwh[n:].tolist()  # Python floats: summed as the scalar loop always did
+    out: list[AreaInterval] = []
+    for c, end in enumerate(ends):
+        backwards = back[:n, c].copy()
         if end > learned and ids:
             # A register below the last one read went backwards, even across missing reads
             # (a meter swapped while it was not reading restarts low).
-            reg = np.array(registers, dtype=np.float64)
+            reg = register[:n, c + 1]
             read = ~np.isnan(reg)
             backwards |= read & (reg < last_reg[idx])
             last_reg[idx[read]] = reg[read]
         supply = 0.0 if supplies else math.nan
-        for m, rec in supplies.items():
-            e, _ = interval_energy(points.get(m, _EMPTY), end, prev_end)
-            supply += e * rec.multiplier
+        for e, m in zip(supply_kwh, supply_mult, strict=True):
+            supply += e[c] * m
         out.append(
             AreaInterval(
                 area_id,
                 end,
                 idx,
-                np.array(energy, dtype=np.float64) * mult,
+                kwh[:n, c] * mult,
                 backwards,
                 active,
                 group,
@@ -166,8 +164,6 @@ def window_intervals(
     return out
 
 
-_NO_POINT: tuple[None, None] = (None, None)
-_EMPTY: WindowPoints = {}
 
 
 class Detection:
@@ -229,6 +225,7 @@ class Detection:
         self.book = AlertBook()
         self.min_completeness = min_completeness
         self.learned: dict[str, int] = {}
+        self._taken = np.zeros(0, dtype=bool)  # meters in the round being gathered (step)
         self._index: dict[str, int] = {}
         self._names: list[str] = []
         self._rosters: dict[str, tuple[dict[str, MeterRecord], tuple[str, ...], Roster]] = {}
@@ -308,15 +305,55 @@ class Detection:
     def step(self, intervals: Iterable[AreaInterval]) -> list[dict[str, Any]]:
         """Learn area-intervals (each area's intervals in time order) and return the alert
         records they open or resolve. Intervals at or before an area's ``learned`` mark are
-        skipped."""
+        skipped.
+
+        The meter detector steps a round of area-intervals at once (at most one interval per
+        area, no meter twice: what a watermark closes across a partition's areas); the rest
+        follows interval by interval in the given order, so the records and the state are
+        those of one interval at a time."""
         records: list[dict[str, Any]] = []
+        round_: list[AreaInterval] = []
+        areas: set[str] = set()
+        taken = self._taken
         for iv in intervals:
             if iv.ts <= self.learned.get(iv.area_id, -1):
                 continue
             if iv.area_id not in self.learned and np.isnan(iv.energy).all():
                 continue  # no data yet (a stream's first window has only its end registers)
+            top = int(iv.meters.max()) + 1 if len(iv.meters) else 0
+            if top > len(taken):
+                more = np.zeros(max(top, 2 * len(taken)) - len(taken), dtype=bool)
+                taken = self._taken = np.concatenate([taken, more])
+            if iv.area_id in areas or taken[iv.meters].any():
+                records += self._learn(round_)
+                taken[:] = False
+                round_, areas = [], set()
             self.learned[iv.area_id] = iv.ts
-            records += self.book.observe(self._observe(iv), iv.ts)
+            round_.append(iv)
+            areas.add(iv.area_id)
+            taken[iv.meters] = True
+        records += self._learn(round_)
+        taken[:] = False
+        return records
+
+    def _learn(self, round_: list[AreaInterval]) -> list[dict[str, Any]]:
+        """One round of :meth:`step`: the meter detector over all of it, then each interval."""
+        if not round_:
+            return []
+        records: list[dict[str, Any]] = []
+        expected = [self._expected_kwh(iv.meters) for iv in round_]  # before the step
+        bounds = np.cumsum([0, *(len(iv.meters) for iv in round_)])
+        cat = np.concatenate
+        meter_events = self.meter_detector.step_many(
+            cat([iv.meters for iv in round_]),
+            cat([np.asarray(iv.energy, dtype=np.float64) for iv in round_]),
+            cat([iv.backwards for iv in round_]),
+            cat([iv.active for iv in round_]),
+            cat([iv.group for iv in round_]),
+            bounds,
+        )
+        for iv, events, exp in zip(round_, meter_events, expected, strict=True):
+            records += self.book.observe(self._observe(iv, events, exp), iv.ts)
             if self.ranker is not None:
                 names = [self._names[i] for i in iv.meters]
                 self.ranker.observe(
@@ -413,7 +450,11 @@ class Detection:
         ]
         return out
 
-    def _observe(self, iv: AreaInterval) -> list[Observed]:
+    def _observe(
+        self, iv: AreaInterval, meter_events: list[MeterEvent], expected: npt.NDArray[np.float64]
+    ) -> list[Observed]:
+        """What one area-interval opened or resolved, given the meter detector's events of it
+        and its meters' usual energy before they were learned."""
         e = np.asarray(iv.energy, dtype=np.float64)
         ok = ~np.isnan(e) & iv.active
         n_active = int(iv.active.sum())
@@ -424,12 +465,11 @@ class Detection:
         if completeness >= self.min_completeness and not math.isnan(s) and s > 0:
             loss_rate = (s - sales) / s
         loss_kwh = s - sales if loss_rate is not None else None
-        expected = self._expected_kwh(iv.meters)
         if self.balance is not None:
             self.balance.observe(iv.area_id, math.nan if loss_kwh is None else loss_kwh, s)
         observed: list[Observed] = []
         ranked: dict[str, Suspect] | None = None
-        for ev in self.meter_detector.step(iv.meters, e, iv.backwards, iv.active, iv.group):
+        for ev in meter_events:
             pos = int(np.flatnonzero(iv.meters == ev.meter)[0])
             evidence = dict(ev.evidence)
             if ev.type in UNEXPLAINED:

@@ -236,7 +236,7 @@ class MeterAnomalyDetector:
             raise ValueError(f"snapshot lacks {sorted(missing)}")
         self._a = {k: np.asarray(snapshot[k], dtype=t).copy() for k, t in _STATE.items()}
 
-    # ---- one interval of one area -------------------------------------------------------------
+    # ---- intervals of areas ----------------------------------------------------------------
 
     def step(
         self,
@@ -256,8 +256,28 @@ class MeterAnomalyDetector:
         meters get no drop / rise test that interval.
         """
         m = np.asarray(meters, dtype=np.int64)
+        return self.step_many(m, energy, backwards, active, group, np.array([0, len(m)]))[0]
+
+    def step_many(
+        self,
+        meters: npt.NDArray[np.integer],
+        energy: npt.NDArray[np.floating],
+        backwards: npt.NDArray[np.bool_],
+        active: npt.NDArray[np.bool_],
+        group: npt.NDArray[np.integer] | None,
+        bounds: npt.NDArray[np.integer],
+    ) -> list[list[MeterEvent]]:
+        """:meth:`step` for several area-intervals in one call: their arrays concatenated,
+        area-interval ``j`` at ``[bounds[j], bounds[j + 1])``; the events of each. The same
+        state and events as one :meth:`step` per area-interval in order, provided no meter
+        is in two of them (peers and outages are judged per area-interval): the numpy work
+        of a step is a fixed cost that one area's meters do not amortise."""
+        m = np.asarray(meters, dtype=np.int64)
+        cuts = np.asarray(bounds, dtype=np.int64)
+        parts = len(cuts) - 1
         if m.size == 0:
-            return []
+            return [[] for _ in range(parts)]
+        seg = np.repeat(np.arange(parts), np.diff(cuts))
         self._grow(int(m.max()) + 1)
         a = {k: v[m] for k, v in self._a.items()}
         e = np.asarray(energy, dtype=np.float64)
@@ -308,7 +328,9 @@ class MeterAnomalyDetector:
         # Peers under an open level, zero or collapse alarm are not peers: their frozen baseline
         # would pull the level down (an area of many thieves).
         alarmed = was["drop"] | was["rise"] | was["zero"] | was["collapse"]
-        ref, by_baseline = self._reference(ev, mean, bl, valid & ~alarmed, mature, g)
+        # Peer groups are per area-interval.
+        peer = seg * (int(g.max()) - int(g.min()) + 1) + (g - g.min()) if parts > 1 else g
+        ref, by_baseline = self._reference(ev, mean, bl, valid & ~alarmed, mature, peer)
         # A meter whose baseline was learned against the peers' baselines is judged (and keeps
         # learning) only against them; the fallback (peers' EW mean) only teaches young meters.
         share_ok = valid & (ref > 0) & (by_baseline | ~mature)
@@ -346,9 +368,13 @@ class MeterAnomalyDetector:
         score["inactive_consumption"] = e0
 
         # missing: frozen while most of the area is missing (collection outage, not the meter).
-        outage = nan.sum() > self.outage_share * len(m)
-        mrun = a["mrun"].astype(np.int64) if outage else np.where(nan, a["mrun"].astype(np.int64) + 1, 0)
-        cond["missing"] = was["missing"] if outage else mrun >= self.missing_run
+        if parts == 1:
+            outage: np.bool_ | npt.NDArray[np.bool_] = nan.sum() > self.outage_share * len(m)
+        else:
+            outage = (np.bincount(seg, weights=nan, minlength=parts) > self.outage_share * np.diff(cuts))[seg]
+        mrun0 = a["mrun"].astype(np.int64)
+        mrun = np.where(outage, mrun0, np.where(nan, mrun0 + 1, 0))
+        cond["missing"] = np.where(outage, was["missing"], mrun >= self.missing_run)
         score["missing"] = mrun.astype(np.float64)
 
         # collapse: the energy of the last hours (EW) against the usual level (EW mean), large
@@ -422,8 +448,9 @@ class MeterAnomalyDetector:
         upd["open"][m] = bits
 
         changed = np.flatnonzero(bits != opened)
-        events: list[MeterEvent] = []
+        out: list[list[MeterEvent]] = [[] for _ in range(parts)]
         for i in changed:
+            events = out[seg[i]]
             for t in TYPES:
                 now, before = bool(bits[i] & _BIT[t]), bool(opened[i] & _BIT[t])
                 if now == before:
@@ -444,7 +471,7 @@ class MeterAnomalyDetector:
                         "ratio": round(float(ratio[i]), 6),
                     }
                 events.append(MeterEvent(int(m[i]), t, round(float(score[t][i]), 6), now, evidence))
-        return events
+        return out
 
     def _reference(
         self,
@@ -466,31 +493,61 @@ class MeterAnomalyDetector:
         EW mean, for learning only. A meter whose group is too small gets 0: no shape to
         compare with (another class's shape would page on every weekend), no level test.
         """
-        out = np.zeros(len(ev))
-        by_baseline = np.zeros(len(ev), dtype=bool)
-        ok_b = valid & mature
-        ok_m = valid & (mean > 0)
-        single = g.size == 0 or bool((g == g[0]).all())
-        for k in [int(g[0])] if single and g.size else np.unique(g):
-            sel = slice(None) if single else g == k
-            peers = ok_b[sel]
-            if peers.sum() >= self.min_peers:
-                out[sel] = _median(ev[sel][peers] / np.exp(lshare[sel][peers]))
-                by_baseline[sel] = True
-                continue
-            peers = ok_m[sel]
-            if peers.sum() >= self.min_peers:
-                out[sel] = _median(ev[sel][peers] / mean[sel][peers])
+        if g.size == 0 or bool((g == g[0]).all()):  # one group (one area of one class): no sort
+            key, groups = np.zeros(len(g), dtype=np.int64), 1
+        else:
+            codes, key = np.unique(g, return_inverse=True)
+            groups = len(codes)
+        peers = self.min_peers
+        med_b, has_b = _group_medians(ev / np.exp(lshare), key, valid & mature, groups, peers)
+        by_baseline = has_b[key]
+        if has_b.all():  # the usual case: the fallback is not needed
+            return med_b[key], by_baseline
+        per_mean = ev / np.where(mean > 0, mean, 1.0)
+        med_m, has_m = _group_medians(per_mean, key, valid & (mean > 0), groups, peers)
+        out = np.where(by_baseline, med_b[key], np.where(has_m[key], med_m[key], 0.0))
         return out, by_baseline
 
 
-def _median(x: npt.NDArray[np.float64]) -> float:
-    """Median of a non-empty array without NaNs (np.median's checks cost more than the work on
-    an area's few hundred values).
+_FEW_GROUPS = 4  # peer groups below which _group_medians partitions each instead of sorting
 
-    >>> _median(np.array([3.0, 1.0, 2.0])), _median(np.array([4.0, 1.0, 3.0, 2.0]))
-    (2.0, 2.5)
+
+def _group_medians(
+    x: npt.NDArray[np.float64],
+    key: npt.NDArray[np.int64],
+    peers: npt.NDArray[np.bool_],
+    groups: int,
+    min_peers: int,
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
+    """Per group ``0 .. groups - 1``: the median of ``x`` over its ``peers``, and whether it
+    has at least ``min_peers`` of them (else its median is 0). One sort for every group; the
+    same values as a median of each group's peers on its own (the mean of the middle two when
+    even).
+
+    >>> med, ok = _group_medians(np.array([3.0, 1.0, 2.0, 9.0, 4.0, 7.0]), np.array([0, 0, 0, 1, 1, 1]),
+    ...                          np.array([True, True, True, False, True, True]), 2, 2)
+    >>> med.tolist(), ok.tolist()
+    ([2.0, 5.5], [True, True])
     """
-    k = len(x) // 2
-    part = np.partition(x, k)
-    return float(part[k]) if len(x) % 2 else float((part[:k].max() + part[k]) / 2)
+    k, v = key[peers], x[peers]
+    if groups <= _FEW_GROUPS:  # a partition per group costs less than one sort of all
+        med, ok = np.zeros(groups), np.zeros(groups, dtype=bool)
+        for j in range(groups):
+            vj = v if groups == 1 else v[k == j]
+            size = len(vj)
+            if size >= max(min_peers, 1):
+                mid = size // 2
+                part = np.partition(vj, mid)
+                med[j] = part[mid] if size % 2 else (part[:mid].max() + part[mid]) / 2
+                ok[j] = True
+        return med, ok
+    count = np.bincount(k, minlength=groups)
+    ok = count >= min_peers
+    order = np.lexsort((v, k))
+    v = v[order]
+    start = np.concatenate(([0], np.cumsum(count)[:-1]))
+    half = count // 2
+    upper = v[np.minimum(start + half, len(v) - 1)] if len(v) else np.zeros(groups)
+    lower = v[np.maximum(start + half - 1, 0)] if len(v) else np.zeros(groups)
+    med = np.where(count % 2 == 1, upper, (lower + upper) / 2)
+    return np.where(ok, med, 0.0), ok

@@ -21,10 +21,19 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
-from models.columns import interval_energies
+from models.columns import WindowColumns, interval_energies
 from models.lineloss import LossResult, loss_result
 from streams import contracts
-from streams.engine import LineLossEngine, Outcome, Refusal, Reported, _dt, split_key, window_key
+from streams.engine import (
+    ClosedPoints,
+    LineLossEngine,
+    Outcome,
+    Refusal,
+    Reported,
+    _dt,
+    split_key,
+    window_key,
+)
 from topology import MeterRecord, Role, Topology
 
 _F64 = npt.NDArray[np.float64]
@@ -299,7 +308,7 @@ class ColumnEngine(LineLossEngine):
 
     def _evaluate(
         self, key: str
-    ) -> tuple[LossResult, dict[str, dict[int, tuple[float | None, float | None]]]] | None:
+    ) -> tuple[LossResult, ClosedPoints] | None:
         block = cast(_Block | None, self._windows.get(key))
         if block is None:
             return None
@@ -336,7 +345,7 @@ class ColumnEngine(LineLossEngine):
         )
         # The points are read only when the window closes for the first time (ClosedWindow).
         first = self.track_closed and key not in self._emitted
-        return result, (self._points(block, area_id, start) if first else {})
+        return result, (self._points(block, area_id) if first else {})
 
     def _members(
         self, area_id: str, supplies: dict[str, MeterRecord], customers: dict[str, MeterRecord]
@@ -353,20 +362,10 @@ class ColumnEngine(LineLossEngine):
         self._member_slots[area_id] = (supplies, customers, slots, mult, top)
         return slots, mult, top
 
-    def _points(
-        self, block: _Block, area_id: str, start: int
-    ) -> dict[str, dict[int, tuple[float | None, float | None]]]:
-        """The window's points as the detectors read them: meter -> interval end -> pair."""
+    def _points(self, block: _Block, area_id: str) -> WindowColumns:
+        """The window's points as the detectors read them: the rows of meters with a point,
+        copied (a late correction may still write into the block)."""
         present = ~(np.isnan(block.reg) & np.isnan(block.en))
         ids = self._slot_ids.get(area_id, [])
         rows = np.flatnonzero(present.any(axis=1))
-        reg, en, seen = block.reg[rows].tolist(), block.en[rows].tolist(), present[rows].tolist()
-        ends = [start + c * self.interval_s for c in range(self._cols)]
-        out: dict[str, dict[int, tuple[float | None, float | None]]] = {}
-        for row, r, e, p in zip(rows.tolist(), reg, en, seen, strict=True):
-            out[ids[row]] = {
-                end: (None if rc != rc else rc, None if ec != ec else ec)
-                for end, rc, ec, pc in zip(ends, r, e, p, strict=True)
-                if pc
-            }
-        return out
+        return WindowColumns([ids[row] for row in rows.tolist()], block.reg[rows], block.en[rows])

@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, Protocol
 
+from models.columns import WindowColumns
 from models.lineloss import LossResult, evaluate_window
 from models.windows import windows_touched
 from topology import Role, Topology
@@ -84,6 +85,11 @@ class Direct:
     points: list[Reported]
 
 
+# What a closed window lends the detectors: its points as meter -> interval end -> (register,
+# interval energy) dicts (this engine) or as columns (the columnar engine).
+ClosedPoints = dict[str, dict[int, tuple[float | None, float | None]]] | WindowColumns
+
+
 @dataclass(frozen=True, slots=True)
 class ClosedWindow:
     """An area-window closed for the first time in this process, with the points it held
@@ -91,7 +97,7 @@ class ClosedWindow:
 
     result: LossResult
     partition: int
-    points: dict[str, dict[int, tuple[float | None, float | None]]]
+    points: ClosedPoints
 
 
 @dataclass(slots=True)
@@ -574,9 +580,7 @@ class LineLossEngine:
     def revision(self, result: LossResult) -> int:
         return self._revision.get(result.key(), 0)
 
-    def _evaluate(
-        self, key: str
-    ) -> tuple[LossResult, dict[str, dict[int, tuple[float | None, float | None]]]] | None:
+    def _evaluate(self, key: str) -> tuple[LossResult, ClosedPoints] | None:
         value = self._windows.get(key)
         if not value:
             return None

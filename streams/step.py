@@ -5,9 +5,10 @@ No Kafka and no metrics here: ``streams.offline`` (behind ``gridwatch evaluate``
 benchmarks, the tests and the worker (streams/app.py) drive this one step. A record
 is decoded by :mod:`streams.contracts`, checked (key, wall clock when a ``now`` is given,
 interval grid), ingested by :class:`streams.engine.LineLossEngine`, and every area-window that
-closes for the first time goes through :func:`models.detection.window_intervals` and
-:meth:`models.detection.Detection.step`. Records are applied in order, so a chunk of any size
-gives what the same records one by one give.
+closes for the first time goes through :func:`models.detection.window_intervals`; the
+area-intervals a step closes are handed to :meth:`models.detection.Detection.step` together
+at its end, which steps the meter detector over the areas of one round in one call. Records
+are applied in order, so a chunk of any size gives what the same records one by one give.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from models.detection import Detection, window_intervals
+from models.detection import AreaInterval, Detection, window_intervals
 from models.lineloss import LossResult
 from models.windows import snap
 from streams import contracts
@@ -147,6 +148,7 @@ class BatchStep:
         self.engine = ColumnEngine(topology, **kw) if store is None else LineLossEngine(topology, store, **kw)
         # Batches of meters the index holds skip the per-item id pattern (checked once per meter).
         self._checked = self.engine.checked_ids if isinstance(self.engine, ColumnEngine) else None
+        self._learning: list[AreaInterval] = []  # closed in this step, for the detectors at its end
 
     def step(
         self,
@@ -172,6 +174,7 @@ class BatchStep:
             except Exception as exc:
                 on_error(record, exc)
                 out.dead_letters.append(DeadLetter("internal_error", repr(exc), record))
+        self._learn(out)
         return out
 
     def close_idle(self, partition: int, sources: Iterable[str]) -> StepOutput:
@@ -182,6 +185,7 @@ class BatchStep:
             self.engine.mark_idle(partition, source)
         if self.engine.knows_partition(partition):
             self._results(self.engine.flush_idle(partition), out)
+        self._learn(out)
         return out
 
     # ---- one record ------------------------------------------------------------------------
@@ -292,9 +296,16 @@ class BatchStep:
                 interval_s=self.interval_s,
                 window_s=self.window_s,
             )
-            out.alerts.extend(detection.step(intervals))
             if intervals:
+                self._learning.extend(intervals)
                 out.learned_areas.add(area)
+
+    def _learn(self, out: StepOutput) -> None:
+        """The detectors over every area-interval the step closed, in one call (they learn
+        them in the order closed; the meter detector steps the areas of a round together)."""
+        if self.detection is not None and self._learning:
+            out.alerts.extend(self.detection.step(self._learning))
+            self._learning = []
 
 
 def merge(into: StepOutput, more: StepOutput) -> None:
