@@ -21,7 +21,7 @@ import dataclasses
 import io
 import math
 import pickle
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -67,6 +67,9 @@ def class_code(customer_class: str) -> int:
     (2, 3)
     """
     return CLASS_CODES.get(customer_class, OTHER_CLASS)
+
+
+_Sink = Callable[[str, list[dict[str, Any]]], Any]  # (area, its interval's alert records)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +315,18 @@ class Detection:
         follows interval by interval in the given order, so the records and the state are
         those of one interval at a time."""
         records: list[dict[str, Any]] = []
+        self._step(intervals, lambda _area, more: records.extend(more))
+        return records
+
+    def step_by_area(self, intervals: Iterable[AreaInterval]) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`step`, with each record under the area whose interval produced it (a
+        mapping check's records under the area whose interval ran it): what a worker that
+        saves state per area needs. The same records and state as :meth:`step`."""
+        by_area: dict[str, list[dict[str, Any]]] = {}
+        self._step(intervals, lambda area, more: by_area.setdefault(area, []).extend(more))
+        return by_area
+
+    def _step(self, intervals: Iterable[AreaInterval], sink: _Sink) -> None:
         round_: list[AreaInterval] = []
         areas: set[str] = set()
         taken = self._taken
@@ -325,22 +340,21 @@ class Detection:
                 more = np.zeros(max(top, 2 * len(taken)) - len(taken), dtype=bool)
                 taken = self._taken = np.concatenate([taken, more])
             if iv.area_id in areas or taken[iv.meters].any():
-                records += self._learn(round_)
+                self._learn(round_, sink)
                 taken[:] = False
                 round_, areas = [], set()
             self.learned[iv.area_id] = iv.ts
             round_.append(iv)
             areas.add(iv.area_id)
             taken[iv.meters] = True
-        records += self._learn(round_)
+        self._learn(round_, sink)
         taken[:] = False
-        return records
 
-    def _learn(self, round_: list[AreaInterval]) -> list[dict[str, Any]]:
-        """One round of :meth:`step`: the meter detector over all of it, then each interval."""
+    def _learn(self, round_: list[AreaInterval], sink: _Sink) -> None:
+        """One round of :meth:`step`: the meter detector over all of it, then each interval
+        (its records to ``sink`` under its area)."""
         if not round_:
-            return []
-        records: list[dict[str, Any]] = []
+            return
         expected = [self._expected_kwh(iv.meters) for iv in round_]  # before the step
         bounds = np.cumsum([0, *(len(iv.meters) for iv in round_)])
         cat = np.concatenate
@@ -353,7 +367,7 @@ class Detection:
             bounds,
         )
         for iv, events, exp in zip(round_, meter_events, expected, strict=True):
-            records += self.book.observe(self._observe(iv, events, exp), iv.ts)
+            records = self.book.observe(self._observe(iv, events, exp), iv.ts)
             if self.ranker is not None:
                 names = [self._names[i] for i in iv.meters]
                 self.ranker.observe(
@@ -364,7 +378,7 @@ class Detection:
                 if iv.ts % self.mapping_every_s == 0 and iv.ts > self._mapping_checked:
                     self._mapping_checked = iv.ts
                     records += self.book.observe(self._mapping_errors(), iv.ts)
-        return records
+            sink(iv.area_id, records)
 
     def _suspects(self, area: str) -> list[Observed]:
         """Suspect events of one area after its hour closed: open for meters newly published,

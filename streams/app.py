@@ -374,8 +374,7 @@ class GridwatchWorker:
             latest = max(self._window_results)
             self.metrics.observe_window(latest, self._window_results[latest].values())
         if self.detection is not None:
-            for closed in out.closed:
-                await self.detection.learn(closed)
+            await self.detection.learn(out.closed)
         self.metrics.open_windows.set(self.engine.open_windows())
         if self.engine.watermark:
             lag = time.time() - min(self.engine.watermark.values())

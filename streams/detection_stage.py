@@ -131,35 +131,45 @@ class DetectionStage:
             )
             self._alert_sends.setdefault(partition, []).append(sent)
 
-    async def learn(self, closed: ClosedWindow) -> None:
-        """Learn a window that closed for the first time and publish the alerts it opens or
-        resolves (an interval learned before a restart is skipped, so nothing is learned or
-        alerted twice once its state was saved)."""
+    async def learn(self, closed: list[ClosedWindow]) -> None:
+        """Learn windows that closed for the first time (one step's, in the order closed: the
+        meter detector steps their areas together) and publish the alerts they open or
+        resolve. An interval learned before a restart is skipped, so nothing is learned or
+        alerted twice once its state was saved."""
+        if not closed:
+            return
         det = self.detection
         s = self.settings
-        area = closed.result.area_id
-        self._restore(area)
-        intervals = window_intervals(
-            det,
-            area,
-            closed.result.window_start,
-            closed.points,
-            self.topology,
-            interval_s=s.interval_s,
-            window_s=s.window_s,
-        )
-        records = det.step(intervals)
-        if intervals:
-            self._meters[area] = [det.meter_name(int(i)) for i in intervals[0].meters]
-        self._partition[area] = closed.partition
-        # Saved when alerts changed, else at most every half allowed lateness: windows learned
-        # since the last save are still in the window store after a crash (released only after
-        # the lateness), so a restart learns them again from the saved state to the same end.
-        learned = det.learned.get(area, 0)
-        if records or learned - self._saved.get(area, 0) >= s.allowed_lateness_s // 2:
-            self._saved[area] = learned
-            self._dirty.setdefault(closed.partition, set()).add(area)
-        await self._send_alerts(records, closed.partition)
+        intervals = []
+        for window in closed:
+            area = window.result.area_id
+            self._restore(area)
+            got = window_intervals(
+                det,
+                area,
+                window.result.window_start,
+                window.points,
+                self.topology,
+                interval_s=s.interval_s,
+                window_s=s.window_s,
+            )
+            if got:
+                self._meters[area] = [det.meter_name(int(i)) for i in got[0].meters]
+            self._partition[area] = window.partition
+            intervals += got
+        by_area = det.step_by_area(intervals)
+        for area in dict.fromkeys(w.result.area_id for w in closed):
+            records = by_area.get(area, [])
+            partition = self._partition[area]
+            # Saved when alerts changed, else at most every half allowed lateness: windows
+            # learned since the last save are still in the window store after a crash (released
+            # only after the lateness), so a restart learns them again from the saved state to
+            # the same end.
+            learned = det.learned.get(area, 0)
+            if records or learned - self._saved.get(area, 0) >= s.allowed_lateness_s // 2:
+                self._saved[area] = learned
+                self._dirty.setdefault(partition, set()).add(area)
+            await self._send_alerts(records, partition)
 
     async def inspections(self, stream: faust.StreamT) -> None:
         """Inspectors' verdicts: the classifier learns each on the suspect as published, and

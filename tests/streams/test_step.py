@@ -399,3 +399,47 @@ def test_checked_batches_fall_back_for_their_reasons(town: City) -> None:
     assert contracts.decode_checked(orjson.dumps({**single, "register_kwh": None}), checked) is None
     assert contracts.decode_checked(orjson.dumps({**single, "meter_id": "bad id!"}), checked) is None
     assert contracts.decode_checked(b"", checked) is None
+
+
+def test_a_steps_windows_learned_together_equal_one_window_at_a_time(town: City) -> None:
+    """The worker hands a step's first-closed windows to the detectors together
+    (``Detection.step_by_area``, the meter detector over their areas in one call): each area's
+    alert records and its saved state equal those of learning the windows one at a time."""
+    step = BatchStep(
+        town.topology,
+        None,
+        sources=SOURCES,
+        supply_sources=frozenset({"supply"}),
+        forward_inline=True,
+        keep_closed=True,
+    )
+    together, alone = Detection(suspects=True), Detection(suspects=True)
+    got: dict[str, list[dict[str, Any]]] = {}
+    want: dict[str, list[dict[str, Any]]] = {}
+    meters: dict[str, list[str]] = {}
+
+    def intervals(det: Detection, window: Any) -> list[Any]:
+        r = window.result
+        return window_intervals(
+            det, r.area_id, r.window_start, window.points, town.topology, interval_s=900, window_s=900
+        )
+
+    records = messy(town, 5)
+    outs = (step.step(records[a : a + 500]) for a in range(0, len(records), 500))
+    rounds = 0
+    for out in itertools.chain(outs, [step.close_idle(0, SOURCES)]):
+        batch = [iv for w in out.closed for iv in intervals(together, w)]
+        rounds += len({iv.area_id for iv in batch}) > 1
+        for area, recs in together.step_by_area(batch).items():
+            got.setdefault(area, []).extend(recs)
+        for w in out.closed:
+            ivs = intervals(alone, w)
+            want.setdefault(w.result.area_id, []).extend(alone.step(ivs))
+            if ivs:
+                meters[w.result.area_id] = [alone.meter_name(int(i)) for i in ivs[0].meters]
+    got = {a: r for a, r in got.items() if r}
+    want = {a: r for a, r in want.items() if r}
+    assert rounds > 0 and sum(map(len, want.values())) > 0
+    assert got == want
+    for area, names in meters.items():
+        assert together.snapshot_area(area, names) == alone.snapshot_area(area, names)
