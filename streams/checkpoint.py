@@ -23,6 +23,7 @@ from typing import Any
 import faust
 
 from streams.engine import LineLossEngine
+from streams.window_codec import encode_window
 
 
 class Checkpoint:
@@ -45,6 +46,7 @@ class Checkpoint:
                 table.data.pop(key, None)
                 sends.append(table.send_changelog(partition, key, None, value_serializer="raw"))
             else:
+                value = encode_window(value)  # a window's points compressed; watermarks as they are
                 table.data[key] = value
                 sends.append(table.send_changelog(partition, key, value))
 

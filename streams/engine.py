@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from models.columns import WindowColumns
 from models.lineloss import LossResult, evaluate_window
 from models.windows import windows_touched
+from streams.window_codec import decode_window
 from topology import Role, Topology
 
 REROUTED = "rerouted"
@@ -193,11 +194,7 @@ class LineLossEngine:
             index.setdefault(start, set()).add(key)
             self._stale.add(key)  # not emitted in this process yet: evaluated at its close
             self._lent.discard(key)
-            # Stored as JSON, whose object keys are strings; in memory, interval ends are ints.
-            self._windows[key] = {
-                "p": partition,
-                "m": {m: {int(t): pair for t, pair in pts.items()} for m, pts in value["m"].items()},
-            }
+            self._windows[key] = decode_window(value)  # stored compressed, or as JSON before
         self._open[partition] = index
         self._pending[partition] = set(index)
         saved = self.store.get(f"{_WM_PREFIX}{partition}") or {}

@@ -13,6 +13,7 @@ import pytest
 from archive import ArchiveBuilder
 from models.lineloss import LossResult, LossState
 from streams.engine import DIRECTED, REROUTED, Forward, LineLossEngine, Outcome, Point, split_key, window_key
+from streams.window_codec import encode_window
 from topology import MeterRecord, Role, Topology, record_columns
 
 T0 = 1767225600  # 2026-01-01T00:00Z
@@ -519,7 +520,8 @@ def test_resumed_source_does_not_reopen_released_window() -> None:
 def _crash_run(seed: int, kills: int) -> tuple[dict[str, LossResult], dict[str, LossResult]]:
     """Two live sources produced and consumed with drift, quiet sources marked idle as the
     worker's timer does; write-behind persistence at random commits; the engine is thrown away
-    at random points and rebuilt from the store as the changelog holds it (through JSON),
+    at random points and rebuilt from the store as the changelog holds it (windows compressed
+    as the worker writes them, all through JSON),
     resuming each source from its committed offset. Returns the last result per key of an
     uninterrupted run and of the interrupted one."""
     import orjson
@@ -546,7 +548,7 @@ def _crash_run(seed: int, kills: int) -> tuple[dict[str, LossResult], dict[str, 
             if value is None:
                 store.pop(key, None)
             else:
-                store[key] = copy.deepcopy(value)
+                store[key] = encode_window(value)  # as the worker's checkpoint writes it
 
         engine = engine_on(store)
         committed = {"readings": 0, "supply": 0}
