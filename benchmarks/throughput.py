@@ -437,10 +437,10 @@ def run_worker(
             count = worker.metric_sum("gridwatch_processing_seconds_count") or 0
             if count > 0:
                 first, cpu0 = time.time(), cpu_seconds(pid)
-                if profile_s > 0 and shutil.which("py-spy"):
+                if profile_s > 0 and (pyspy := py_spy()) is not None:
                     spy = subprocess.Popen(
                         [
-                            "py-spy",
+                            pyspy,
                             "record",
                             "--format",
                             "raw",
@@ -598,6 +598,21 @@ def run_scaling(bootstrap: str, city: Any, tmp: Path, areas_csv: Path) -> dict[s
         "two_workers": two,
         "two_workers_over_one": round(ratio, 4) if ratio is not None else None,
     }
+
+
+def py_spy() -> str | None:
+    """The py-spy executable: on PATH, or where pip put it (the interpreter's scripts or the
+    user scripts directory, often not on PATH)."""
+    import sysconfig
+
+    found = shutil.which("py-spy")
+    if found:
+        return found
+    for scheme in (sysconfig.get_default_scheme(), sysconfig.get_preferred_scheme("user")):
+        candidate = Path(sysconfig.get_path("scripts", scheme)) / "py-spy"
+        if candidate.exists():
+            return str(candidate)
+    return None
 
 
 def topic_bytes(tmp: Path, topic: str) -> int:
@@ -918,7 +933,9 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
         hot: dict[str, list[tuple[str, float]]] = {}
-        if args.profile_s > 0:
+        if args.profile_s > 0 and py_spy() is None:
+            print("  py-spy not found (pip install py-spy): no hot spots this run", flush=True)
+        elif args.profile_s > 0:
             for kind in ("batches", "singles"):
                 print(f"  profiling worker / {kind} with py-spy ({args.profile_s:.0f}s max) ...", flush=True)
                 hot[kind] = run_worker(

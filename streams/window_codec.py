@@ -20,7 +20,8 @@ from typing import Any
 
 import orjson
 
-# zlib level 1: ~3.5x on these values; higher levels add CPU per commit for a few percent.
+# zlib level 1: 1.35x -> 0.37x the input on a simulated city, ~16 us per window; level 6 gives
+# 0.35x for ~20 us, level 9 0.34x for ~25 us (base85 instead of base64 another ~6%).
 _LEVEL = 1
 
 
