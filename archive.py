@@ -570,42 +570,56 @@ class ArchiveBuilder:
         n = len(h)
         first = np.ones(n, dtype=bool)
         if n:
-            first[1:] = h[1:] != h[:-1]
-        meter_of_row = np.cumsum(first) - 1
-        hashes = h[first]
+            np.not_equal(h[1:], h[:-1], out=first[1:])
+        first_at = np.flatnonzero(first)  # each meter's first row
+        meter_of_row = np.cumsum(first)
+        meter_of_row -= 1
+        del first
+        hashes = h[first_at]
         m = len(hashes)
-        # Each meter's id from one of its held rows (every held meter has one, if perhaps
+        # Each meter's id from its first held row (every held meter has one, if perhaps
         # replaced by a later record of the same start, which is why this comes first). Held
-        # rows come first in ``rows``.
-        has_id = order < n_held
-        held_at = np.flatnonzero(has_id)
-        held_meter = meter_of_row[held_at]
-        # The first held row of each meter (no scatter: the held rows are in meter order).
-        id_row = order[held_at[np.flatnonzero(np.diff(held_meter, prepend=-1) != 0)]]
+        # rows come first in ``rows``: a meter whose first row is foreign steps on, a row at a
+        # time, the few such meters together.
+        id_row = order[first_at]
+        if n > n_held:
+            id_pos = first_at.copy()
+            step = np.flatnonzero(id_row >= n_held)
+            while len(step):
+                id_pos[step] += 1
+                step = step[order[id_pos[step]] >= n_held]
+            id_row = order[id_pos]
+            del id_pos
         id_at = id_at_row[id_row]
-        id_len = id_at_row[id_row + 1] - id_at
-        _check_ids(order[held_at], held_meter, id_at_row, id_blob, id_at, id_len)
+        id_row += 1
+        id_len = id_at_row[id_row]
+        id_len -= id_at
+        del id_row
+        counts = np.diff(first_at, append=n)  # rows per meter
+        _check_ids(order, meter_of_row, first_at, counts, n_held, id_at_row, id_blob, id_at, id_len)
         # The last record of a (meter, start) wins: every other column is gathered once, for
         # the rows kept.
         last = np.ones(n, dtype=bool)
         if n:
             last[:-1] = (h[1:] != h[:-1]) | (s[1:] != s[:-1])
         del h
-        if not last.all():
+        if last.all():
+            meter_rows = first_at
+        else:
             order, s, meter_of_row = order[last], s[last], meter_of_row[last]
+            meter_rows = np.flatnonzero(np.diff(meter_of_row, prepend=-1) != 0)
+            counts = np.diff(meter_rows, append=len(meter_of_row))
+        del first_at, last
         rows = {k: v[order] for k, v in rows.items() if k != "start"}
         rows["start"] = s
         del order, s
-        n = len(meter_of_row)
-        meter_rows = np.flatnonzero(np.diff(meter_of_row, prepend=-1) != 0)
-        counts = np.diff(np.append(meter_rows, n))
 
         mult_codes = mult_rank[rows["mult"]]
         start_codes = rows["start"]
         classes = [c.encode().decode() for c in self._class_code]  # fresh copies, as the areas below
         # Only the areas of the meters held: a worker's share of a province, not all of it.
         every_area = list(self._area_code)
-        used = _unique(rows["area"])
+        used = np.flatnonzero(np.bincount(rows["area"], minlength=len(every_area)))
         # One blob (Names), not str objects: they would keep the load's heap arenas alive.
         area_ids = Names([every_area[a] for a in used.tolist()])
         area_dtype = _code_dtype(max(len(area_ids), 1 << 9))  # uint16, or uint32 past 65,536 areas
@@ -625,16 +639,21 @@ class ArchiveBuilder:
 
         # Membership: every (area, meter) pair of any version, grouped by area (one sort of
         # packed pairs: several times faster than an argsort).
-        pairs = _unique(rows["area"].astype(np.int64) << 32 | meter_of_row.astype(np.int64))
-        member_area = (pairs >> 32).astype(np.int32)
-        member_meter = (pairs & 0xFFFFFFFF).astype(np.int32)
-        member_off = np.searchsorted(member_area, np.arange(len(area_ids) + 1)).astype(np.int64)
+        pairs = rows["area"].astype(np.int64)
+        pairs <<= 32
+        pairs |= meter_of_row
+        del meter_of_row
+        pairs = _unique(pairs, in_place=True)
+        member_off = np.searchsorted(pairs, np.arange(len(area_ids) + 1, dtype=np.int64) << 32)
+        pairs &= 0xFFFFFFFF
+        member_meter = pairs.astype(np.int32)
+        del pairs
 
         bits = max(1, int(math.ceil(math.log2(max(m, 1) / 4))) if m > 8 else 1)
         shift = 64 - bits
         # Each bucket's range from a count of the sorted hashes' top bits (no binary searches).
         bucket_off = np.zeros((1 << bits) + 1, dtype=_offset_dtype(m + 1))
-        np.cumsum(np.bincount((hashes >> np.uint64(shift)).astype(np.intp), minlength=1 << bits),
+        np.cumsum(np.bincount((hashes >> np.uint64(shift)).view(np.int64), minlength=1 << bits),
                   out=bucket_off[1:])
         return MeterArchive(
             area_ids=area_ids,
@@ -727,12 +746,15 @@ def _by_meter(h: _Array, start: _Array, seq: _Array) -> _Array:
         return np.arange(n, dtype=np.int64)
     row_bits = int(n - 1).bit_length()
     low = np.uint64((1 << row_bits) - 1)
-    keys = np.sort((h & ~low) | np.arange(n, dtype=np.uint64))
-    order = (keys & low).astype(np.int64)
-    top = keys >> np.uint64(row_bits)
-    del keys
+    # In place where it can be: at 10 M rows every fresh array is 80 MB of page faults.
+    keys = np.bitwise_and(h, ~low)
+    keys |= np.arange(n, dtype=np.uint64)
+    keys.sort()
+    order = np.bitwise_and(keys, low).view(np.int64)
+    keys >>= np.uint64(row_bits)  # the truncated hashes
     tie = np.zeros(n, dtype=bool)
-    same = top[1:] == top[:-1]
+    same = keys[1:] == keys[:-1]
+    del keys
     tie[1:] |= same
     tie[:-1] |= same
     at = np.flatnonzero(tie)
@@ -742,9 +764,12 @@ def _by_meter(h: _Array, start: _Array, seq: _Array) -> _Array:
     return order
 
 
-def _unique(x: _Array) -> _Array:
-    """Sorted distinct values (numpy 2.4's np.unique hashes integers, 60x slower than this)."""
-    s = np.sort(x)
+def _unique(x: _Array, in_place: bool = False) -> _Array:
+    """Sorted distinct values (numpy 2.4's np.unique hashes integers, 60x slower than this);
+    ``in_place``: sort ``x`` itself (a caller's scratch array), not a copy."""
+    if in_place:
+        x.sort()
+    s = x if in_place else np.sort(x)
     if len(s) < 2:
         return s
     return s[np.concatenate(([True], s[1:] != s[:-1]))]
@@ -761,25 +786,45 @@ def _concat(chunks: list[dict[str, _Array]]) -> dict[str, _Array]:
 
 
 def _check_ids(
-    held_row: _Array,
-    meters: _Array,
+    order: _Array,
+    meter_of_row: _Array,
+    first_at: _Array,
+    counts: _Array,
+    n_held: int,
     id_at_row: _Array,
     id_blob: bytes,
     id_at: _Array,
     id_len: _Array,
 ) -> None:
     """Two different ids with one hash would be merged into one meter: refuse to build rather
-    than mix two meters' histories (keyed SipHash: not expected in practice). ``held_row`` and
-    ``meters``: the held rows in meter order and their meters."""
-    several = np.flatnonzero(np.diff(meters) == 0)  # rows sorted by meter: repeats are adjacent
-    if not len(several):
-        return  # one held row per meter: nothing to compare
-    for r in np.unique(np.concatenate([several, several + 1])).tolist():
-        i = int(meters[r])
-        mine = id_blob[int(id_at[i]) : int(id_at[i]) + int(id_len[i])]
-        row = int(held_row[r])
-        if id_blob[int(id_at_row[row]) : int(id_at_row[row + 1])] != mine:
-            raise HashCollision(mine.decode())
+    than mix two meters' histories (keyed SipHash: not expected in practice). The rows are in
+    meter order (``order``: each one's row, held rows below ``n_held``; ``meter_of_row``; each
+    meter's ``first_at`` row and ``counts`` of rows); every held row of a meter with several rows is compared with the
+    meter's id, all at once, and the first that differs (in meter order) is refused."""
+    several = counts > 1
+    if not several.any():
+        return  # one row per meter: nothing to compare
+    at = np.flatnonzero(np.repeat(several, counts))  # the rows of meters with several
+    row = order[at]
+    held = row < n_held
+    at, row = at[held], row[held]
+    meter = meter_of_row[at]
+    start, length = id_at_row[row], id_at_row[row + 1] - id_at_row[row]
+    differs = length != id_len[meter]
+    same = np.flatnonzero(~differs)
+    if len(same):
+        # Byte by byte, for the rows whose id has the meter's id's length.
+        lens = length[same]
+        offset = np.repeat(np.cumsum(lens) - lens, lens)
+        within = np.arange(len(offset), dtype=np.int64) - offset
+        blob = np.frombuffer(id_blob, dtype=np.uint8)
+        unequal = blob[np.repeat(start[same], lens) + within] != blob[np.repeat(id_at[meter[same]], lens) + within]
+        if unequal.any():
+            pair = np.repeat(np.arange(len(same)), lens)
+            differs[same[np.unique(pair[unequal])]] = True
+    if differs.any():
+        i = int(meter[np.argmax(differs)])
+        raise HashCollision(id_blob[int(id_at[i]) : int(id_at[i]) + int(id_len[i])].decode())
 
 
 class HashCollision(ValueError):
