@@ -546,13 +546,19 @@ class ArchiveBuilder:
         id_at_row = np.zeros(n_held + 1, dtype=np.int64)
         np.cumsum(held.pop("id_len"), out=id_at_row[1:])
         if self._foreign:
-            foreign = _concat(self._foreign)
-            self._foreign = []
-            take = _held_meters(_unique(held["hash"]), foreign["hash"])
-            rows = {k: np.concatenate([held[k], foreign[k][take]]) for k in held}
+            chunks, self._foreign = self._foreign, []
+            f_hash = np.concatenate([c["hash"] for c in chunks])
+            take = _held_meters(_unique(held["hash"]), f_hash)
+            # The taken rows (held meters' records in other areas: few) chunk by chunk, not
+            # every column of every foreign record joined first.
+            parts = np.split(take, np.cumsum([len(c["hash"]) for c in chunks[:-1]]))
+            rows = {k: np.concatenate([held[k], *(c[k][t] for c, t in zip(chunks, parts, strict=True))])
+                    for k in held}
             if self.partition_of is not None:
-                directory = self._directory(foreign["hash"][~take], foreign["area"][~take])
-            del foreign
+                np.logical_not(take, out=take)
+                f_area = np.concatenate([c["area"] for c in chunks])
+                directory = self._directory(f_hash[take], f_area[take])
+            del chunks, f_hash, take, parts
         else:
             rows = held
         if self.partition_of is not None and directory is None:
@@ -684,17 +690,24 @@ class ArchiveBuilder:
         )
 
     def _directory(self, hashes: _Array, areas: _Array) -> MeterDirectory:
-        """The partition of each meter of these (foreign) records, one per meter."""
+        """The partition of each meter of these (foreign) records, one per meter (``hashes``: a
+        scratch array, overwritten)."""
         assert self.partition_of is not None
         cpu = time.process_time()
         partition_of = self.partition_of
-        area_partition = np.array([partition_of(a) for a in self._area_code], dtype=np.int64)
+        # Only the areas not kept, whose records these are (a kept area's are held): half the
+        # calls, or fewer, of the caller's partition function (murmur2 in Python, ~3 us).
+        area_partition = np.zeros(len(self._area_code), dtype=np.int64)
+        kept = self._area_kept
+        area_partition[[not k for k in kept]] = [partition_of(a) for a, k in zip(self._area_code, kept,
+                                                                             strict=True) if not k]
         if len(areas) and int(area_partition.max()) > 0xFF and int(area_partition[areas].max()) > 0xFF:
             raise ValueError("meter directory: more than 256 partitions")
         # One sort of the key with the partition in its low byte, as in _by_meter; a meter
         # whose records name two partitions (moved between them) keeps either: both hold it.
         # In place where it can be: passes over every foreign meter, each a fresh array.
-        key = hashes & ~np.uint64(0xFF)
+        key = hashes
+        key &= ~np.uint64(0xFF)
         key |= area_partition.astype(np.uint64)[areas]
         key.sort()
         if len(key) > 1:
@@ -721,16 +734,26 @@ def _ranked(codes: dict[float, int]) -> tuple[_Array, _Array]:
 
 
 def _held_meters(known: _Array, hashes: _Array) -> _Array:
-    """Which of ``hashes`` are in the sorted ``known``. A bitmap of known hashes' top 24 bits
-    rules out most first: a binary search per foreign record (7/8 of a province for a worker
-    holding 1/8) misses the cache at every step and was 20% of such a load."""
+    """Which of ``hashes`` are in the sorted ``known``. A bitmap of known hashes' top 27 bits
+    (16 MB) rules out most first: a binary search per foreign record (7/8 of a province for a
+    worker holding 1/8) misses the cache at every step and was 20% of such a load. A bit per
+    prefix, not a bool: 8x fewer false candidates for the same table (at 10 M meters, 1/8
+    held: 0.35 -> 0.17 s; 4/8 held: 0.74 -> 0.26 s)."""
     take = np.zeros(len(hashes), dtype=bool)
     if not len(known):
         return take
-    top = np.uint64(40)
-    seen = np.zeros(1 << 24, dtype=bool)
-    seen[known >> top] = True
-    maybe = np.flatnonzero(seen[hashes >> top])
+    top, three, seven = np.uint64(64 - 27), np.uint64(3), np.uint64(7)
+    seen = np.zeros(1 << 24, dtype=np.uint8)
+    k = known >> top
+    np.bitwise_or.at(seen, k >> three, np.left_shift(1, (k & seven).astype(np.uint8), dtype=np.uint8))
+    del k
+    q = hashes >> top
+    word = seen[q >> three]
+    q &= seven
+    word >>= q.astype(np.uint8)
+    del q
+    maybe = np.flatnonzero(word & 1)
+    del word
     candidates = hashes[maybe]
     at = np.minimum(np.searchsorted(known, candidates), len(known) - 1)
     take[maybe] = known[at] == candidates
