@@ -378,7 +378,7 @@ class CodedChunk:
 
     hashes: _Array  # uint64 meter_hash per record
     id_blob: bytes  # the records' meter ids, UTF-8, concatenated
-    id_len: _Array  # int32 bytes per id
+    id_len: _Array  # bytes per id (an unsigned or signed integer type)
     area_ids: list[str]  # this chunk's distinct areas
     area: _Array  # int32 code into area_ids per record
     classes: list[str]
@@ -518,7 +518,8 @@ class ArchiveBuilder:
             "cls": self._codes(chunk.classes, self._class_code)[chunk.cls],
             "mult": self._codes(chunk.multipliers.tolist(), self._mult_code)[chunk.mult],
             "start": self._codes(chunk.starts.tolist(), self._start_code)[chunk.start],
-            "seq": np.arange(self._seq, self._seq + n, dtype=np.int64),
+            # Narrow while it can be: at build every held record's seq is joined and sorted.
+            "seq": np.arange(self._seq, self._seq + n, dtype=np.uint32 if self._seq + n < 1 << 32 else np.int64),
         }
         self._seq += n
         self.records += n
@@ -543,8 +544,8 @@ class ArchiveBuilder:
         directory: MeterDirectory | None = None
         # A held row's id: id_at[row] to id_at[row + 1] in the blob (one gather per meter below
         # reads both from one cache line).
-        id_at_row = np.zeros(n_held + 1, dtype=np.int64)
-        np.cumsum(held.pop("id_len"), out=id_at_row[1:])
+        id_at_row = np.zeros(n_held + 1, dtype=_offset_dtype(len(id_blob) + 1))
+        np.cumsum(held.pop("id_len"), dtype=id_at_row.dtype, out=id_at_row[1:])
         if self._foreign:
             chunks, self._foreign = self._foreign, []
             f_hash = np.concatenate([c["hash"] for c in chunks])
@@ -578,7 +579,7 @@ class ArchiveBuilder:
         if n:
             np.not_equal(h[1:], h[:-1], out=first[1:])
         first_at = np.flatnonzero(first)  # each meter's first row
-        meter_of_row = np.cumsum(first)
+        meter_of_row = np.cumsum(first, dtype=np.int32 if n < 1 << 31 else np.int64)
         meter_of_row -= 1
         del first
         hashes = h[first_at]
@@ -832,7 +833,8 @@ def _check_ids(
     held = row < n_held
     at, row = at[held], row[held]
     meter = meter_of_row[at]
-    start, length = id_at_row[row], id_at_row[row + 1] - id_at_row[row]
+    start = id_at_row[row].astype(np.int64)
+    length = id_at_row[row + 1] - start
     differs = length != id_len[meter]
     same = np.flatnonzero(~differs)
     if len(same):
@@ -841,7 +843,7 @@ def _check_ids(
         offset = np.repeat(np.cumsum(lens) - lens, lens)
         within = np.arange(len(offset), dtype=np.int64) - offset
         blob = np.frombuffer(id_blob, dtype=np.uint8)
-        unequal = blob[np.repeat(start[same], lens) + within] != blob[np.repeat(id_at[meter[same]], lens) + within]
+        unequal = blob[np.repeat(start[same], lens) + within] != blob[np.repeat(id_at[meter[same]].astype(np.int64), lens) + within]
         if unequal.any():
             pair = np.repeat(np.arange(len(same)), lens)
             differs[same[np.unique(pair[unequal])]] = True
