@@ -519,7 +519,7 @@ class ArchiveBuilder:
             "mult": self._codes(chunk.multipliers.tolist(), self._mult_code)[chunk.mult],
             "start": self._codes(chunk.starts.tolist(), self._start_code)[chunk.start],
             # Narrow while it can be: at build every held record's seq is joined and sorted.
-            "seq": np.arange(self._seq, self._seq + n, dtype=np.uint32 if self._seq + n < 1 << 32 else np.int64),
+            "seq": np.arange(self._seq, self._seq + n, dtype=_offset_dtype(self._seq + n)),
         }
         self._seq += n
         self.records += n
@@ -579,7 +579,7 @@ class ArchiveBuilder:
         if n:
             np.not_equal(h[1:], h[:-1], out=first[1:])
         first_at = np.flatnonzero(first)  # each meter's first row
-        meter_of_row = np.cumsum(first, dtype=np.int32 if n < 1 << 31 else np.int64)
+        meter_of_row: _Array = np.cumsum(first, dtype=np.int32 if n < 1 << 31 else np.int64)
         meter_of_row -= 1
         del first
         hashes = h[first_at]
@@ -823,8 +823,9 @@ def _check_ids(
     """Two different ids with one hash would be merged into one meter: refuse to build rather
     than mix two meters' histories (keyed SipHash: not expected in practice). The rows are in
     meter order (``order``: each one's row, held rows below ``n_held``; ``meter_of_row``; each
-    meter's ``first_at`` row and ``counts`` of rows); every held row of a meter with several rows is compared with the
-    meter's id, all at once, and the first that differs (in meter order) is refused."""
+    meter's ``first_at`` row and ``counts`` of rows); every held row of a meter with several
+    rows is compared with the meter's id, all at once, and the first that differs (in meter
+    order) is refused."""
     several = counts > 1
     if not several.any():
         return  # one row per meter: nothing to compare
@@ -843,7 +844,8 @@ def _check_ids(
         offset = np.repeat(np.cumsum(lens) - lens, lens)
         within = np.arange(len(offset), dtype=np.int64) - offset
         blob = np.frombuffer(id_blob, dtype=np.uint8)
-        unequal = blob[np.repeat(start[same], lens) + within] != blob[np.repeat(id_at[meter[same]].astype(np.int64), lens) + within]
+        mine = np.repeat(id_at[meter[same]].astype(np.int64), lens)
+        unequal = blob[np.repeat(start[same], lens) + within] != blob[mine + within]
         if unequal.any():
             pair = np.repeat(np.arange(len(same)), lens)
             differs[same[np.unique(pair[unequal])]] = True
