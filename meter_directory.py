@@ -99,7 +99,7 @@ class MeterDirectory:
         n = len(keys)
         bits = max(0, (n // _BUCKET).bit_length())
         shift = 64 - bits
-        in_bucket = np.bincount((keys >> np.uint64(shift)).astype(np.intp), minlength=1 << bits)
+        in_bucket = np.bincount((keys >> np.uint64(shift)).view(np.int64), minlength=1 << bits)
         # Each third of a bucket: _LOAD cells per key, and room for a small bucket to peel.
         segment = np.ceil(in_bucket * _LOAD / 3).astype(np.int64) + 2 + in_bucket // 8 * (in_bucket < 1000)
         base = np.zeros(len(segment) + 1, dtype=np.int64)

@@ -156,7 +156,7 @@ class ChunkDecoder:
         chunk = CodedChunk(
             hashes=np.fromiter(map(hash, c.meter_ids), dtype=np.int64, count=n).view(np.uint64),
             id_blob=c.joined_ids.replace(b"\n", b""),
-            id_len=(np.diff(bounds) - 1).astype(np.int32),
+            id_len=(np.diff(bounds) - 1).astype(np.uint8),  # ids of at most 64 ASCII characters
             area_ids=area_table,
             area=area,
             classes=class_table,

@@ -522,3 +522,28 @@ def test_names_table_codes_every_name_and_refuses_others() -> None:
         names[len(ids)]
     assert Names([]).code("A") is None and len(Names([])) == 0
     assert names.name(5) is names.name(5) is names[5] and names.name(5) == ids[5]  # decoded once, kept
+
+
+@pytest.mark.parametrize("keep", [None, "A"])
+@pytest.mark.parametrize("same_length", [True, False])
+def test_two_ids_with_one_hash_are_refused_not_merged(keep: str | None, same_length: bool) -> None:
+    # Crafted hashes: "m2" (or "m22") shares "m1"'s; the build compares every held row of a
+    # meter with the meter's id (its first held row in meter order) and names that id.
+    from archive import ArchiveBuilder, HashCollision, code_columns
+
+    other = "m2" if same_length else "m22"
+    ids = ["x1", "m1", "x2", other, "m1"]
+    chunk = code_columns(ids, ["A", "A", "B", "A", "B"], [False] * 5, [1.0] * 5, ["residential"] * 5,
+                         [True] * 5, [0.0, 0.0, 0.0, 10.0, 20.0])
+    chunk.hashes = chunk.hashes.copy()
+    chunk.hashes[3] = chunk.hashes[1]
+    builder = ArchiveBuilder(None if keep is None else keep.__eq__)
+    builder.add_coded(chunk)
+    with pytest.raises(HashCollision, match="^m1$"):
+        builder.build()
+    # The same records without the crafted hash build, a moved meter's ids compared equal.
+    ok = ArchiveBuilder(None if keep is None else keep.__eq__)
+    ok.add_coded(code_columns(ids, ["A", "A", "B", "A", "B"], [False] * 5, [1.0] * 5, ["residential"] * 5,
+                              [True] * 5, [0.0, 0.0, 0.0, 10.0, 20.0]))
+    archive = ok.build()
+    assert archive.meter_id(archive.index("m1")) == "m1"
