@@ -21,7 +21,7 @@ from typing import Any
 import faust
 import orjson
 
-from models.detection import Detection, window_intervals
+from models.detection import Detection
 from models.inspections import Inspection
 from models.lineloss import LossResult
 from streams import contracts
@@ -31,6 +31,7 @@ from streams.engine import ClosedWindow
 from streams.masking import MeterMask
 from streams.metrics import Metrics
 from streams.settings import Settings
+from streams.step import closed_intervals
 from topology import Topology
 
 log = logging.getLogger("gridwatch")
@@ -144,15 +145,7 @@ class DetectionStage:
         for window in closed:
             area = window.result.area_id
             self._restore(area)
-            got = window_intervals(
-                det,
-                area,
-                window.result.window_start,
-                window.points,
-                self.topology,
-                interval_s=s.interval_s,
-                window_s=s.window_s,
-            )
+            got = closed_intervals(det, window, self.topology, s.interval_s, s.window_s)
             if got:
                 self._meters[area] = [det.meter_name(int(i)) for i in got[0].meters]
             self._partition[area] = window.partition

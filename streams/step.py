@@ -287,15 +287,7 @@ class BatchStep:
         for closed in self.engine.pop_closed():
             out.windows_closed += 1
             area = closed.result.area_id
-            intervals = window_intervals(
-                detection,
-                area,
-                closed.result.window_start,
-                closed.points,
-                self.topology,
-                interval_s=self.interval_s,
-                window_s=self.window_s,
-            )
+            intervals = closed_intervals(detection, closed, self.topology, self.interval_s, self.window_s)
             if intervals:
                 self._learning.extend(intervals)
                 out.learned_areas.add(area)
@@ -306,6 +298,23 @@ class BatchStep:
         if self.detection is not None and self._learning:
             out.alerts.extend(self.detection.step(self._learning))
             self._learning = []
+
+
+def closed_intervals(
+    detection: Detection, closed: ClosedWindow, topology: Topology, interval_s: int, window_s: int
+) -> list[AreaInterval]:
+    """The area-intervals the detectors learn from a window closed for the first time (the
+    step's and the worker's one way there)."""
+    r = closed.result
+    return window_intervals(
+        detection,
+        r.area_id,
+        r.window_start,
+        closed.points,
+        topology,
+        interval_s=interval_s,
+        window_s=window_s,
+    )
 
 
 def merge(into: StepOutput, more: StepOutput) -> None:
