@@ -574,9 +574,10 @@ class Detection:
             out += det._a.items()
         return out
 
-    def snapshot_area(self, area_id: str, meter_ids: Sequence[str]) -> bytes:
+    def snapshot_area(self, area_id: str, meter_ids: Sequence[str], *, rings: bool = True) -> bytes:
         """The area's state: its meters' detector rows, its river state, the open alerts of the
-        area and of those meters, and ``learned``."""
+        area and of those meters, and ``learned``; without the suspect ranker's rings when
+        ``rings`` is False (saved slot by slot: :meth:`take_ring_slots`)."""
         idx = self.index(meter_ids)
         rows = {k: v[idx].tobytes() for k, v in self._meter_rows(idx)}
         rows["last_register"] = self.last_register[idx].tobytes()
@@ -596,7 +597,7 @@ class Detection:
                 "rows": rows,
                 "river": pickle.dumps(area_state) if area_state is not None else None,
                 "alerts": alerts,
-                "suspects": _pack(self.ranker.snapshot_area(area_id))
+                "suspects": _pack(self.ranker.snapshot_area(area_id, rings=rings))
                 if self.ranker is not None and area_id in self.ranker.areas
                 else None,
                 "balance": _pack(self.balance.snapshot_area(area_id))
@@ -606,8 +607,29 @@ class Detection:
             }
         )
 
-    def restore_area(self, blob: bytes) -> str:
-        """Load what :meth:`snapshot_area` wrote; returns the area id."""
+    def ring_slot_names(self) -> list[str]:
+        """The names of the ranker's ring slots of an area (none without suspects)."""
+        return self.ranker.ring_slot_names() if self.ranker is not None else []
+
+    def take_ring_slots(self, area_id: str) -> dict[str, bytes]:
+        """The suspect ranker's ring slots of the area written since they were last taken, each
+        one blob: with :meth:`snapshot_area` without rings, what a save of the area writes.
+        A month of hourly evidence is most of an area's state; a save writes its last day.
+
+        >>> det = Detection(meter_kw={"warmup": 4}, area_kw={"warmup": 4}, suspects=True)
+        >>> det.take_ring_slots("A1")
+        {}
+        """
+        if self.ranker is None or area_id not in self.ranker.areas:
+            return {}
+        return {
+            name: msgspec.msgpack.encode(_pack(arrays))
+            for name, arrays in self.ranker.take_ring_slots(area_id).items()
+        }
+
+    def restore_area(self, blob: bytes, ring_slots: Mapping[str, bytes] | None = None) -> str:
+        """Load what :meth:`snapshot_area` wrote (and, for a snapshot without rings, the ring
+        slots :meth:`take_ring_slots` wrote, by name); returns the area id."""
         d = msgspec.msgpack.decode(blob)
         if d.get("v") != 1:
             raise ValueError(f"unknown detection snapshot version {d.get('v')!r}")
@@ -623,7 +645,8 @@ class Detection:
         if d["learned"] is not None:
             self.learned[area_id] = int(d["learned"])
         if self.ranker is not None and d.get("suspects"):
-            self.ranker.restore_area(area_id, _unpack(d["suspects"]))
+            slots = {name: _unpack(msgspec.msgpack.decode(raw)) for name, raw in (ring_slots or {}).items()}
+            self.ranker.restore_area(area_id, _unpack(d["suspects"]), slots)
         if self.balance is not None and d.get("balance"):
             self.balance.restore_area(area_id, _unpack(d["balance"]))
         saved = d.get("classifier")

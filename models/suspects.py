@@ -164,6 +164,26 @@ class _Area:
         self.sales = np.full(history, np.nan, dtype=np.float32)  # reported, missing meters as 0
         self.bins = np.full(history, -1, dtype=np.int64)
         self.open_bin, self.fed, self.s_acc, self.s_cnt = -1, 0, 0.0, 0
+        # Ring slots (see RING_SLOT_BINS) written since they were last taken: all, when new.
+        self.dirty: set[str] = set(ring_slot_names(history, window))
+
+
+# Columns of one ring slot: a day of hourly bins. The rings are saved slot by slot, only the
+# slots written since the last save (SuspectRanker.take_ring_slots), so a save of an area with a
+# month of evidence writes its last day, not the month.
+RING_SLOT_BINS = 24
+# Ring arrays by their ring: "h" the horizon (``history`` columns), "w" the finer recent bins.
+_RINGS = {"h": ("energy", "supply", "sales", "bins"), "w": ("recent",)}
+
+
+def ring_slot_names(history: int, window: int) -> list[str]:
+    """The slots of an area's rings: ``h0``.. over the horizon, ``w0``.. over the recent bins.
+
+    >>> ring_slot_names(72, 30)
+    ['h0', 'h1', 'h2', 'w0', 'w1']
+    """
+    slots = -(-history // RING_SLOT_BINS), -(-window // RING_SLOT_BINS)
+    return [f"{ring}{k}" for ring, n in zip(_RINGS, slots, strict=True) for k in range(n)]
 
 
 class SuspectRanker:
@@ -305,6 +325,7 @@ class SuspectRanker:
         st.sales[col] = np.nansum(e) if len(e) else 0.0
         st.supply[col] = st.s_acc if st.s_cnt >= full else np.nan
         st.bins[col] = st.open_bin
+        st.dirty.update((f"h{col // RING_SLOT_BINS}", f"w{st.open_bin % self.window // RING_SLOT_BINS}"))
         st.acc[:] = 0
         st.cnt[:] = 0
         st.open_bin, st.fed, st.s_acc, st.s_cnt = st.open_bin + 1, 0, 0.0, 0
@@ -465,13 +486,36 @@ class SuspectRanker:
         """Copies of every area's arrays (``np.savez``-able per area)."""
         return {area: self.snapshot_area(area) for area in self.areas}
 
-    def snapshot_area(self, area: str) -> dict[str, npt.NDArray[np.generic]]:
-        """Copies of one area's arrays (KeyError if the area was never observed)."""
+    def snapshot_area(self, area: str, *, rings: bool = True) -> dict[str, npt.NDArray[np.generic]]:
+        """Copies of one area's arrays (KeyError if the area was never observed); without the
+        ring arrays when ``rings`` is False (they are saved by :meth:`take_ring_slots`)."""
         st = self.areas[area]
-        d = {k: np.array(v, copy=True) for k, v in vars(st).items() if isinstance(v, np.ndarray)}
+        skip = () if rings else tuple(k for names in _RINGS.values() for k in names)
+        d = {
+            k: np.array(v, copy=True)
+            for k, v in vars(st).items()
+            if isinstance(v, np.ndarray) and k not in skip
+        }
         d["meters"] = np.array(st.meters, dtype=str)
         d["scalars"] = np.array([st.open_bin, st.fed, st.s_acc, st.s_cnt], dtype=np.float64)
         return d
+
+    def ring_slot_names(self) -> list[str]:
+        return ring_slot_names(self.history, self.window)
+
+    def take_ring_slots(
+        self, area: str, *, every: bool = False
+    ) -> dict[str, dict[str, npt.NDArray[np.generic]]]:
+        """The ring slots of an area written since they were last taken (``every``: all of
+        them), each as copies of its columns of the ring arrays; they count as saved after."""
+        st = self.areas[area]
+        names = self.ring_slot_names() if every else sorted(st.dirty)
+        st.dirty.clear()
+        out: dict[str, dict[str, npt.NDArray[np.generic]]] = {}
+        for name in names:
+            cols = slice(int(name[1:]) * RING_SLOT_BINS, (int(name[1:]) + 1) * RING_SLOT_BINS)
+            out[name] = {k: np.array(getattr(st, k)[..., cols], copy=True) for k in _RINGS[name[0]]}
+        return out
 
     def restore(self, snapshot: dict[str, dict[str, npt.NDArray[np.generic]]]) -> None:
         """Load state saved by :meth:`snapshot` (parameters come from the constructor)."""
@@ -479,18 +523,36 @@ class SuspectRanker:
         for area, d in snapshot.items():
             self.restore_area(area, d)
 
-    def restore_area(self, area: str, d: dict[str, npt.NDArray[np.generic]]) -> None:
-        """Load one area saved by :meth:`snapshot_area`."""
+    def restore_area(
+        self,
+        area: str,
+        d: dict[str, npt.NDArray[np.generic]],
+        slots: dict[str, dict[str, npt.NDArray[np.generic]]] | None = None,
+    ) -> None:
+        """Load one area saved by :meth:`snapshot_area`, with the ring slots saved by
+        :meth:`take_ring_slots` when it was taken without its rings (a slot not given stays
+        empty: its bins count as missing)."""
         st = _Area([str(m) for m in d["meters"]], np.asarray(d["group"], np.int8), self.history, self.window)
+        self.areas[area] = st  # until loaded: another layout or horizon starts the area afresh
+        d = dict(d)
+        if "energy" not in d and "mean" in d:
+            for name, got in (slots or {}).items():
+                cols = slice(int(name[1:]) * RING_SLOT_BINS, (int(name[1:]) + 1) * RING_SLOT_BINS)
+                for key in _RINGS.get(name[0], ()):
+                    ring = getattr(st, key)
+                    if key not in got or got[key].shape != ring[..., cols].shape:
+                        self.areas[area] = _Area(list(st.meters), st.group, self.history, self.window)
+                        return
+                    ring[..., cols] = got[key]
+            d.update({k: getattr(st, k) for names in _RINGS.values() for k in names})
+            st.dirty.clear()  # the slots as saved; a full snapshot (an earlier version) has none
         if d["energy"].dtype != np.uint8 or d["energy"].shape[1:] != (self.history,) or "recent" not in d:
-            self.areas[area] = st  # another layout or horizon: the area starts afresh
             return
         for k, v in d.items():
             if k not in ("meters", "scalars"):
                 setattr(st, k, np.array(v, dtype=getattr(st, k).dtype, copy=True))
         ob, fed, s_acc, s_cnt = (float(x) for x in d["scalars"])
         st.open_bin, st.fed, st.s_acc, st.s_cnt = int(ob), int(fed), s_acc, int(s_cnt)
-        self.areas[area] = st
 
 
 def combine(

@@ -63,6 +63,17 @@ def decode_detector_state(value: dict[str, str]) -> bytes:
     return base64.b64decode(value["b64"])
 
 
+def ring_key(area: str, slot: str) -> str:
+    """The table key of one ring slot of an area's suspect evidence (its state proper is keyed
+    by the area id). The unit separator cannot occur in an area id (streams.contracts' id
+    pattern), so no slot key is an area's.
+
+    >>> ring_key("A0001", "h3")
+    'A0001\\x1fh3'
+    """
+    return f"{area}\x1f{slot}"
+
+
 def masked_alert(record: dict[str, Any], mask: MeterMask) -> dict[str, Any]:
     """A meter alert with its meter id (in ``entity_id`` and ``id``) replaced by the mask's
     keyed hash; area alerts and unmasked workers pass unchanged."""
@@ -120,7 +131,12 @@ class DetectionStage:
         if area not in self._restored:
             saved = self.table.get(area)
             if saved:
-                self.detection.restore_area(decode_detector_state(saved))
+                slots = {}
+                for name in self.detection.ring_slot_names():
+                    value = self.table.get(ring_key(area, name))
+                    if value:
+                        slots[name] = decode_detector_state(value)
+                self.detection.restore_area(decode_detector_state(saved), slots)
             self._restored.add(area)
 
     async def _send_alerts(self, records: Iterable[dict[str, Any]], partition: int) -> None:
@@ -227,7 +243,21 @@ class DetectionStage:
                 return
         areas = self._dirty.pop(partition)
         for area in sorted(areas):
-            value = encode_detector_state(self.detection.snapshot_area(area, self._meters.get(area, [])))
+            # The ring slots written since the last save first, then the rest of the state:
+            # sent in this order to one partition, a head in the changelog has its slots before
+            # it. A slot alone fits one record (a day of one byte per meter and bin).
+            for name, blob in self.detection.take_ring_slots(area).items():
+                slot = encode_detector_state(blob)
+                if slot is None:
+                    self.metrics.detector_state_unsaved.inc()
+                    log.error("ring slot %s of area %s exceeds one changelog record: not saved", name, area)
+                    continue
+                key = ring_key(area, name)
+                self.table.data[key] = slot
+                self.checkpoint.add(self.table.send_changelog(partition, key, slot))
+            value = encode_detector_state(
+                self.detection.snapshot_area(area, self._meters.get(area, []), rings=False)
+            )
             if value is None:
                 # A month of ranking evidence for a very large area (~1,000 meters) can pass the
                 # producer's 1 MB request limit even compressed; failing the send would stop the

@@ -311,3 +311,38 @@ def test_the_area_loss_history_survives_a_snapshot() -> None:
     resumed = Detection(suspects=True)
     resumed.restore_area(part.snapshot_area("A1", [f"M{i}" for i in range(30)]))
     assert zero_area(resumed, 250, 150, draws=True, m3_kwh=0.1) == whole
+
+
+def test_saves_write_only_the_ring_slots_written_since_the_last_and_restore_whole() -> None:
+    kw = {"meter_kw": {"warmup": 24}, "area_kw": {"warmup": 24}, "suspects": True}
+    whole = Detection(**kw)
+    a = run(whole, 1, 400, stop=250)
+    part = Detection(**kw)
+    slots: dict[str, bytes] = {}
+    sizes = []
+    for first, last in ((1, 60), (60, 130), (130, 200), (200, 270)):
+        run(part, first, last, stop=250)
+        taken = part.take_ring_slots("A1")
+        sizes.append(len(taken))
+        slots.update(taken)
+        head = part.snapshot_area("A1", IDS, rings=False)
+    # the first save writes every slot (a month of hours in days, 3 days of finer bins); each
+    # later one the days its 70 intervals (17.5 hours) touched: at most two of each ring
+    assert sizes[0] == len(part.ring_slot_names()) == 33
+    assert all(1 <= n <= 4 for n in sizes[1:])
+    assert len(head) < len(part.snapshot_area("A1", IDS)) / 2
+    resumed = Detection(**kw)
+    resumed.index(["someone-else"])
+    assert resumed.restore_area(head, slots) == "A1"
+    assert resumed.ranker is not None and part.ranker is not None
+    got, want = resumed.ranker.snapshot_area("A1"), part.ranker.snapshot_area("A1")
+    assert got.keys() == want.keys()
+    assert all(np.array_equal(got[k], want[k], equal_nan=got[k].dtype.kind == "f") for k in want)
+    b = [r for r in a if r["at"] <= "1970-01-03T19:15:00Z"]  # up to t = 269
+    b += run(resumed, 270, 400, stop=250)
+    assert b == a
+    # a slot lost (not in the store) is an empty day of the ring, not an error
+    lost = Detection(**kw)
+    lost.restore_area(head, {k: v for k, v in slots.items() if k != "h0"})
+    assert lost.ranker is not None
+    assert (lost.ranker.areas["A1"].energy[:, :24] == 255).all()
