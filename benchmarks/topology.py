@@ -41,6 +41,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from cli import NUMPY_HUGEPAGE_DEFAULT as WORKER_NUMPY_HUGEPAGE  # noqa: E402
+
 RESULTS = REPO / "benchmarks" / "results"
 PARTITIONS = 8
 METERS_PER_AREA = 150
@@ -215,10 +217,16 @@ def _figures(
     }
 
 
+def child_env() -> dict[str, str]:
+    """The children's environment: numpy's huge-page switch as the worker sets it (``cli``),
+    unless this process was given one."""
+    return {"NUMPY_MADVISE_HUGEPAGE": WORKER_NUMPY_HUGEPAGE, **os.environ}
+
+
 def run_child(kind: str, meters: int, held: int) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", kind, str(meters), str(held)]
     print(f"  {kind} {meters:,} meters, {held}/{PARTITIONS} partitions ...", flush=True)
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=child_env())
     if out.returncode != 0:
         raise SystemExit(f"child failed: {' '.join(cmd)}\n{out.stderr[-3000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -307,7 +315,8 @@ def main() -> int:
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0],
                     "loadavg_before": load_before, "loadavg_after": os.getloadavg()},
         "params": {"sizes": args.sizes, "held": args.held, "partitions": PARTITIONS, "repeats": args.repeats,
-                   "meters_per_area": METERS_PER_AREA, "moved_share": MOVED_SHARE, "chunk": CHUNK},
+                   "meters_per_area": METERS_PER_AREA, "moved_share": MOVED_SHARE, "chunk": CHUNK,
+                   "numpy_madvise_hugepage": child_env()["NUMPY_MADVISE_HUGEPAGE"]},
         "runs": runs,
         "old": old,
         "estimate_40M": estimate,
