@@ -4,7 +4,8 @@ faust-streaming (0.15, #596) drops records fetched while flow is suspended durin
 table recovery, yet advances its read offset past them, and can leave an assigned partition out
 of its fetch set after a rebalance during recovery. :class:`DeliveryGuard` keeps the worker's
 own next offset per partition, reads what the stream skipped straight from the broker
-(:class:`SkippedRecords`), and puts a stalled partition back in the fetch set. When Faust is
+(:class:`SkippedRecords`), and puts a stalled partition back in the fetch set, a changelog
+partition table recovery waits for in vain too (:func:`recovery_stalls`). When Faust is
 fixed, this module is what goes.
 """
 
@@ -72,6 +73,7 @@ class DeliveryGuard:
         self._next: dict[tuple[str, int], int] = {}
         self._skipped = SkippedRecords(settings)
         self._start_committed: dict[tuple[str, int], int] = {}  # (topic, partition) -> offset
+        self._recovery_tries: dict[Any, float] = {}  # changelog partition -> last resumed (monotonic)
 
     def next_offset(self, topic: str, partition: int) -> int | None:
         return self._next.get((topic, partition))
@@ -148,6 +150,29 @@ class DeliveryGuard:
                 self._start_committed[(tp.topic, tp.partition)] = offsets.get((tp.topic, tp.partition), 0)
         return self._start_committed
 
+    async def resume_recovery(self, now: float) -> None:
+        """Read again the changelog partitions table recovery waits for in vain
+        (:func:`recovery_stalls`): resumed in the fetch set and sought back to recovery's own
+        offset. Records read twice set the same table values again."""
+        recovery = self.app.tables.recovery
+        for tp, offset in recovery_stalls(recovery, now, self._recovery_tries).items():
+            log.warning(
+                "table recovery: %s[%d] delivered nothing for %.0f s with records left (read to %d of %d); "
+                "resuming it and reading again from %d",
+                tp.topic,
+                tp.partition,
+                RECOVERY_STALL_S,
+                recovery.active_offsets.get(tp, -1),
+                recovery.active_highwaters.get(tp, -1),
+                offset,
+            )
+            self._recovery_tries[tp] = now
+            self.on_stall()
+            consumer = self.app.consumer
+            getattr(consumer, "_buffered_partitions", set()).discard(tp)
+            consumer.resume_partitions([tp])
+            await consumer.seek(tp, offset)
+
     async def resume_stalled(self, tp: Any, position: int, highwater: int) -> None:
         """Put a stalled partition back in the fetch set and read it again from the next
         offset to process.
@@ -174,6 +199,47 @@ class DeliveryGuard:
         getattr(consumer, "_buffered_partitions", set()).discard(tp)
         consumer.resume_partitions([tp])
         await consumer.seek(tp, position)
+
+
+# A changelog partition table recovery waits for but that delivered nothing for this long is
+# read again: recovery of a partition with records flows in well under a second here.
+RECOVERY_STALL_S = 30.0
+
+
+def recovery_stalls(
+    recovery: Any, now: float, tried: dict[Any, float], stall_s: float = RECOVERY_STALL_S
+) -> dict[Any, int]:
+    """Changelog partitions Faust's table recovery still needs records of (read up to an
+    offset below the partition's last) that delivered none for ``stall_s`` since recovery
+    started, their last record, or the last try (``tried``: partition -> time); each with the
+    offset to read again from, Faust's own (its seek re-reads the last record read).
+
+    faust-streaming can drop records it fetched during a rebalance and move its read offset past
+    them (the bug behind :class:`DeliveryGuard`); in table recovery that leaves a worker waiting
+    for them for ever (seen once in CI: the rebalance test's worker, after the other left, read
+    nothing of the two changelog partitions it took over for minutes, warning "No event
+    received for active tp ... since recovery start").
+
+    >>> from types import SimpleNamespace as NS
+    >>> r = NS(in_recovery=True, _recovery_started_at=0.0, _active_events_received_at={"b": 25.0},
+    ...        active_highwaters={"a": 9, "b": 9, "c": 4}, active_offsets={"a": -1, "b": 3, "c": 4})
+    >>> recovery_stalls(r, 40.0, {}), recovery_stalls(r, 60.0, {}), recovery_stalls(r, 60.0, {"a": 45.0})
+    ({'a': 0}, {'a': 0, 'b': 3}, {'b': 3})
+    >>> recovery_stalls(NS(in_recovery=False), 60.0, {})
+    {}
+    """
+    started = getattr(recovery, "_recovery_started_at", None)
+    if not recovery.in_recovery or started is None:
+        return {}
+    received = getattr(recovery, "_active_events_received_at", {})
+    out = {}
+    for tp, last in recovery.active_highwaters.items():
+        have = recovery.active_offsets.get(tp, -1)
+        if have >= last:
+            continue
+        if now - max(received.get(tp, started), tried.get(tp, started), started) >= stall_s:
+            out[tp] = max(have, 0)
+    return out
 
 
 def stalled(last_event: float, recovered_since: float | None, now: float, idle_close_s: float) -> bool:

@@ -186,7 +186,8 @@ class Metrics:
         self.stalled_partitions = Counter(
             "gridwatch_stalled_partitions_resumed_total",
             "Input partitions with records waiting that the Faust stream stopped delivering, "
-            "resumed and re-read from the next offset to process",
+            "resumed and re-read from the next offset to process (and changelog partitions "
+            "table recovery waited for in vain, re-read from recovery's offset)",
             registry=registry,
         )
         self.anomalies_open = Gauge(
