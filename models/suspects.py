@@ -167,6 +167,14 @@ class _Area:
         # Ring slots (see RING_SLOT_BINS) written since they were last taken: all, when new.
         self.dirty: set[str] = set(ring_slot_names(history, window))
 
+    def slots_with_data(self) -> set[str]:
+        """The ring slots holding a closed bin: the others are empty and need no saving."""
+        held = self.bins[self.bins >= 0]
+        cols = np.flatnonzero(self.bins >= 0)
+        return {f"h{c}" for c in np.unique(cols // RING_SLOT_BINS)} | {
+            f"w{c}" for c in np.unique(held % self.recent.shape[1] // RING_SLOT_BINS)
+        }
+
 
 # Columns of one ring slot: a day of hourly bins. The rings are saved slot by slot, only the
 # slots written since the last save (SuspectRanker.take_ring_slots), so a save of an area with a
@@ -498,6 +506,9 @@ class SuspectRanker:
         }
         d["meters"] = np.array(st.meters, dtype=str)
         d["scalars"] = np.array([st.open_bin, st.fed, st.s_acc, st.s_cnt], dtype=np.float64)
+        if not rings:
+            # the slots the rings are read back from; any other saved slot is stale or empty
+            d["ring_slots"] = np.array(sorted(st.slots_with_data()), dtype=str)
         return d
 
     def ring_slot_names(self) -> list[str]:
@@ -509,7 +520,7 @@ class SuspectRanker:
         """The ring slots of an area written since they were last taken (``every``: all of
         them), each as copies of its columns of the ring arrays; they count as saved after."""
         st = self.areas[area]
-        names = self.ring_slot_names() if every else sorted(st.dirty)
+        names = sorted(st.slots_with_data() & (set(self.ring_slot_names()) if every else st.dirty))
         st.dirty.clear()
         out: dict[str, dict[str, npt.NDArray[np.generic]]] = {}
         for name in names:
@@ -536,7 +547,10 @@ class SuspectRanker:
         self.areas[area] = st  # until loaded: another layout or horizon starts the area afresh
         d = dict(d)
         if "energy" not in d and "mean" in d:
+            listed = {str(n) for n in d.pop("ring_slots", ())}
             for name, got in (slots or {}).items():
+                if name not in listed:
+                    continue  # written by an earlier state of the area, not this one's
                 cols = slice(int(name[1:]) * RING_SLOT_BINS, (int(name[1:]) + 1) * RING_SLOT_BINS)
                 for key in _RINGS.get(name[0], ()):
                     ring = getattr(st, key)
