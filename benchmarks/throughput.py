@@ -40,6 +40,9 @@ latency runs below (None for a kind whose latency run is off).
     group.initial.rebalance.delay.ms = 3000 (the local broker's default is 0), so two workers
     started together usually join one initial rebalance; single-worker runs, measured from
     their first record, are not affected. ``two_workers_over_one`` (target >= 1.5) is the ratio.
+    Over the same span the workers' and the broker's CPU seconds are read from /proc: the
+    broker's share of them, and how busy they kept the machine's CPUs (near 1: the workers and
+    the broker share a saturated machine, and a second worker can only take CPU from them).
 
 Writes benchmarks/results/throughput.json and throughput.md (another directory with --out);
 with --profile-s > 0 (default 15; --no-profile: 0) a separate worker run per message kind is
@@ -516,12 +519,30 @@ def run_worker(
 # --- (e) one worker vs two workers in one group ---------------------------------------------------
 
 
+def system_cpu() -> tuple[float, float] | None:
+    """(busy, all) CPU seconds of the whole machine since boot, from /proc/stat."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields) - idle) / tick, sum(fields) / tick
+
+
 def run_group(
-    bootstrap: str, st: dict[str, Any], topology: str, tmp: Path, areas_csv: Path, workers: int
+    bootstrap: str,
+    st: dict[str, Any],
+    topology: str,
+    tmp: Path,
+    areas_csv: Path,
+    workers: int,
+    broker_pid: int | None = None,
 ) -> dict[str, Any]:
     """``workers`` gridwatch workers in one fresh consumer group over a pre-filled set:
     readings/s from the first record any of them processes until the group's committed offsets
-    equal the end offsets."""
+    equal the end offsets. Over that same span, the CPU seconds of the workers and of the
+    broker (``broker_pid``, when it runs here) and how busy they kept the machine's CPUs."""
     from local.run import WorkerProcess
 
     envs = [worker_env(bootstrap, st, topology, f"group{workers}", tmp, areas_csv) for _ in range(workers)]
@@ -536,12 +557,18 @@ def run_group(
     try:
         pids = [w.proc.pid for w in procs if w.proc is not None]
         cpu0 = {pid: cpu_seconds(pid) for pid in pids}
+        span0: dict[int, float | None] = {}  # CPU seconds at the first record: workers', broker's
+        box0 = box1 = None  # the whole machine's (busy, all) CPU seconds then and at the end
+        watched = [*pids, *([broker_pid] if broker_pid else [])]
         deadline = time.monotonic() + 900
         while True:
             now = time.time()
             for i, w in enumerate(procs):
                 if firsts[i] is None and (w.metric_sum("gridwatch_processing_seconds_count") or 0) > 0:
                     firsts[i] = now
+                    if not span0:
+                        span0 = {pid: cpu_seconds(pid) for pid in watched}
+                        box0 = system_cpu()
             if any(f is not None for f in firsts) and lag.lag() == 0:
                 break
             for w in procs:
@@ -550,6 +577,8 @@ def run_group(
             time.sleep(0.1 if not any(firsts) else 0.25)
         committed = time.time()
         cpu1 = {pid: cpu_seconds(pid) for pid in pids}
+        span1 = {pid: cpu_seconds(pid) for pid in span0}
+        box1 = system_cpu()
         rss = [peak_rss_mb(pid) for pid in pids]
         processed = [w.metric_sum("gridwatch_processing_seconds_count") or 0 for w in procs]
     finally:
@@ -559,6 +588,11 @@ def run_group(
     first = min(f for f in firsts if f is not None)
     span = committed - first
     cpus = [cpu1[p] - cpu0[p] for p in cpu1 if cpu0.get(p) is not None and cpu1[p] is not None]
+    used = {p: b - a for p, a in span0.items() if a is not None and (b := span1.get(p)) is not None}
+    workers_span = sum(used[p] for p in pids if p in used)
+    broker_span = used.get(broker_pid) if broker_pid else None
+    machine = (os.cpu_count() or 1) * span if span > 0 else None
+    box = (box1[0] - box0[0]) / (box1[1] - box0[1]) if box0 and box1 and box1[1] > box0[1] else None
     return {
         "workers": workers,
         "seconds": round(span, 3),
@@ -566,11 +600,21 @@ def run_group(
         "messages_processed_per_worker": [int(n) for n in processed],
         "worker_started_after_s": [round(f - first, 2) if f is not None else None for f in firsts],
         "cpu_s": round(sum(cpus), 2) if cpus else None,
+        # from the first record to the committed end, as readings_per_s
+        "workers_cpu_s_in_span": round(workers_span, 2),
+        "broker_cpu_s_in_span": round(broker_span, 2) if broker_span is not None else None,
+        "broker_cpu_share": round(broker_span / (workers_span + broker_span), 3)
+        if broker_span is not None and workers_span + broker_span > 0
+        else None,
+        "machine_busy_share": round((workers_span + (broker_span or 0.0)) / machine, 3) if machine else None,
+        "machine_busy_share_all_processes": round(box, 3) if box is not None else None,
         "peak_rss_mb": [round(r, 1) if r is not None else None for r in rss],
     }
 
 
-def run_scaling(bootstrap: str, city: Any, tmp: Path, areas_csv: Path) -> dict[str, Any]:
+def run_scaling(
+    bootstrap: str, city: Any, tmp: Path, areas_csv: Path, broker_pid: int | None = None
+) -> dict[str, Any]:
     """The same pre-filled batch set read by one worker, then by two in one group."""
     from streams.kafkaio import end_offsets
 
@@ -580,9 +624,9 @@ def run_scaling(bootstrap: str, city: Any, tmp: Path, areas_csv: Path) -> dict[s
         topic: dict(sorted(end_offsets(bootstrap, st["names"][topic]).items()))
         for topic in ("readings", "supply")
     }
-    one = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 1)
+    one = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 1, broker_pid)
     print(f"    1 worker:  {one['readings_per_s']:,} readings/s ({one['seconds']:.1f}s)", flush=True)
-    two = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 2)
+    two = run_group(bootstrap, st, data["topology"], tmp, areas_csv, 2, broker_pid)
     print(
         f"    2 workers: {two['readings_per_s']:,} readings/s ({two['seconds']:.1f}s; second worker's "
         f"first record {max(x or 0 for x in two['worker_started_after_s']):.1f}s after the first's)",
@@ -838,11 +882,15 @@ def scaling_md(scaling: dict[str, Any]) -> list[str]:
         "readings/s from the first record either worker processed until the group's committed "
         "offsets = end offsets (a rebalance when the second worker joins is included).",
         "",
-        "| workers | readings/s | seconds | CPU s (all workers) | messages processed per worker "
-        "| first record per worker, s after the first | peak RSS MB |",
-        "|" + " --- |" * 7,
+        "| workers | readings/s | seconds | CPU s (all workers) | workers / broker CPU s in the span "
+        "| broker's share of that CPU | machine's CPUs busy: these / all processes "
+        "| messages processed per worker | first record per worker, s after the first | peak RSS MB |",
+        "|" + " --- |" * 10,
         *[
             f"| {g['workers']} | {fmt(g['readings_per_s'])} | {fmt(g['seconds'], 1)} | {fmt(g['cpu_s'], 2)} "
+            f"| {fmt(g.get('workers_cpu_s_in_span'), 2)} / {fmt(g.get('broker_cpu_s_in_span'), 2)} "
+            f"| {fmt(g.get('broker_cpu_share'), 3)} | {fmt(g.get('machine_busy_share'), 3)} / "
+            f"{fmt(g.get('machine_busy_share_all_processes'), 3)} "
             f"| {', '.join(map(str, g['messages_processed_per_worker']))} "
             f"| {', '.join(map(str, g['worker_started_after_s']))} "
             f"| {', '.join(map(str, g['peak_rss_mb']))} |"
@@ -850,7 +898,10 @@ def scaling_md(scaling: dict[str, Any]) -> list[str]:
         ],
         "",
         f"two_workers_over_one: {fmt(scaling['two_workers_over_one'], 3)} (target >= 1.5). Messages per "
-        f"partition: {scaling['messages_per_partition']}.",
+        f"partition: {scaling['messages_per_partition']}. The span is from the first record to the "
+        "committed end; 'machine's CPUs busy' is the workers' and the broker's CPU seconds over the "
+        "span times the CPUs, and of all processes from /proc/stat: near 1, the machine is saturated "
+        "(by the workers and the broker, or by others too when the two differ).",
         "",
     ]
 
@@ -1013,7 +1064,8 @@ def main(argv: list[str] | None = None) -> int:
                 "area_id,area_class,loss_lower,loss_upper\n"
                 + "".join(f"{a},{scity.topology.area_class(a)},,\n" for a in scity.area_ids)
             )
-            scaling = run_scaling(bootstrap, scity, tmp, scaling_csv)
+            broker_pid = broker.pid if broker is not None else None
+            scaling = run_scaling(bootstrap, scity, tmp, scaling_csv, broker_pid)
             scaling["city"] = {
                 "areas": args.scaling_areas,
                 "meters_per_area": args.scaling_meters,
