@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
+from itertools import count
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
@@ -77,6 +78,9 @@ _METER_ID, _AREA_ID, _ROLE, _MULTIPLIER, _CLASS, _ACTIVE, _EFFECTIVE_FROM, _ = (
     attrgetter(f) for f in _Row.__struct_fields__
 )
 _IS_SUPPLY = {"supply": True, "customer": False}  # a dict lookup: cheaper than calling str.__eq__
+# Every field but the meter id as one tuple per row, interned per chunk with one dict: a pull and
+# an interning per field cost more than the field's share of the tuple's.
+_PROFILE = attrgetter("area_id", "effective_from", "role", "active", "customer_class", "multiplier")
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
 
 
@@ -101,10 +105,8 @@ class _Checked(msgspec.Struct):
     index: list[int]
     meter_ids: list[str]
     joined_ids: bytes  # "\n".join(meter_ids), ASCII (the id pattern allows nothing else)
-    area_ids: list[str]
-    areas: set[str]
-    efs: list[str]
-    ef_set: set[str]
+    profile: Any  # int32 per row: its profile, the fields but the id, in ``profiles``
+    profiles: list[tuple[str, str, str, bool, str, float]]  # distinct, in order of first row
     suspect: list[int]  # positions in the chunk for the contract's own decoder
 
 
@@ -130,8 +132,9 @@ class ChunkDecoder:
     def decode_coded(
         self, values: Sequence[bytes | None]
     ) -> tuple[CodedChunk, list[tuple[int, InvalidRecord]]]:
-        """:meth:`decode` as the builder's coded columns, pulled from the decoded rows with one
-        C-level pass per field and interned per distinct value (the bulk load's path)."""
+        """:meth:`decode` as the builder's coded columns (the bulk load's path): the ids pulled
+        from the decoded rows in C-level passes, every other field as one tuple per row, a
+        profile, interned per chunk; each field is coded per distinct profile."""
         c = self._checked(values)
         refused, rescued = self._refusals(values, c.suspect)
         if rescued:  # valid after all, by a rule the row decoder does not know: rare, via lists
@@ -141,31 +144,33 @@ class ChunkDecoder:
             chunk = code_columns(cols.meter_ids, cols.area_ids, cols.supply, cols.multipliers, cols.classes,
                                  cols.active, cols.starts)
             return chunk, refused
-        rows, n = c.rows, len(c.rows)
+        n, prof = len(c.rows), c.profile
         # Id lengths from the separators' positions; the blob is the ids without them.
         ends = np.flatnonzero(np.frombuffer(c.joined_ids, dtype=np.uint8) == 10)
         bounds = np.concatenate(([-1], ends, [len(c.joined_ids)])) if n else np.zeros(1, dtype=np.int64)
-        area_table, area = intern(c.area_ids, c.areas)
-        class_table, cls = intern(list(map(_CLASS, rows)))
-        ef_table, ef = intern(c.efs, c.ef_set)
-        start_values = np.array([self._start_of[e] for e in ef_table], dtype=np.float64)
-        start_table, start_code = intern_numbers(start_values)  # "Z" and "+00:00" are one start
-        mult_table, mult = intern_numbers(np.fromiter(map(_MULTIPLIER, rows), dtype=np.float64, count=n))
-        supply = np.fromiter(map(_IS_SUPPLY.__getitem__, map(_ROLE, rows)), dtype=bool, count=n)
-        active = np.fromiter(map(_ACTIVE, rows), dtype=bool, count=n)
+        # Interned per distinct profile (a few hundred a chunk), spread to the rows by gathers.
+        p_area, p_ef, p_role, p_active, p_class, p_mult = (zip(*c.profiles, strict=True) if c.profiles
+                                                           else ((),) * 6)
+        area_table, area = intern(p_area)
+        class_table, cls = intern(p_class)
+        start_table, start = intern_numbers(np.array([self._start_of[e] for e in p_ef], dtype=np.float64))
+        mult_table, mult = intern_numbers(np.array(p_mult, dtype=np.float64))
+        supply = np.array([_IS_SUPPLY[r] for r in p_role], dtype=bool)
+        active = np.array(p_active, dtype=bool)
+        flags = supply.view(np.uint8) * np.uint8(SUPPLY) | active.view(np.uint8) * np.uint8(ACTIVE)
         chunk = CodedChunk(
             hashes=np.fromiter(map(hash, c.meter_ids), dtype=np.int64, count=n).view(np.uint64),
             id_blob=c.joined_ids.replace(b"\n", b""),
             id_len=(np.diff(bounds) - 1).astype(np.uint8),  # ids of at most 64 ASCII characters
             area_ids=area_table,
-            area=area,
+            area=area[prof],
             classes=class_table,
-            cls=cls,
-            flags=supply.view(np.uint8) * np.uint8(SUPPLY) | active.view(np.uint8) * np.uint8(ACTIVE),
+            cls=cls[prof],
+            flags=flags[prof],
             multipliers=mult_table,
-            mult=mult,
+            mult=mult[prof],
             starts=start_table,
-            start=start_code[ef],
+            start=start[prof],
         )
         return chunk, refused
 
@@ -174,12 +179,12 @@ class ChunkDecoder:
         return Columns(
             c.index,
             c.meter_ids,
-            c.area_ids,
+            list(map(_AREA_ID, rows)),
             list(map("supply".__eq__, map(_ROLE, rows))),
             list(map(_MULTIPLIER, rows)),
             list(map(_CLASS, rows)),
             list(map(_ACTIVE, rows)),
-            list(map(self._start_of.__getitem__, c.efs)),  # type: ignore[arg-type]
+            list(map(self._start_of.__getitem__, map(_EFFECTIVE_FROM, rows))),  # type: ignore[arg-type]
         )
 
     def _checked(self, values: Sequence[bytes | None]) -> _Checked:
@@ -202,9 +207,8 @@ class ChunkDecoder:
                     suspect.append(i)
         ids = list(map(_METER_ID, rows))
         joined = "\n".join(ids).encode()
-        area_ids = list(map(_AREA_ID, rows))
-        efs = list(map(_EFFECTIVE_FROM, rows))
-        areas, ef_set = set(area_ids), set(efs)
+        profile, profiles = _profiles(rows)
+        areas, ef_set = {p[0] for p in profiles}, {p[1] for p in profiles}
         # Membership tests per new value (not `set - dict.keys()`: that walks the whole dict).
         good_area, start_of = self._good_area, self._start_of
         for a in [a for a in areas if a not in good_area]:
@@ -214,19 +218,16 @@ class ChunkDecoder:
         bad: set[int] = set()
         if ids and joined.translate(None, _ID_CHARS) != b"\n" * (len(ids) - 1):
             bad.update(k for k, m in enumerate(ids) if not _good_id(m))
-        wrong_area = {a for a in areas if not good_area[a]}
-        bad_starts = {ef for ef in ef_set if start_of[ef] is None}
-        if wrong_area or bad_starts:
-            bad.update(k for k, (a, ef) in enumerate(zip(area_ids, efs, strict=True))
-                       if a in wrong_area or ef in bad_starts)
+        wrong = [j for j, p in enumerate(profiles) if not good_area[p[0]] or start_of[p[1]] is None]
+        if wrong:
+            bad.update(np.flatnonzero(np.isin(profile, wrong)).tolist())
         if bad:
             suspect.extend(index[k] for k in bad)
             keep = [k for k in range(len(rows)) if k not in bad]
-            rows, index = [rows[k] for k in keep], [index[k] for k in keep]
-            ids, area_ids, efs = [ids[k] for k in keep], [area_ids[k] for k in keep], [efs[k] for k in keep]
-            joined, areas = "\n".join(ids).encode(), set(area_ids)
-            ef_set = set(efs)
-        return _Checked(rows, index, ids, joined, area_ids, areas, efs, ef_set, sorted(suspect))
+            rows, index, ids = [rows[k] for k in keep], [index[k] for k in keep], [ids[k] for k in keep]
+            joined = "\n".join(ids).encode()
+            profile, profiles = _profiles(rows)
+        return _Checked(rows, index, ids, joined, profile, profiles, sorted(suspect))
 
     @staticmethod
     def _refusals(
@@ -271,6 +272,18 @@ def release_free_memory() -> None:
 
 def _good_id(value: str) -> bool:
     return 1 <= len(value) <= 64 and not value.encode().translate(None, _ID_CHARS)
+
+
+def _profiles(rows: list[_Row]) -> tuple[Any, list[tuple[str, str, str, bool, str, float]]]:
+    """(each row's profile as an int32 code, the distinct profiles in order of first row): one
+    dict whose value for a profile is its first row (``setdefault`` with the row number), so a
+    row costs one tuple and one lookup, and only the distinct profiles' tuples are kept."""
+    n = len(rows)
+    seen: dict[tuple[str, str, str, bool, str, float], int] = {}
+    first = np.fromiter(map(seen.setdefault, map(_PROFILE, rows), count()), dtype=np.int64, count=n)
+    code = np.empty(n, dtype=np.int32)
+    code[np.fromiter(seen.values(), dtype=np.int64, count=len(seen))] = np.arange(len(seen), dtype=np.int32)
+    return code[first], list(seen)
 
 
 def _append(cols: Columns, i: int, rec: contracts.TopologyRecord) -> None:
