@@ -93,15 +93,16 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
         ChunkDecoder,
         TopologyFeed,
         add_values,
+        area_partition,
         release_free_memory,
-        shard_areas,
     )
     from topology import Topology
 
     records = meters + meters // int(1 / MOVED_SHARE)
+    held_set = frozenset(range(held))
+    keep = None if held >= PARTITIONS else (lambda area: area_partition(area, PARTITIONS) in held_set)
     # As the feed: a shard also builds the meter directory of every meter it does not hold.
-    keep, partition_of = ((None, None) if held >= PARTITIONS else
-                          shard_areas(frozenset(range(held)), PARTITIONS))
+    partition_of = None if keep is None else (lambda area: area_partition(area, PARTITIONS))
     assert TopologyFeed  # the worker's path: the same decoder and builder calls
     gc.collect()
     rss0 = _status_kb("VmRSS")
@@ -124,7 +125,7 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     wall += time.perf_counter() - w
     cpu += time.process_time() - c
     directory_cpu_s = builder.directory_cpu_s
-    del builder, decoder, keep, partition_of  # (a shard's area memo: the load's, as in the feed)
+    del builder, decoder
     gc.collect()
     release_free_memory()  # as the feed does after a load
     rss1 = _status_kb("VmRSS")

@@ -13,17 +13,16 @@ import asyncio
 import ctypes
 import gc
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from itertools import count
 from operator import attrgetter
 from typing import Annotated, Any, Literal
 
 import msgspec
 import numpy as np
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import murmur2
 
 from archive import (
     ACTIVE,
@@ -59,50 +58,6 @@ def area_partition(area_id: str, partitions: int) -> int:
     return (murmur2(area_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-_M = 0x5BD1E995
-_W32 = 0xFFFFFFFF
-_words = struct.Struct("<I").iter_unpack
-
-
-def murmur2(data: bytes) -> int:
-    """Kafka's murmur2 of ``data``, as aiokafka.partitioner.murmur2 computes it (the test
-    compares them), in 0.6 of its time: 4-byte words unpacked at once, masks only where a
-    product can pass 32 bits. A shard's load asks it for every area of the province."""
-    length = len(data)
-    h = 0x9747B28C ^ length
-    n4 = length & ~3
-    for (k,) in _words(data[:n4]):
-        k = k * _M & _W32
-        k = (k ^ k >> 24) * _M & _W32
-        h = h * _M & _W32 ^ k
-    extra = length & 3
-    if extra:
-        if extra == 3:
-            h ^= data[n4 + 2] << 16
-        if extra >= 2:
-            h ^= data[n4 + 1] << 8
-        h = (h ^ data[n4]) * _M & _W32
-    h ^= h >> 13
-    h = h * _M & _W32
-    return h ^ h >> 15
-
-
-def shard_areas(held: frozenset[int], partitions: int) -> tuple[Callable[[str], bool], Callable[[str], int]]:
-    """(keep_area, partition_of) for the ArchiveBuilder of a shard holding ``held``: each area's
-    partition computed once for both (the builder asks keep_area of every area of the topic and
-    partition_of of every area not kept; at 10 M meters, 1/8 held, that was ~125k murmur2
-    calls). The memo lives as long as the builder's own area codes, i.e. the load."""
-    memo: dict[str, int] = {}
-
-    def partition_of(area_id: str) -> int:
-        p = memo.get(area_id)
-        if p is None:
-            p = memo[area_id] = area_partition(area_id, partitions)
-        return p
-
-    return (lambda area_id: partition_of(area_id) in held), partition_of
-
-
 class _Row(msgspec.Struct, forbid_unknown_fields=True, gc=False):
     """A topology record with the contract's cheap checks (lengths, ranges, enums) done by the
     decoder and its id patterns done per chunk (per field they were two thirds of the time)."""
@@ -122,9 +77,6 @@ _METER_ID, _AREA_ID, _ROLE, _MULTIPLIER, _CLASS, _ACTIVE, _EFFECTIVE_FROM, _ = (
     attrgetter(f) for f in _Row.__struct_fields__
 )
 _IS_SUPPLY = {"supply": True, "customer": False}  # a dict lookup: cheaper than calling str.__eq__
-# Every field but the meter id as one tuple per row, interned per chunk with one dict: a pull and
-# an interning per field cost more than the field's share of the tuple's.
-_PROFILE = attrgetter("area_id", "effective_from", "role", "active", "customer_class", "multiplier")
 _ID_CHARS = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-"
 
 
@@ -149,8 +101,10 @@ class _Checked(msgspec.Struct):
     index: list[int]
     meter_ids: list[str]
     joined_ids: bytes  # "\n".join(meter_ids), ASCII (the id pattern allows nothing else)
-    profile: Any  # int32 per row: its profile, the fields but the id, in ``profiles``
-    profiles: list[tuple[str, str, str, bool, str, float]]  # distinct, in order of first row
+    area_ids: list[str]
+    areas: set[str]
+    efs: list[str]
+    ef_set: set[str]
     suspect: list[int]  # positions in the chunk for the contract's own decoder
 
 
@@ -176,9 +130,8 @@ class ChunkDecoder:
     def decode_coded(
         self, values: Sequence[bytes | None]
     ) -> tuple[CodedChunk, list[tuple[int, InvalidRecord]]]:
-        """:meth:`decode` as the builder's coded columns (the bulk load's path): the ids pulled
-        from the decoded rows in C-level passes, every other field as one tuple per row, a
-        profile, interned per chunk; each field is coded per distinct profile."""
+        """:meth:`decode` as the builder's coded columns, pulled from the decoded rows with one
+        C-level pass per field and interned per distinct value (the bulk load's path)."""
         c = self._checked(values)
         refused, rescued = self._refusals(values, c.suspect)
         if rescued:  # valid after all, by a rule the row decoder does not know: rare, via lists
@@ -188,33 +141,31 @@ class ChunkDecoder:
             chunk = code_columns(cols.meter_ids, cols.area_ids, cols.supply, cols.multipliers, cols.classes,
                                  cols.active, cols.starts)
             return chunk, refused
-        n, prof = len(c.rows), c.profile
+        rows, n = c.rows, len(c.rows)
         # Id lengths from the separators' positions; the blob is the ids without them.
         ends = np.flatnonzero(np.frombuffer(c.joined_ids, dtype=np.uint8) == 10)
         bounds = np.concatenate(([-1], ends, [len(c.joined_ids)])) if n else np.zeros(1, dtype=np.int64)
-        # Interned per distinct profile (a few hundred a chunk), spread to the rows by gathers.
-        p_area, p_ef, p_role, p_active, p_class, p_mult = (zip(*c.profiles, strict=True) if c.profiles
-                                                           else ((),) * 6)
-        area_table, area = intern(p_area)
-        class_table, cls = intern(p_class)
-        start_table, start = intern_numbers(np.array([self._start_of[e] for e in p_ef], dtype=np.float64))
-        mult_table, mult = intern_numbers(np.array(p_mult, dtype=np.float64))
-        supply = np.array([_IS_SUPPLY[r] for r in p_role], dtype=bool)
-        active = np.array(p_active, dtype=bool)
-        flags = supply.view(np.uint8) * np.uint8(SUPPLY) | active.view(np.uint8) * np.uint8(ACTIVE)
+        area_table, area = intern(c.area_ids, c.areas)
+        class_table, cls = intern(list(map(_CLASS, rows)))
+        ef_table, ef = intern(c.efs, c.ef_set)
+        start_values = np.array([self._start_of[e] for e in ef_table], dtype=np.float64)
+        start_table, start_code = intern_numbers(start_values)  # "Z" and "+00:00" are one start
+        mult_table, mult = intern_numbers(np.fromiter(map(_MULTIPLIER, rows), dtype=np.float64, count=n))
+        supply = np.fromiter(map(_IS_SUPPLY.__getitem__, map(_ROLE, rows)), dtype=bool, count=n)
+        active = np.fromiter(map(_ACTIVE, rows), dtype=bool, count=n)
         chunk = CodedChunk(
             hashes=np.fromiter(map(hash, c.meter_ids), dtype=np.int64, count=n).view(np.uint64),
             id_blob=c.joined_ids.replace(b"\n", b""),
             id_len=(np.diff(bounds) - 1).astype(np.uint8),  # ids of at most 64 ASCII characters
             area_ids=area_table,
-            area=area[prof],
+            area=area,
             classes=class_table,
-            cls=cls[prof],
-            flags=flags[prof],
+            cls=cls,
+            flags=supply.view(np.uint8) * np.uint8(SUPPLY) | active.view(np.uint8) * np.uint8(ACTIVE),
             multipliers=mult_table,
-            mult=mult[prof],
+            mult=mult,
             starts=start_table,
-            start=start[prof],
+            start=start_code[ef],
         )
         return chunk, refused
 
@@ -223,12 +174,12 @@ class ChunkDecoder:
         return Columns(
             c.index,
             c.meter_ids,
-            list(map(_AREA_ID, rows)),
+            c.area_ids,
             list(map("supply".__eq__, map(_ROLE, rows))),
             list(map(_MULTIPLIER, rows)),
             list(map(_CLASS, rows)),
             list(map(_ACTIVE, rows)),
-            list(map(self._start_of.__getitem__, map(_EFFECTIVE_FROM, rows))),  # type: ignore[arg-type]
+            list(map(self._start_of.__getitem__, c.efs)),  # type: ignore[arg-type]
         )
 
     def _checked(self, values: Sequence[bytes | None]) -> _Checked:
@@ -251,8 +202,9 @@ class ChunkDecoder:
                     suspect.append(i)
         ids = list(map(_METER_ID, rows))
         joined = "\n".join(ids).encode()
-        profile, profiles = _profiles(rows)
-        areas, ef_set = {p[0] for p in profiles}, {p[1] for p in profiles}
+        area_ids = list(map(_AREA_ID, rows))
+        efs = list(map(_EFFECTIVE_FROM, rows))
+        areas, ef_set = set(area_ids), set(efs)
         # Membership tests per new value (not `set - dict.keys()`: that walks the whole dict).
         good_area, start_of = self._good_area, self._start_of
         for a in [a for a in areas if a not in good_area]:
@@ -262,16 +214,19 @@ class ChunkDecoder:
         bad: set[int] = set()
         if ids and joined.translate(None, _ID_CHARS) != b"\n" * (len(ids) - 1):
             bad.update(k for k, m in enumerate(ids) if not _good_id(m))
-        wrong = [j for j, p in enumerate(profiles) if not good_area[p[0]] or start_of[p[1]] is None]
-        if wrong:
-            bad.update(np.flatnonzero(np.isin(profile, wrong)).tolist())
+        wrong_area = {a for a in areas if not good_area[a]}
+        bad_starts = {ef for ef in ef_set if start_of[ef] is None}
+        if wrong_area or bad_starts:
+            bad.update(k for k, (a, ef) in enumerate(zip(area_ids, efs, strict=True))
+                       if a in wrong_area or ef in bad_starts)
         if bad:
             suspect.extend(index[k] for k in bad)
             keep = [k for k in range(len(rows)) if k not in bad]
-            rows, index, ids = [rows[k] for k in keep], [index[k] for k in keep], [ids[k] for k in keep]
-            joined = "\n".join(ids).encode()
-            profile, profiles = _profiles(rows)
-        return _Checked(rows, index, ids, joined, profile, profiles, sorted(suspect))
+            rows, index = [rows[k] for k in keep], [index[k] for k in keep]
+            ids, area_ids, efs = [ids[k] for k in keep], [area_ids[k] for k in keep], [efs[k] for k in keep]
+            joined, areas = "\n".join(ids).encode(), set(area_ids)
+            ef_set = set(efs)
+        return _Checked(rows, index, ids, joined, area_ids, areas, efs, ef_set, sorted(suspect))
 
     @staticmethod
     def _refusals(
@@ -316,18 +271,6 @@ def release_free_memory() -> None:
 
 def _good_id(value: str) -> bool:
     return 1 <= len(value) <= 64 and not value.encode().translate(None, _ID_CHARS)
-
-
-def _profiles(rows: list[_Row]) -> tuple[Any, list[tuple[str, str, str, bool, str, float]]]:
-    """(each row's profile as an int32 code, the distinct profiles in order of first row): one
-    dict whose value for a profile is its first row (``setdefault`` with the row number), so a
-    row costs one tuple and one lookup, and only the distinct profiles' tuples are kept."""
-    n = len(rows)
-    seen: dict[tuple[str, str, str, bool, str, float], int] = {}
-    first = np.fromiter(map(seen.setdefault, map(_PROFILE, rows), count()), dtype=np.int64, count=n)
-    code = np.empty(n, dtype=np.int32)
-    code[np.fromiter(seen.values(), dtype=np.int64, count=len(seen))] = np.arange(len(seen), dtype=np.int32)
-    return code[first], list(seen)
 
 
 def _append(cols: Columns, i: int, rec: contracts.TopologyRecord) -> None:
@@ -412,6 +355,12 @@ class TopologyFeed:
             if not self.covers(partition):
                 await asyncio.sleep(0.05)  # installed for an older assignment: the next comes
 
+    def _keep_area(self, held: frozenset[int]) -> Callable[[str], bool] | None:
+        if len(held) >= self.partitions:
+            return None
+        n = self.partitions
+        return lambda area_id: area_partition(area_id, n) in held
+
     # ---- reading the topic -----------------------------------------------------------------
 
     async def run(self) -> None:
@@ -450,10 +399,12 @@ class TopologyFeed:
         tps = sorted(consumer.assignment())
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
+        keep_area = self._keep_area(held)
+        n = self.partitions
         # A shard also keeps every other meter's partition (the meter directory), so that a
         # reading under an area its meter is not in reaches the worker that holds the meter.
-        builder = (ArchiveBuilder() if len(held) >= self.partitions else
-                   ArchiveBuilder(*shard_areas(held, self.partitions)))
+        builder = ArchiveBuilder(keep_area, partition_of=None if keep_area is None else
+                                 lambda area_id: area_partition(area_id, n))
         if self.base:
             builder.add(*record_columns(self.base))
         decoder = ChunkDecoder()

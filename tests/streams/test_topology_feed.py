@@ -8,14 +8,13 @@ from typing import Any
 
 import orjson
 from aiokafka.partitioner import DefaultPartitioner
-from aiokafka.partitioner import murmur2 as kafka_murmur2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from archive import ArchiveBuilder, MeterArchive
 from streams import contracts
 from streams.contracts import InvalidRecord
-from streams.topology_feed import ChunkDecoder, add_values, area_partition, murmur2, shard_areas
+from streams.topology_feed import ChunkDecoder, add_values, area_partition
 
 GOOD: dict[str, Any] = {
     "v": 1,
@@ -124,17 +123,3 @@ def test_area_partition_is_the_producers_partition() -> None:
     for n in (1, 4, 8, 12):
         for area in ("A0001", "A0002", "rural-7", "Z"):
             assert area_partition(area, n) == partitioner(area.encode(), list(range(n)), list(range(n)))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=80))
-def test_murmur2_is_kafkas(data: bytes) -> None:
-    assert murmur2(data) == kafka_murmur2(data)
-
-
-def test_a_shards_area_functions_agree_with_area_partition() -> None:
-    keep, partition_of = shard_areas(frozenset({1, 3}), 4)
-    for area in ("A0001", "A0002", "rural-7", "Z", "Ä-1"):
-        for _ in range(2):  # the second from the memo
-            assert partition_of(area) == area_partition(area, 4)
-            assert keep(area) == (area_partition(area, 4) in {1, 3})
