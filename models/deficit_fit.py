@@ -28,8 +28,11 @@ autocorrelation (the cumulative residual is not independent from bin to bin).
 >>> supply = np.round(real.sum(axis=0) * 1.02 + 0.3, 1)
 >>> expected = reported.mean(axis=1)[:, None] * level
 >>> ev = deficit_evidence(supply - reported.sum(axis=0), supply, reported, expected, t // 24)
->>> sorted(np.argsort(-ev)[:2].tolist())
-[4, 11]
+>>> np.argsort(-ev)[:3].tolist()      # meter 11 third, behind honest meter 6 by a hair (16.5, 18.0)
+[4, 6, 11]
+>>> ev = deficit_evidence(supply - reported.sum(axis=0), supply, reported, expected, t // 24, drop_t=None)
+>>> np.argsort(-ev)[:3].tolist()      # against the level over the horizon alone (29.1, 16.4)
+[4, 11, 6]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 from scipy.optimize import nnls
 
-from models.change_evidence import away_bins
+from models.change_evidence import away_bins, largest_drop
 
 F64 = npt.NDArray[np.float64]
 
@@ -61,6 +64,45 @@ def horizon_level(energy: F64, expected: F64) -> F64:
     return np.where(np.isnan(energy), np.nan, expected * factor[:, None])
 
 
+def level_before_drop(energy: F64, expected: F64, day: npt.NDArray[np.int64], *, min_t: float = 4.0) -> F64:
+    """Each meter's expected energy at its level before its largest lasting drop: the expected
+    energy times the mean of reported / expected over the days before the split day of the
+    largest drop of its daily ``log(reported / expected)`` (summed over the day's bins; a
+    two-sample t statistic, :func:`models.change_evidence.largest_drop`), where that drop's t
+    reaches ``min_t``; else its level over the horizon (:func:`horizon_level`). NaN where either
+    is missing.
+
+    Why: over the horizon, a theft that started early is most of the meter's history, so the
+    horizon's level sinks towards what the thief reports and the shortfall against it fades as
+    the theft grows old. Before the drop, the meter's level is the one it had before stealing.
+
+    >>> e = np.ones((2, 30 * 24)); e[0, 6 * 24 :] = 0.4   # meter 0 steals 60% from day 6
+    >>> e[:, ::2] *= 1.1                                    # and both wobble
+    >>> x = np.full(e.shape, 0.5)
+    >>> before, horizon = level_before_drop(e, x, np.arange(30 * 24) // 24), horizon_level(e, x)
+    >>> [round(float(v), 3) for v in (before[0, -1], horizon[0, -1], before[1, -1])]
+    [1.05, 0.546, 1.05]
+    """
+    ok = ~(np.isnan(energy) | np.isnan(expected)) & (np.nan_to_num(expected) > 0)
+    ratio = np.where(ok, np.nan_to_num(energy) / np.where(ok, expected, 1.0), 0.0)
+    _, idx = np.unique(day, return_inverse=True)
+    onehot = (idx[:, None] == np.arange(int(idx.max(initial=-1)) + 1)[None, :]).astype(np.float64)
+    num = np.where(ok, np.nan_to_num(energy), 0.0) @ onehot
+    den = np.where(ok, np.nan_to_num(expected), 0.0) @ onehot
+    with np.errstate(divide="ignore", invalid="ignore"):
+        daily = np.where(den > 0, np.log((num + 1e-3) / (den + 1e-3)), np.nan)
+    t, split = largest_drop(daily)
+    count = ok.sum(axis=1)
+    horizon = np.divide(ratio.sum(axis=1), count, out=np.ones(len(energy)), where=count > 0)
+    before = ok & (idx[None, :] < split[:, None])
+    n_before = before.sum(axis=1)
+    level = np.divide(
+        np.where(before, ratio, 0.0).sum(axis=1), n_before, out=horizon.copy(), where=n_before > 0
+    )
+    factor = np.where((t >= min_t) & (n_before > 0), level, horizon)
+    return np.where(np.isnan(energy), np.nan, expected * factor[:, None])
+
+
 def deficit_evidence(
     loss: F64,
     supply: F64,
@@ -70,6 +112,7 @@ def deficit_evidence(
     *,
     min_days: int = 14,
     away: float = 0.5,
+    drop_t: float | None = 4.0,
 ) -> F64:
     """Per meter, the log-likelihood ratio of its shortfall's share of the area's loss over the
     horizon (see the module docstring). ``loss`` and ``supply``: judged bins only; ``energy``
@@ -82,13 +125,20 @@ def deficit_evidence(
 
     A meter's days at a near-constant base load (:func:`models.change_evidence.away_bins`, its
     day's spread below ``away`` x its usual one; 0 = off) are left out, as missing: a household
-    away is no shortfall, and before this away households filled the top of large areas."""
+    away is no shortfall, and before this away households filled the top of large areas.
+
+    A meter whose daily level dropped for good (t of at least ``drop_t``) is judged against its
+    level before the drop, the others against their level over the horizon
+    (:func:`level_before_drop`; None: the horizon's level for every meter)."""
     n, t_n = energy.shape
     if n == 0 or t_n < 3 or len(np.unique(day)) < min_days:
         return np.zeros(n)
     if away > 0:
         energy = np.where(away_bins(energy, expected, day, away), np.nan, energy)
-    level = horizon_level(energy, expected)
+    if drop_t is None:
+        level = horizon_level(energy, expected)
+    else:
+        level = level_before_drop(energy, expected, day, min_t=drop_t)
     short = np.where(np.isnan(level), 0.0, np.maximum(np.nan_to_num(level) - np.nan_to_num(energy), 0.0))
     x = np.cumsum(short, axis=1)
     s = supply / np.mean(supply)
