@@ -5,7 +5,7 @@ A customer the archive puts in area B but fed from area A's transformer is bille
 and supplied through A's supply meter, so ``loss_B = technical_B - e_m`` and
 ``loss_A = technical_A + e_m``: B's loss mirrors A's along the meter's load curve. For every
 meter ``m`` of a negative area B and every candidate area A, :class:`MappingErrorFinder` asks the
-question :func:`models.suspects.loss_evidence` answers for thieves, with coefficient one on
+question :func:`models.suspect_evidence.loss_evidence` answers for thieves, with coefficient one on
 both sides: does removing ``e_m`` from B's sales (``deficit = -e_m``) and adding it to A's
 (``deficit = +e_m``) leave both losses looking technical? The meter and area with the most
 evidence, if both shares explained reach ``min_share``, are reported.
@@ -37,7 +37,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.suspects import AreaSeries, SuspectRanker, loss_evidence
+from models.suspect_evidence import loss_evidence
+from models.suspects import AreaSeries, SuspectRanker
 
 
 @dataclass(frozen=True, slots=True)

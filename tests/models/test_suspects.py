@@ -7,7 +7,8 @@ from datetime import datetime
 import numpy as np
 import pytest
 
-from models.suspects import SuspectRanker, combine, drop_evidence, loss_evidence
+from models.suspect_evidence import combine, drop_evidence, loss_evidence
+from models.suspects import SuspectRanker
 from simulator.anomalies import AnomalySpec
 from simulator.synth import Sim, SimSpec
 
