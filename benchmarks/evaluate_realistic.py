@@ -53,7 +53,7 @@ import statistics
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -313,7 +313,7 @@ def run_city(kind: str, seed: int, areas: int, days: float, checks: tuple[int, .
     }
 
 
-def _run(job: tuple[str, int, int, float, tuple[int, ...]]) -> dict[str, Any]:
+def _run(job: Job) -> dict[str, Any]:
     run = run_city(*job)
     print(
         f"{run['kind']} seed {run['seed']}: {run['areas']} areas, {run['meters']} meters, "
@@ -324,6 +324,24 @@ def _run(job: tuple[str, int, int, float, tuple[int, ...]]) -> dict[str, Any]:
 
 
 # ---- figures over the cities -------------------------------------------------------------------
+
+
+Job = tuple[str, int, int, float, tuple[int, ...]]  # kind, seed, areas, days, check days
+
+
+def run_cities(
+    run: Callable[[Job], dict[str, Any]], args: argparse.Namespace
+) -> tuple[tuple[int, ...], list[dict[str, Any]]]:
+    """The check days (``CHECK_DAYS`` within ``args.days``, and its last day) and ``run`` of every
+    city of ``args`` (``seeds`` mixed cities of ``areas`` areas, ``case_seeds`` case cities of
+    ``case_areas``), ``args.jobs`` processes at a time."""
+    checks = tuple(d for d in CHECK_DAYS if d < args.days) + (int(args.days),)
+    jobs: list[Job] = [("mixed", int(s), args.areas, args.days, checks) for s in args.seeds.split(",") if s]
+    jobs += [("case", int(s), args.case_areas, args.days, checks) for s in args.case_seeds.split(",") if s]
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            return checks, list(pool.map(run, jobs))
+    return checks, [run(j) for j in jobs]
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -540,15 +558,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.quick:
         args.seeds, args.areas, args.case_seeds, args.case_areas, args.days = "1", 3, "101", 2, 3.0
-    checks = tuple(d for d in CHECK_DAYS if d < args.days) + (int(args.days),)
-    jobs = [("mixed", int(s), args.areas, args.days, checks) for s in args.seeds.split(",") if s]
-    jobs += [("case", int(s), args.case_areas, args.days, checks) for s in args.case_seeds.split(",") if s]
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(_run, jobs))
-    else:
-        runs = [_run(j) for j in jobs]
+    checks, runs = run_cities(_run, args)
     out = figures(runs, checks)
     out["total_seconds"] = round(time.perf_counter() - started, 1)
     out["jobs"] = args.jobs

@@ -66,6 +66,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from evaluation.evaluate import observed_chunks  # noqa: E402
 from models.area_anomaly import AreaAnomalyDetector  # noqa: E402
 from models.inspections import SuspectClassifier, Verdict, precision_at_k  # noqa: E402
 from models.mapping import MappingErrorFinder  # noqa: E402
@@ -170,32 +171,10 @@ class Inspectors:
 def interval_energies(
     sim: Sim, drops: InnocentDrops | None = None
 ) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray]]:
-    """Each day of the city with its interval energies as the worker gets them: customer meters
-    (register deltas x the archive's multiplier; NaN for gaps, register rollbacks and data a
-    concentrator held back, as evaluation/evaluate.py) and supply (areas x intervals). ``drops``
-    rewrites the registers first (the innocent-drops scenario)."""
-    grid = sim.grid
-    outages = [x for x in sim.anomalies if x.type == "concentrator_outage"]
-    last_known: np.ndarray | None = None
-    for chunk in sim.chunks():
-        if drops is not None:
-            drops.apply(chunk)
-        reg, missing = chunk.registers, chunk.missing
-        if last_known is None:
-            last_known = reg[:, 0].copy()
-        energy = np.diff(reg, axis=1) * grid.archive_multiplier[:, None]
-        steps = energy.shape[1]
-        back = np.zeros(energy.shape, dtype=bool)
-        for j in range(steps):  # as evaluation/evaluate.py: below the last register received
-            ok = ~missing[:, j + 1]
-            back[:, j] = ok & (reg[:, j + 1] < last_known)
-            last_known = np.where(ok, reg[:, j + 1], last_known)
-        energy[missing[:, 1:] | missing[:, :-1] | back] = np.nan
-        supply = np.diff(chunk.supply_registers, axis=1) * grid.supply_archive_multiplier[:, None]
-        for o in outages:
-            if (c := o.cols(chunk.c0, steps)) is not None:
-                energy[grid.meter_area == o.index, c[0] : c[1]] = np.nan
-                supply[o.index, c[0] : c[1]] = np.nan
+    """Each day of the city with its interval energies as the worker gets them
+    (:func:`evaluation.evaluate.observed_chunks`); ``drops`` rewrites the registers first (the
+    innocent-drops scenario)."""
+    for chunk, energy, supply, _back in observed_chunks(sim, drops.apply if drops is not None else None):
         yield chunk, energy, supply
 
 

@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +34,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from evaluate_realistic import DAY, area_figures, case_spec, mixed_spec  # noqa: E402
+from evaluate_realistic import DAY, Job, area_figures, case_spec, mixed_spec, run_cities  # noqa: E402
 
+from evaluation.evaluate import observed_chunks  # noqa: E402
 from models.suspects import SuspectRanker  # noqa: E402
 from simulator.synth import Sim  # noqa: E402
-
-CHECK_DAYS = (7, 14, 30)
 
 
 def run_city(kind: str, seed: int, areas: int, days: float, checks: tuple[int, ...]) -> dict[str, Any]:
@@ -56,21 +54,9 @@ def run_city(kind: str, seed: int, areas: int, days: float, checks: tuple[int, .
     planned = {a.entity: a for a in sim.anomalies}
     theft_areas = sorted({grid.area_ids[a.area] for a in sim.anomalies})
     per_day = DAY // spec.interval_s
-    last_known: np.ndarray | None = None
     ranked: dict[str, dict[str, Any]] = {}
-    for chunk in sim.chunks():
-        reg, missing = chunk.registers, chunk.missing
-        if last_known is None:
-            last_known = reg[:, 0].copy()
-        energy = np.diff(reg, axis=1) * grid.archive_multiplier[:, None]
+    for chunk, energy, supply, _back in observed_chunks(sim):
         steps = energy.shape[1]
-        back = np.zeros(energy.shape, dtype=bool)
-        for j in range(steps):  # a register below the last one received went backwards
-            ok = ~missing[:, j + 1]
-            back[:, j] = ok & (reg[:, j + 1] < last_known)
-            last_known = np.where(ok, reg[:, j + 1], last_known)
-        energy[missing[:, 1:] | missing[:, :-1] | back] = np.nan
-        supply = np.diff(chunk.supply_registers, axis=1) * grid.supply_archive_multiplier[:, None]
         for j in range(steps):
             start = int(chunk.times[j + 1]) - spec.interval_s
             for a, idx in enumerate(by_area):
@@ -95,7 +81,7 @@ def run_city(kind: str, seed: int, areas: int, days: float, checks: tuple[int, .
     return {"kind": kind, "seed": seed, "ranked": ranked}
 
 
-def _run(job: tuple[str, int, int, float, tuple[int, ...]]) -> dict[str, Any]:
+def _run(job: Job) -> dict[str, Any]:
     return run_city(*job)
 
 
@@ -194,15 +180,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", type=Path, help="write the runs (per area and thief) as JSON")
     p.add_argument("--pair", type=Path, help="a run saved with --out to pair the mixed recalls with")
     args = p.parse_args(argv)
-    checks = tuple(d for d in CHECK_DAYS if d < args.days) + (int(args.days),)
-    jobs = [("mixed", int(s), args.areas, args.days, checks) for s in args.seeds.split(",") if s]
-    jobs += [("case", int(s), args.case_areas, args.days, checks) for s in args.case_seeds.split(",") if s]
     started = time.perf_counter()
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            runs = list(pool.map(_run, jobs))
-    else:
-        runs = [_run(j) for j in jobs]
+    checks, runs = run_cities(_run, args)
     lines = report(runs, checks)
     out = {"checks": list(checks), "runs": runs}
     if args.pair is not None:

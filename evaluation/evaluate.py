@@ -43,7 +43,7 @@ import orjson
 from models.detection import AreaInterval, Detection
 from models.suspects import Suspect
 from simulator.city import CitySpec
-from simulator.synth import Sim, SimSpec
+from simulator.synth import Chunk, Sim, SimSpec
 from topology import Topology
 
 # Detector types that are the expected response to each label type: false alerts of these
@@ -107,25 +107,20 @@ def _ts(iso: str) -> int:
     return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp())
 
 
-def run_detectors(
-    sim: Sim,
-    detection: Detection,
-    *,
-    progress: Callable[[int], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Feed every interval of the simulated city through ``detection`` (the worker's code
-    path, :class:`models.detection.Detection`); return the alert records."""
+def observed_chunks(
+    sim: Sim, before: Callable[[Chunk], None] | None = None
+) -> Iterator[tuple[Chunk, np.ndarray, np.ndarray, np.ndarray]]:
+    """Each day of the simulated city as the worker observes it: the chunk, the customer meters'
+    interval energies (register deltas x the archive's multiplier; NaN for gaps, register
+    rollbacks and data a concentrator held back), the areas' supply energies (NaN where held
+    back) and which readings went backwards (meters x intervals). ``before`` may rewrite a
+    chunk's registers first (a benchmark's scenario)."""
     grid = sim.grid
-    n_areas = len(grid.area_ids)
-    by_area = [np.flatnonzero(grid.archive_area == a) for a in range(n_areas)]
-    dense = [detection.index([grid.meter_ids[i] for i in idx]) for idx in by_area]
-    groups = [grid.archive_class[idx].astype(np.int64) for idx in by_area]  # the class billed
-    actives = [np.ones(len(idx), dtype=bool) for idx in by_area]
-    uppers = [0.07 if int(grid.area_class[a]) == 0 else 0.10 for a in range(n_areas)]
     outages = [x for x in sim.anomalies if x.type == "concentrator_outage"]
-    records: list[dict[str, Any]] = []
     last_known: np.ndarray | None = None
     for chunk in sim.chunks():
+        if before is not None:
+            before(chunk)
         reg, missing = chunk.registers, chunk.missing
         if last_known is None:
             last_known = reg[:, 0].copy()
@@ -145,6 +140,27 @@ def run_detectors(
             if (c := o.cols(chunk.c0, steps)) is not None:
                 energy[grid.meter_area == o.index, c[0] : c[1]] = np.nan
                 supply[o.index, c[0] : c[1]] = np.nan
+        yield chunk, energy, supply, back
+
+
+def run_detectors(
+    sim: Sim,
+    detection: Detection,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Feed every interval of the simulated city through ``detection`` (the worker's code
+    path, :class:`models.detection.Detection`); return the alert records."""
+    grid = sim.grid
+    n_areas = len(grid.area_ids)
+    by_area = [np.flatnonzero(grid.archive_area == a) for a in range(n_areas)]
+    dense = [detection.index([grid.meter_ids[i] for i in idx]) for idx in by_area]
+    groups = [grid.archive_class[idx].astype(np.int64) for idx in by_area]  # the class billed
+    actives = [np.ones(len(idx), dtype=bool) for idx in by_area]
+    uppers = [0.07 if int(grid.area_class[a]) == 0 else 0.10 for a in range(n_areas)]
+    records: list[dict[str, Any]] = []
+    for chunk, energy, supply, back in observed_chunks(sim):
+        steps = energy.shape[1]
         for j in range(steps):
             ts = int(chunk.times[j + 1])
             records += detection.step(
