@@ -176,10 +176,9 @@ class _Area:
 
     def slots_with_data(self) -> set[str]:
         """The ring slots holding a closed bin: the others are empty and need no saving."""
-        held = self.bins[self.bins >= 0]
         cols = np.flatnonzero(self.bins >= 0)
         return {f"h{c}" for c in np.unique(cols // RING_SLOT_BINS)} | {
-            f"w{c}" for c in np.unique(held % self.recent.shape[1] // RING_SLOT_BINS)
+            f"w{c}" for c in np.unique(self.bins[cols] % self.recent.shape[1] // RING_SLOT_BINS)
         }
 
 
@@ -189,6 +188,12 @@ class _Area:
 RING_SLOT_BINS = 24
 # Ring arrays by their ring: "h" the horizon (``history`` columns), "w" the finer recent bins.
 _RINGS = {"h": ("energy", "supply", "sales", "bins"), "w": ("recent",)}
+
+
+def _slot_columns(name: str) -> slice:
+    """The ring columns of a slot (``h3``: the horizon's columns 72-95)."""
+    k = int(name[1:])
+    return slice(k * RING_SLOT_BINS, (k + 1) * RING_SLOT_BINS)
 
 
 def ring_slot_names(history: int, window: int) -> list[str]:
@@ -521,19 +526,16 @@ class SuspectRanker:
     def ring_slot_names(self) -> list[str]:
         return ring_slot_names(self.history, self.window)
 
-    def take_ring_slots(
-        self, area: str, *, every: bool = False
-    ) -> dict[str, dict[str, npt.NDArray[np.generic]]]:
-        """The ring slots of an area written since they were last taken (``every``: all of
-        them), each as copies of its columns of the ring arrays; they count as saved after."""
+    def take_ring_slots(self, area: str) -> dict[str, dict[str, npt.NDArray[np.generic]]]:
+        """The ring slots of an area written since they were last taken, each as copies of its
+        columns of the ring arrays; they count as saved after."""
         st = self.areas[area]
-        names = sorted(st.slots_with_data() & (set(self.ring_slot_names()) if every else st.dirty))
+        names = sorted(st.slots_with_data() & st.dirty)
         st.dirty.clear()
-        out: dict[str, dict[str, npt.NDArray[np.generic]]] = {}
-        for name in names:
-            cols = slice(int(name[1:]) * RING_SLOT_BINS, (int(name[1:]) + 1) * RING_SLOT_BINS)
-            out[name] = {k: np.array(getattr(st, k)[..., cols], copy=True) for k in _RINGS[name[0]]}
-        return out
+        return {
+            name: {k: np.array(getattr(st, k)[..., _slot_columns(name)], copy=True) for k in _RINGS[name[0]]}
+            for name in names
+        }
 
     def restore(self, snapshot: dict[str, dict[str, npt.NDArray[np.generic]]]) -> None:
         """Load state saved by :meth:`snapshot` (parameters come from the constructor)."""
@@ -558,7 +560,7 @@ class SuspectRanker:
             for name, got in (slots or {}).items():
                 if name not in listed:
                     continue  # written by an earlier state of the area, not this one's
-                cols = slice(int(name[1:]) * RING_SLOT_BINS, (int(name[1:]) + 1) * RING_SLOT_BINS)
+                cols = _slot_columns(name)
                 for key in _RINGS.get(name[0], ()):
                     ring = getattr(st, key)
                     if key not in got or got[key].shape != ring[..., cols].shape:

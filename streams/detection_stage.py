@@ -247,26 +247,23 @@ class DetectionStage:
             # sent in this order to one partition, a head in the changelog has its slots before
             # it. A slot alone fits one record (a day of one byte per meter and bin).
             for name, blob in self.detection.take_ring_slots(area).items():
-                slot = encode_detector_state(blob)
-                if slot is None:
-                    self.metrics.detector_state_unsaved.inc()
-                    log.error("ring slot %s of area %s exceeds one changelog record: not saved", name, area)
-                    continue
-                key = ring_key(area, name)
-                self.table.data[key] = slot
-                self.checkpoint.add(self.table.send_changelog(partition, key, slot))
-            value = encode_detector_state(
-                self.detection.snapshot_area(area, self._meters.get(area, []), rings=False)
-            )
-            if value is None:
-                # A month of ranking evidence for a very large area (~1,000 meters) can pass the
-                # producer's 1 MB request limit even compressed; failing the send would stop the
-                # worker. Unsaved state is relearned after a restart (docs/detection.md).
-                self.metrics.detector_state_unsaved.inc()
-                log.error("detector state of area %s exceeds one changelog record: not saved", area)
-                continue
-            self.table.data[area] = value
-            self.checkpoint.add(self.table.send_changelog(partition, area, value))
+                self._write(partition, ring_key(area, name), blob, f"ring slot {name} of area {area}")
+            head = self.detection.snapshot_area(area, self._meters.get(area, []), rings=False)
+            self._write(partition, area, head, f"detector state of area {area}")
+
+    def _write(self, partition: int, key: str, blob: bytes, what: str) -> None:
+        """One table value, compressed, and its changelog write the next commit waits for.
+        A value that would not fit one changelog record even compressed (the producer's 1 MB
+        requests: a very large area, ~1,000 meters and more) is not saved but counted and
+        logged, rather than failing the send and stopping the worker; what is unsaved is
+        relearned after a restart (docs/detection.md)."""
+        value = encode_detector_state(blob)
+        if value is None:
+            self.metrics.detector_state_unsaved.inc()
+            log.error("%s exceeds one changelog record: not saved", what)
+            return
+        self.table.data[key] = value
+        self.checkpoint.add(self.table.send_changelog(partition, key, value))
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Another worker owns these areas now; their state is read from the table again if

@@ -167,11 +167,7 @@ class DeliveryGuard:
                 offset,
             )
             self._recovery_tries[tp] = now
-            self.on_stall()
-            consumer = self.app.consumer
-            getattr(consumer, "_buffered_partitions", set()).discard(tp)
-            consumer.resume_partitions([tp])
-            await consumer.seek(tp, offset)
+            await self._fetch_again(tp, offset)
 
     async def resume_stalled(self, tp: Any, position: int, highwater: int) -> None:
         """Put a stalled partition back in the fetch set and read it again from the next
@@ -195,10 +191,15 @@ class DeliveryGuard:
             tp in (getattr(consumer, "_paused_partitions", None) or ()),
             position,
         )
+        await self._fetch_again(tp, position)
+
+    async def _fetch_again(self, tp: Any, offset: int) -> None:
+        """Put ``tp`` back in Faust's fetch set and read it from ``offset``; counted."""
         self.on_stall()
+        consumer = self.app.consumer
         getattr(consumer, "_buffered_partitions", set()).discard(tp)
         consumer.resume_partitions([tp])
-        await consumer.seek(tp, position)
+        await consumer.seek(tp, offset)
 
 
 # A changelog partition table recovery waits for but that delivered nothing for this long is

@@ -103,8 +103,7 @@ class SourceActivity:
         # recovery.completed, and a partition newly assigned by a second rebalance is in the
         # assignment before its changelog is read back.
         recovery = self.app.tables.recovery
-        if recovery.in_recovery:
-            await self.delivery.resume_recovery(now)
+        await self.delivery.resume_recovery(now)
         recovered = (
             recovery.completed.is_set()
             and not recovery.in_recovery
