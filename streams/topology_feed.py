@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 import gc
 import logging
 import time
@@ -263,10 +264,19 @@ def _start(value: str) -> float | None:
 def release_free_memory() -> None:
     """Give the heap freed by a load back to the OS: glibc keeps it (its mmap threshold rises
     after large frees), and a load's transient columns are several times the archive."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, looked up once (each lookup makes a ctypes class: objects that
+    would outlive a load in its heap arenas); None where the C library is not glibc."""
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass  # not glibc: nothing to do
+        return None
 
 
 def _good_id(value: str) -> bool:
