@@ -281,7 +281,8 @@ class GridwatchWorker:
 
     async def _step(self, records: list[Record]) -> None:
         """Records of one (topic, partition), in offset order, through the batch step; then
-        what they made happen is published and the partition's detector state saved."""
+        what they made happen is published (the detector state they changed is saved by the
+        next commit: streams/checkpoint.py)."""
         if not records:
             return
         started = time.perf_counter()
@@ -295,8 +296,6 @@ class GridwatchWorker:
                 (counter or self.metrics.readings.labels(outcome=outcome, role=role.value)).inc(n)
         try:
             await self._publish(out)
-            if self.detection is not None:
-                await self.detection.save(last.partition)
         except Exception as exc:  # the worker never dies on a record
             log.exception(
                 "unexpected error on %s[%d]@%d..%d (%d records)",

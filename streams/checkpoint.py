@@ -8,8 +8,11 @@ offsets -> flush the producer -> commit. :class:`Checkpoint` hooks the first and
    picked, so every window change of a committed record is in the changelog first (changes of
    later records may be too: replay onto a superset changes nothing, the engine's state being a
    set of readings);
-2. the flush Faust awaits before committing waits for every changelog write of this commit to be
-   acknowledged by the broker (the window writes, and detector state queued with :meth:`add`).
+2. the flush Faust awaits before committing first runs the savers registered with
+   :meth:`before_flush` (the detector state of the areas changed since the last commit: once per
+   commit, however many steps changed an area), then waits for every changelog write of this
+   commit to be acknowledged by the broker (the window writes, and the writes queued with
+   :meth:`add`).
 
 A kill anywhere in between leaves committed offsets at or behind the stored state.
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -34,6 +38,7 @@ class Checkpoint:
         self.table = table
         self.on_writes = on_writes  # called with the number of window writes of a persist
         self._sends: list[Any] = []  # changelog writes the next commit waits for
+        self._savers: list[Callable[[], Awaitable[None]]] = []  # run by each commit's flush
 
     def persist_windows(self) -> int:
         """Write the area-windows changed since the last commit to the window table and its
@@ -59,6 +64,12 @@ class Checkpoint:
         """A changelog write of another table (detector state) the next commit waits for."""
         self._sends.append(send)
 
+    def before_flush(self, saver: Callable[[], Awaitable[None]]) -> None:
+        """Run ``saver`` in every commit's flush, after the offsets to commit were picked and
+        before the writes are awaited: what it saves (with :meth:`add`) is then at or ahead of
+        those offsets, as the windows are."""
+        self._savers.append(saver)
+
     def install(self, app: faust.App) -> None:
         """Persist on every commit and make the commit's flush wait for the writes."""
         app.sensors.add(_PersistOnCommit(self))
@@ -83,6 +94,8 @@ class Checkpoint:
             deadline = time.monotonic() + 60.0
             while producer.buffer.size and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
+            for saver in self._savers:
+                await saver()
             sends, self._sends = self._sends, []
             if sends:
                 await asyncio.gather(*sends)

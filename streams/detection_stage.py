@@ -126,6 +126,7 @@ class DetectionStage:
         self._meters: dict[str, list[str]] = {}  # area -> meters in its latest window
         self._open_types: set[str] = set()
         self._saved: dict[str, int] = {}  # area -> newest interval end in its saved state
+        checkpoint.before_flush(self.save_all)  # once per commit, not per step: fewer writes
 
     def _restore(self, area: str) -> None:
         if area not in self._restored:
@@ -214,6 +215,12 @@ class DetectionStage:
         await self._send_alerts(records, partition)
         if records and area is not None and self._partition.get(area) == partition:
             self._dirty.setdefault(partition, set()).add(area)
+            await self.save(partition)
+
+    async def save_all(self) -> None:
+        """:meth:`save` every partition with areas changed since the last save (each commit
+        runs this: streams/checkpoint.py)."""
+        for partition in sorted(self._dirty):
             await self.save(partition)
 
     async def save(self, partition: int) -> None:

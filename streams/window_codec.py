@@ -21,8 +21,11 @@ from typing import Any
 import orjson
 
 # zlib level 1: 1.35x -> 0.37x the input on a simulated city, ~16 us per window; level 6 gives
-# 0.35x for ~20 us, level 9 0.34x for ~25 us (base85 instead of base64 another ~6%).
-_LEVEL = 1
+# 0.35x for ~20 us, level 9 0.34x for ~25 us (base85 instead of base64 another ~6%, but
+# Python's b85encode is pure Python: several times the compression's time). Level 9: windows
+# are written once per commit each (streams/checkpoint.py), a few thousand a day-long replay of
+# 80 areas, so its ~9 us more a write is ~0.1% of the worker's CPU there.
+_LEVEL = 9
 
 
 def encode_window(value: dict[str, Any]) -> dict[str, Any]:
