@@ -7,7 +7,7 @@
 For each archive size and each share of the 8 partitions a worker holds (1, 4 and all 8), a
 fresh subprocess generates the topology topic's record values (150 meters per area, one supply
 meter per area, 1% of the meters moved to another area with a second version), loads them the
-way the worker does (streams.topology_feed.add_values: chunks of 10,000 values decoded into coded
+way the worker does (streams.topology_decode.add_values: chunks of 10,000 values decoded into coded
 columns and added to an ArchiveBuilder, which keeps the meters of the held partitions' areas), builds and
 installs the archive, and reports:
 
@@ -89,13 +89,8 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
     import gc
 
     from archive import ArchiveBuilder
-    from streams.topology_feed import (
-        ChunkDecoder,
-        TopologyFeed,
-        add_values,
-        area_partition,
-        release_free_memory,
-    )
+    from streams.topology_decode import ChunkDecoder, add_values
+    from streams.topology_feed import TopologyFeed, area_partition, release_free_memory
     from topology import Topology
 
     records = meters + meters // int(1 / MOVED_SHARE)
@@ -158,7 +153,7 @@ def measure_compact(meters: int, held: int) -> dict[str, Any]:
 def _decode_floor(meters: int) -> int:
     """Records per CPU second of msgspec decoding alone, the part no bulk path avoids: a yardstick
     for how fast this machine runs at the moment."""
-    from streams.topology_feed import _row_decoder
+    from streams.topology_decode import _row_decoder
 
     values = record_values(meters, 0, min(meters, CHUNK))
     c = time.process_time()

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from archive import ArchiveBuilder, MeterArchive
 from streams import contracts
 from streams.contracts import InvalidRecord
-from streams.topology_feed import ChunkDecoder, add_values, area_partition
+from streams.topology_decode import ChunkDecoder, add_values
+from streams.topology_feed import area_partition
 
 GOOD: dict[str, Any] = {
     "v": 1,
