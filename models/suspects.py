@@ -246,6 +246,10 @@ class SuspectRanker:
         (:func:`models.change_evidence.follow_evidence`) in the ranking's order (not in the
         score), counted above ``follow_floor`` (about a z-score: an honest household's reaches 1
         by chance about one time in six); 0 leaves it out.
+    follow_gate
+        Share of the shortfall and change evidence a meter keeps in the order when its low readings
+        do not follow the area's loss at all (follow evidence 0); the share rises linearly to 1 at
+        a follow evidence of 2. 1 turns the gate off.
     """
 
     def __init__(
@@ -268,6 +272,7 @@ class SuspectRanker:
         change_weight: float = 15.0,
         follow_weight: float = 45.0,
         follow_floor: float = 1.0,
+        follow_gate: float = 0.5,
     ) -> None:
         if bin_s % interval_s:
             raise ValueError("bin_s must be a multiple of interval_s")
@@ -278,7 +283,7 @@ class SuspectRanker:
         self.confirm, self.window, self.ridge, self.refit = confirm, min(window, history), ridge, refit
         self.areas: dict[str, _Area] = {}
         self.deficit_weight, self.change_weight = deficit_weight, change_weight
-        self.follow_weight, self.follow_floor = follow_weight, follow_floor
+        self.follow_weight, self.follow_floor, self.follow_gate = follow_weight, follow_floor, follow_gate
         # area -> (its state object, the open bin then, judged bins, attribution, deficit,
         # change and follow evidence): the last fit
         self._fits: dict[str, tuple[_Area, int, npt.NDArray[np.int64], Attribution, F64, F64, F64]] = {}
@@ -431,6 +436,40 @@ class SuspectRanker:
         self._fits[area] = (st, fit_bin, s.bins[v], at, short, change, follow)
         return s.bins[v], at, short, change, follow
 
+    def order_priority(self, score: F64, short: F64, change: F64, follow: F64) -> F64:
+        """The ranking's order (highest first) from each meter's ``score``, shortfall, change and
+        follow evidence (:meth:`attribution`); the score alone is what the worker publishes on.
+
+        * ``score``: log-likelihood ratios of a drop the loss confirms;
+        * ``+ deficit_weight x short``: the shortfall fit over the horizon orders the many meters
+          that score little in a large area with many thieves (docs/suspects.md, "Shortfall over
+          the horizon"). Its ratios run to thousands (the cumulative residual is not white
+          noise), so it orders, it does not publish;
+        * ``+ change_weight x change``: the loss-confirmed drop of the meter's low readings (a t
+          statistic, about 2-80; "Low readings that dropped");
+        * both times a gate, ``follow_gate`` for a meter whose low readings do not follow the
+          area's daily loss at all (follow evidence 0) up to 1 at a follow evidence of 2: in an
+          area whose loss rises all month both pass an honest drop (a new tenant, a household away
+          the spread misses) that the day-by-day loss does not follow;
+        * ``+ follow_weight x max(follow - follow_floor, 0)``: how far the meter's low readings of
+          the day fall when the area's daily loss rises (about a z-score, 0-6), above chance: a
+          thief on random days has no lasting drop, but its low days are the area's lossy days
+          ("Low readings that follow the loss").
+
+        >>> r = SuspectRanker()
+        >>> score, short, change = np.zeros(2), np.zeros(2), np.array([6.0, 3.0])
+        >>> r.order_priority(score, short, change, np.array([0.0, 2.0])).round(1).tolist()  # tenant, thief
+        [45.0, 90.0]
+        """
+        gate = self.follow_gate + (1.0 - self.follow_gate) * np.minimum(follow / 2.0, 1.0)
+        follows = np.maximum(follow - self.follow_floor, 0.0)
+        return np.asarray(
+            score
+            + gate * (self.deficit_weight * short + self.change_weight * change)
+            + self.follow_weight * follows,
+            dtype=np.float64,
+        )
+
     def rank(self, area: str, *, top: int | None = 10, min_bins: int = 12) -> list[Suspect]:
         """The area's meters, most likely cause of its loss first (``top`` of them; None = all).
         Empty until ``min_bins`` bins were judged in the last ``window``."""
@@ -473,23 +512,7 @@ class SuspectRanker:
         def when(i: int) -> int:
             return int(judged_bins[i]) * self.bin_s if i >= 0 else 0
 
-        # Ordered by the score plus a tenth of the shortfall evidence: the score is what the worker
-        # publishes on (log-likelihood ratios of a drop the loss confirms); the shortfall fit
-        # over the horizon orders the many meters that score little in a large area with many
-        # thieves (docs/suspects.md, "Shortfall over the horizon"). Its ratios run to thousands
-        # (the cumulative residual is not white noise), so it orders, it does not publish.
-        # Plus 15 x the loss-confirmed drop of the meter's low readings (a t statistic, about 2-80):
-        # in a large area the fits name few of many thieves, and a lasting drop of the low
-        # hours that the area's loss steps up with orders the rest (docs/suspects.md,
-        # "Low readings that dropped").
-        # Plus 45 x how far the meter's low readings of the day fall when the area's daily loss
-        # rises (about a z-score, 0-6), above 1 (chance): a thief on random days has no lasting
-        # drop, but its low days are the area's lossy days (docs/suspects.md, "Low readings that
-        # follow the loss").
-        follows = np.maximum(follow - self.follow_floor, 0.0)
-        priority = (
-            score + self.deficit_weight * short + self.change_weight * low_drop + self.follow_weight * follows
-        )
+        priority = self.order_priority(score, short, low_drop, follow)
         order = np.argsort(-priority, kind="stable")[: None if top is None else top]
         return [
             Suspect(
