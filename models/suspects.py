@@ -62,7 +62,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from models.change_evidence import change_evidence
+from models.change_evidence import change_evidence, follow_evidence
 from models.deficit_fit import deficit_evidence
 from models.suspect_evidence import (
     Attribution,
@@ -88,7 +88,9 @@ class Suspect:
     the area's over the last ``recent`` bins and ``area_loss_rate_change`` its change against the
     bins before. ``deficit_evidence`` is the shortfall fit's ratio over the horizon
     (:func:`models.deficit_fit.deficit_evidence`) and ``change_evidence`` the loss-confirmed drop
-    of its low readings (:func:`models.change_evidence.change_evidence`): they order the ranking,
+    of its low readings (:func:`models.change_evidence.change_evidence`), ``follow_evidence``
+    how closely its low readings of the day fall when the area's daily loss rises
+    (:func:`models.change_evidence.follow_evidence`, about a z-score): they order the ranking,
     they are not in ``score``.
     """
 
@@ -115,6 +117,7 @@ class Suspect:
     theft_end: int = 0
     deficit_evidence: float = 0.0
     change_evidence: float = 0.0
+    follow_evidence: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,6 +241,15 @@ class SuspectRanker:
         Weight of the loss-confirmed drop of a meter's low readings
         (:func:`models.change_evidence.change_evidence`) in the ranking's order (not in the
         score); 0 leaves it out.
+    follow_weight
+        Weight of how closely a meter's low readings of the day follow the area's daily loss
+        (:func:`models.change_evidence.follow_evidence`) in the ranking's order (not in the
+        score), counted above ``follow_floor`` (about a z-score: an honest household's reaches 1
+        by chance about one time in six); 0 leaves it out.
+    follow_gate
+        Share of the shortfall and change evidence a meter keeps in the order when its low readings
+        do not follow the area's loss at all (follow evidence 0); the share rises linearly to 1 at
+        a follow evidence of 2. 1 turns the gate off.
     """
 
     def __init__(
@@ -258,6 +270,9 @@ class SuspectRanker:
         refit: int = 6,
         deficit_weight: float = 0.1,
         change_weight: float = 15.0,
+        follow_weight: float = 45.0,
+        follow_floor: float = 1.0,
+        follow_gate: float = 0.5,
     ) -> None:
         if bin_s % interval_s:
             raise ValueError("bin_s must be a multiple of interval_s")
@@ -268,9 +283,10 @@ class SuspectRanker:
         self.confirm, self.window, self.ridge, self.refit = confirm, min(window, history), ridge, refit
         self.areas: dict[str, _Area] = {}
         self.deficit_weight, self.change_weight = deficit_weight, change_weight
-        # area -> (its state object, the open bin then, judged bins, attribution, deficit
-        # evidence): the last fit
-        self._fits: dict[str, tuple[_Area, int, npt.NDArray[np.int64], Attribution, F64, F64]] = {}
+        self.follow_weight, self.follow_floor, self.follow_gate = follow_weight, follow_floor, follow_gate
+        # area -> (its state object, the open bin then, judged bins, attribution, deficit,
+        # change and follow evidence): the last fit
+        self._fits: dict[str, tuple[_Area, int, npt.NDArray[np.int64], Attribution, F64, F64, F64]] = {}
 
     def state_bytes_per_meter(self) -> int:
         """Bytes kept per meter: the one-byte ring plus mean, count and the open bin (the area's
@@ -385,11 +401,12 @@ class SuspectRanker:
         loss = np.where(judged & ~np.isnan(sales), supply - sales, np.nan)
         return AreaSeries(list(st.meters), st.bins[order], energy, expected, supply, loss)
 
-    def attribution(self, area: str) -> tuple[npt.NDArray[np.int64], Attribution, F64, F64]:
+    def attribution(self, area: str) -> tuple[npt.NDArray[np.int64], Attribution, F64, F64, F64]:
         """The judged bins of the area's horizon, the joint attribution of its loss over them
         (day by day, :func:`attribute`), each meter's shortfall evidence over the whole of them
         (:func:`models.deficit_fit.deficit_evidence`) and its loss-confirmed drop of the low
-        readings (:func:`models.change_evidence.change_evidence`).
+        readings (:func:`models.change_evidence.change_evidence`) and how closely those follow the
+        area's daily loss (:func:`models.change_evidence.follow_evidence`).
 
         Refitted every ``refit`` bins, on a schedule fixed by the bin numbers, not by when it was
         last asked: the fit of bin ``f`` (a multiple of ``refit``) uses the bins before ``f``
@@ -400,7 +417,7 @@ class SuspectRanker:
         fit_bin = st.open_bin - st.open_bin % self.refit
         cached = self._fits.get(area)
         if cached is not None and cached[0] is st and cached[1] == fit_bin:
-            return cached[2], cached[3], cached[4], cached[5]
+            return cached[2], cached[3], cached[4], cached[5], cached[6]
         s = self.series(area, bins=0)
         v = ~np.isnan(s.loss) & (s.bins < fit_bin) & (s.bins >= fit_bin - self.history + self.refit)
         at = attribute(
@@ -415,13 +432,48 @@ class SuspectRanker:
         day = s.bins[v] // max(1, 86400 // self.bin_s)
         short = deficit_evidence(s.loss[v], s.supply[v], s.energy[:, v], s.expected[:, v], day)
         change = change_evidence(s.loss[v], s.supply[v], s.energy[:, v], s.expected[:, v], day)
-        self._fits[area] = (st, fit_bin, s.bins[v], at, short, change)
-        return s.bins[v], at, short, change
+        follow = follow_evidence(s.loss[v], s.supply[v], s.energy[:, v], s.expected[:, v], day)
+        self._fits[area] = (st, fit_bin, s.bins[v], at, short, change, follow)
+        return s.bins[v], at, short, change, follow
+
+    def order_priority(self, score: F64, short: F64, change: F64, follow: F64) -> F64:
+        """The ranking's order (highest first) from each meter's ``score``, shortfall, change and
+        follow evidence (:meth:`attribution`); the score alone is what the worker publishes on.
+
+        * ``score``: log-likelihood ratios of a drop the loss confirms;
+        * ``+ deficit_weight x short``: the shortfall fit over the horizon orders the many meters
+          that score little in a large area with many thieves (docs/suspects.md, "Shortfall over
+          the horizon"). Its ratios run to thousands (the cumulative residual is not white
+          noise), so it orders, it does not publish;
+        * ``+ change_weight x change``: the loss-confirmed drop of the meter's low readings (a t
+          statistic, about 2-80; "Low readings that dropped");
+        * both times a gate, ``follow_gate`` for a meter whose low readings do not follow the
+          area's daily loss at all (follow evidence 0) up to 1 at a follow evidence of 2: in an
+          area whose loss rises all month both pass an honest drop (a new tenant, a household away
+          the spread misses) that the day-by-day loss does not follow;
+        * ``+ follow_weight x max(follow - follow_floor, 0)``: how far the meter's low readings of
+          the day fall when the area's daily loss rises (about a z-score, 0-6), above chance: a
+          thief on random days has no lasting drop, but its low days are the area's lossy days
+          ("Low readings that follow the loss").
+
+        >>> r = SuspectRanker()
+        >>> score, short, change = np.zeros(2), np.zeros(2), np.array([6.0, 3.0])
+        >>> r.order_priority(score, short, change, np.array([0.0, 2.0])).round(1).tolist()  # tenant, thief
+        [45.0, 90.0]
+        """
+        gate = self.follow_gate + (1.0 - self.follow_gate) * np.minimum(follow / 2.0, 1.0)
+        follows = np.maximum(follow - self.follow_floor, 0.0)
+        return np.asarray(
+            score
+            + gate * (self.deficit_weight * short + self.change_weight * change)
+            + self.follow_weight * follows,
+            dtype=np.float64,
+        )
 
     def rank(self, area: str, *, top: int | None = 10, min_bins: int = 12) -> list[Suspect]:
         """The area's meters, most likely cause of its loss first (``top`` of them; None = all).
         Empty until ``min_bins`` bins were judged in the last ``window``."""
-        judged_bins, at, short, low_drop = self.attribution(area)
+        judged_bins, at, short, low_drop, follow = self.attribution(area)
         s = self.series(area)
         v = ~np.isnan(s.loss)
         if v.sum() < min_bins:
@@ -460,16 +512,7 @@ class SuspectRanker:
         def when(i: int) -> int:
             return int(judged_bins[i]) * self.bin_s if i >= 0 else 0
 
-        # Ordered by the score plus a tenth of the shortfall evidence: the score is what the worker
-        # publishes on (log-likelihood ratios of a drop the loss confirms); the shortfall fit
-        # over the horizon orders the many meters that score little in a large area with many
-        # thieves (docs/suspects.md, "Shortfall over the horizon"). Its ratios run to thousands
-        # (the cumulative residual is not white noise), so it orders, it does not publish.
-        # Plus 15 x the loss-confirmed drop of the meter's low readings (a t statistic, about 2-80):
-        # in a large area the fits name few of many thieves, and a lasting drop of the low
-        # hours that the area's loss steps up with orders the rest (docs/suspects.md,
-        # "Low readings that dropped").
-        priority = score + self.deficit_weight * short + self.change_weight * low_drop
+        priority = self.order_priority(score, short, low_drop, follow)
         order = np.argsort(-priority, kind="stable")[: None if top is None else top]
         return [
             Suspect(
@@ -496,6 +539,7 @@ class SuspectRanker:
                 theft_end=when(int(at.last[i])) + (self.bin_s if at.last[i] >= 0 else 0),
                 deficit_evidence=round(float(short[i]), 4),
                 change_evidence=round(float(low_drop[i]), 4),
+                follow_evidence=round(float(follow[i]), 4),
             )
             for k, i in enumerate(order)
         ]

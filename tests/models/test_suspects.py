@@ -304,3 +304,19 @@ def test_a_drop_the_loss_does_not_confirm_adds_nothing_where_the_joint_fit_rules
     assert big_thief > small_thief > honest_shared > honest
     # where no meter's joint share reaches a third of the bar, the step as it is
     assert combine(step, np.zeros(4), loss).tolist() == step.tolist()
+
+
+def test_the_order_gates_a_drop_the_daily_loss_does_not_follow() -> None:
+    """The order (not the score): a new tenant's lasting drop passes the change evidence's loss
+    gate in an area whose loss rises all month (change t 8, its low readings not following the
+    daily loss: follow 0), a thief on random days has a smaller lasting drop (t 3) whose days the
+    loss follows (z 2), both with a score of 20. Gated, the thief ranks first (110 against 80);
+    with the gate off (``follow_gate=1``) the tenant would (140 against 110). Below a follow
+    evidence of 1 (chance) nothing is added for following."""
+    score, short = np.array([20.0, 20.0]), np.array([0.0, 0.0])
+    change, follow = np.array([8.0, 3.0]), np.array([0.0, 2.0])
+    gated = SuspectRanker().order_priority(score, short, change, follow)
+    bare = SuspectRanker(follow_gate=1.0).order_priority(score, short, change, follow)
+    assert gated.tolist() == [80.0, 110.0] and bare.tolist() == [140.0, 110.0]
+    chance = SuspectRanker().order_priority(score[:1], short[:1], np.zeros(1), np.array([0.9]))
+    assert chance.tolist() == [20.0]
