@@ -285,6 +285,10 @@ class GridwatchWorker:
         next commit: streams/checkpoint.py)."""
         if not records:
             return
+        async with self.checkpoint.stepping:  # a commit's detector save waits for the step's end
+            await self._step_held(records)
+
+    async def _step_held(self, records: list[Record]) -> None:
         started = time.perf_counter()
         last = records[-1]
         self.sources.seen(last.partition, last.source, last.offset)
@@ -381,7 +385,8 @@ class GridwatchWorker:
 
     async def _close_quiet(self, partition: int) -> None:
         """A partition whose sources are all quiet: its ended windows close."""
-        await self._emit(self.step.close_idle(partition, ()))
+        async with self.checkpoint.stepping:
+            await self._emit(self.step.close_idle(partition, ()))
 
     async def _measure_lag(self) -> None:
         await self.sources.measure_lag()

@@ -39,6 +39,10 @@ class Checkpoint:
         self.on_writes = on_writes  # called with the number of window writes of a persist
         self._sends: list[Any] = []  # changelog writes the next commit waits for
         self._savers: list[Callable[[], Awaitable[None]]] = []  # run by each commit's flush
+        # Held by the worker while a step's results are applied and published (readings and
+        # quiet partitions), and by the savers: a saver sees the state between steps only,
+        # never an area that has learned intervals whose alerts are not sent yet.
+        self.stepping = asyncio.Lock()
 
     def persist_windows(self) -> int:
         """Write the area-windows changed since the last commit to the window table and its
@@ -66,8 +70,8 @@ class Checkpoint:
 
     def before_flush(self, saver: Callable[[], Awaitable[None]]) -> None:
         """Run ``saver`` in every commit's flush, after the offsets to commit were picked and
-        before the writes are awaited: what it saves (with :meth:`add`) is then at or ahead of
-        those offsets, as the windows are."""
+        before the writes are awaited, between two steps (:attr:`stepping`): what it saves
+        (with :meth:`add`) is then at or ahead of those offsets, as the windows are."""
         self._savers.append(saver)
 
     def install(self, app: faust.App) -> None:
@@ -94,8 +98,10 @@ class Checkpoint:
             deadline = time.monotonic() + 60.0
             while producer.buffer.size and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
-            for saver in self._savers:
-                await saver()
+            if self._savers:
+                async with self.stepping:
+                    for saver in self._savers:
+                        await saver()
             sends, self._sends = self._sends, []
             if sends:
                 await asyncio.gather(*sends)

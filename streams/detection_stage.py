@@ -205,6 +205,10 @@ class DetectionStage:
                 "inspection", f"not an inspection record: {exc}", topic, partition, offset, key, value
             )
             return
+        async with self.checkpoint.stepping:  # as a readings step: saves see it whole
+            await self._verdict(record, partition)
+
+    async def _verdict(self, record: Inspection, partition: int) -> None:
         when = datetime(record.date.year, record.date.month, record.date.day, tzinfo=UTC)
         rec = self.topology.meter_at(record.meter, when)
         area = rec.area_id if rec is not None else None
