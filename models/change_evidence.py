@@ -156,10 +156,26 @@ def change_evidence(
     days = np.unique(day)
     if n == 0 or len(days) < min_days:
         return np.zeros(n)
+    low, resid = _daily_low_and_loss(loss, supply, energy, expected, day, days, away)
+    drop, split = largest_drop(low)
+    step = loss_step(resid, split)
+    return drop * np.clip(step / 2.0, 0.0, 1.0)
+
+
+def _daily_low_and_loss(
+    loss: F64,
+    supply: F64,
+    energy: F64,
+    expected: F64,
+    day: npt.NDArray[np.int64],
+    days: npt.NDArray[np.int64],
+    away: float,
+) -> tuple[F64, F64]:
+    """Per meter and day its low readings (:func:`daily_stats`, days away NaN), and the area's
+    daily mean loss with the technical part (``[1, supply, supply^2]`` of the daily mean
+    supply) regressed out: what :func:`change_evidence` and :func:`follow_evidence` compare."""
     low, iqr = daily_stats(energy, expected, day)
     low = np.where(away_from_spread(iqr, away), np.nan, low)
-    drop, split = largest_drop(low)
-    # The area's daily mean loss and supply, the technical part regressed out.
     idx = np.searchsorted(days, day)
     cnt = np.bincount(idx, minlength=len(days)).astype(np.float64)
     daily_loss = np.bincount(idx, weights=loss, minlength=len(days)) / cnt
@@ -167,8 +183,7 @@ def change_evidence(
     s = s / s.mean()
     tech = np.stack([np.ones_like(s), s, s * s], axis=1)
     resid = daily_loss - tech @ np.linalg.lstsq(tech, daily_loss, rcond=None)[0]
-    step = loss_step(resid, split)
-    return drop * np.clip(step / 2.0, 0.0, 1.0)
+    return low, resid
 
 
 def loss_step(resid: F64, split: npt.NDArray[np.int64], *, before: int = 7) -> F64:
@@ -241,15 +256,7 @@ def follow_evidence(
     days = np.unique(day)
     if n == 0 or len(days) < min_days:
         return np.zeros(n)
-    low, iqr = daily_stats(energy, expected, day)
-    low = np.where(away_from_spread(iqr, away), np.nan, low)
-    idx = np.searchsorted(days, day)
-    cnt = np.bincount(idx, minlength=len(days)).astype(np.float64)
-    daily_loss = np.bincount(idx, weights=loss, minlength=len(days)) / cnt
-    s = np.bincount(idx, weights=supply, minlength=len(days)) / cnt
-    s = s / s.mean()
-    tech = np.stack([np.ones_like(s), s, s * s], axis=1)
-    resid = daily_loss - tech @ np.linalg.lstsq(tech, daily_loss, rcond=None)[0]
+    low, resid = _daily_low_and_loss(loss, supply, energy, expected, day, days, away)
     ok = ~np.isnan(low)
     k = ok.sum(axis=1)
     m = np.maximum(k, 1).astype(np.float64)
